@@ -1,0 +1,373 @@
+//! CEL expressions as the engine evaluates them.
+//!
+//! An [`Expr`] is compiled once when a definition is loaded; evaluating it binds
+//! only the roots the expression mentions (`event`, `vars`, `key`, `now`,
+//! `attempt`), so an expression that reads one variable does not pay for
+//! converting the event.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::{EntryExpr, Expr as Ast};
+use cel::objects::{Key, Map};
+use cel::parser::Expression;
+use cel::{Context, Env, Program, Value as Cel};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value as Json;
+
+use super::{Event, Millis, Vars};
+
+/// The names an expression may start from.
+pub const ROOTS: [&str; 5] = ["event", "vars", "key", "now", "attempt"];
+
+const EVENT: u8 = 1;
+const VARS: u8 = 2;
+const KEY: u8 = 4;
+const NOW: u8 = 8;
+const ATTEMPT: u8 = 16;
+
+fn env() -> Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib())).clone()
+}
+
+/// A compiled CEL expression together with its source text.
+pub struct Expr {
+    source: String,
+    program: Program,
+    uses: u8,
+    unknown_roots: Vec<String>,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// What an expression can see when it runs.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    pub event: Option<&'a Event>,
+    pub vars: &'a Vars,
+    pub key: &'a str,
+    pub now: Millis,
+    pub attempt: u32,
+}
+
+/// Why an expression could not produce a usable value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExprError {
+    #[error("`{expr}` failed: {reason}")]
+    Execution { expr: String, reason: String },
+    #[error("`{expr}` gave {got}, expected {expected}")]
+    Type {
+        expr: String,
+        got: String,
+        expected: &'static str,
+    },
+}
+
+impl Expr {
+    /// Compiles `source`; the error is the parser's message.
+    pub fn parse(source: &str) -> Result<Expr, String> {
+        let program = env().compile(source).map_err(|e| {
+            e.to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let mut bound = BTreeSet::new();
+        let mut idents = BTreeSet::new();
+        collect_idents(program.expression(), &mut bound, &mut idents);
+        let mut uses = 0;
+        let mut unknown_roots = Vec::new();
+        for ident in idents.difference(&bound) {
+            match ident.as_str() {
+                "event" => uses |= EVENT,
+                "vars" => uses |= VARS,
+                "key" => uses |= KEY,
+                "now" => uses |= NOW,
+                "attempt" => uses |= ATTEMPT,
+                // Type names CEL lets you write as identifiers.
+                "int" | "uint" | "double" | "string" | "bytes" | "bool" | "list" | "map"
+                | "null_type" | "type" | "timestamp" | "duration" => {}
+                other => unknown_roots.push(other.to_string()),
+            }
+        }
+        Ok(Expr {
+            source: source.to_string(),
+            program,
+            uses,
+            unknown_roots,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Identifiers the expression reads that are not one of [`ROOTS`].
+    pub fn unknown_roots(&self) -> &[String] {
+        &self.unknown_roots
+    }
+
+    /// Whether the expression reads the event.
+    pub fn uses_event(&self) -> bool {
+        self.uses & EVENT != 0
+    }
+
+    fn execute(&self, scope: &Scope<'_>) -> Result<Cel, ExprError> {
+        let mut ctx = Context::with_env(env());
+        if self.uses & EVENT != 0 {
+            let value = match scope.event {
+                Some(event) => event_to_cel(event),
+                None => Cel::Null,
+            };
+            ctx.add_variable_from_value("event", value);
+        }
+        if self.uses & VARS != 0 {
+            ctx.add_variable_from_value("vars", vars_to_cel(scope.vars));
+        }
+        if self.uses & KEY != 0 {
+            ctx.add_variable_from_value("key", Cel::String(Arc::new(scope.key.to_string())));
+        }
+        if self.uses & NOW != 0 {
+            ctx.add_variable_from_value("now", millis_to_cel(scope.now));
+        }
+        if self.uses & ATTEMPT != 0 {
+            ctx.add_variable_from_value("attempt", Cel::Int(i64::from(scope.attempt)));
+        }
+        self.program
+            .execute(&ctx)
+            .map_err(|e| ExprError::Execution {
+                expr: self.source.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Evaluates to JSON (timestamps become RFC 3339 strings).
+    pub fn eval(&self, scope: &Scope<'_>) -> Result<Json, ExprError> {
+        let value = self.execute(scope)?;
+        cel_to_json(&value).map_err(|got| ExprError::Type {
+            expr: self.source.clone(),
+            got,
+            expected: "a JSON-representable value",
+        })
+    }
+
+    /// Evaluates a condition; anything but a boolean is an error.
+    pub fn eval_bool(&self, scope: &Scope<'_>) -> Result<bool, ExprError> {
+        match self.execute(scope)? {
+            Cel::Bool(b) => Ok(b),
+            other => Err(ExprError::Type {
+                expr: self.source.clone(),
+                got: type_name(&other),
+                expected: "bool",
+            }),
+        }
+    }
+
+    /// Evaluates to a correlation key: a string or an integer.
+    pub fn eval_key(&self, scope: &Scope<'_>) -> Result<String, ExprError> {
+        match self.execute(scope)? {
+            Cel::String(s) if !s.is_empty() => Ok(s.to_string()),
+            Cel::Int(i) => Ok(i.to_string()),
+            Cel::UInt(u) => Ok(u.to_string()),
+            other => Err(ExprError::Type {
+                expr: self.source.clone(),
+                got: type_name(&other),
+                expected: "a non-empty string or an integer",
+            }),
+        }
+    }
+
+    /// Evaluates to a point in time: a CEL timestamp, an RFC 3339 string or
+    /// milliseconds since the Unix epoch.
+    pub fn eval_time(&self, scope: &Scope<'_>) -> Result<Millis, ExprError> {
+        let bad = |got: String| ExprError::Type {
+            expr: self.source.clone(),
+            got,
+            expected: "a timestamp, an RFC 3339 string or epoch milliseconds",
+        };
+        match self.execute(scope)? {
+            Cel::Timestamp(t) => u64::try_from(t.timestamp_millis()).map_err(|_| bad(t.to_rfc3339())),
+            Cel::String(s) => parse_rfc3339(&s).ok_or_else(|| bad(format!("string {s:?}"))),
+            Cel::Int(i) => u64::try_from(i).map_err(|_| bad(i.to_string())),
+            Cel::UInt(u) => Ok(u),
+            other => Err(bad(type_name(&other))),
+        }
+    }
+}
+
+/// Parses an RFC 3339 time into epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
+}
+
+/// Formats epoch milliseconds as RFC 3339 (UTC, millisecond precision).
+pub fn format_rfc3339(ms: Millis) -> String {
+    match Utc.timestamp_millis_opt(ms as i64).single() {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => ms.to_string(),
+    }
+}
+
+fn millis_to_cel(ms: Millis) -> Cel {
+    match Utc.timestamp_millis_opt(ms as i64).single() {
+        Some(t) => Cel::Timestamp(t.fixed_offset()),
+        None => Cel::Int(ms as i64),
+    }
+}
+
+fn type_name(v: &Cel) -> String {
+    match v {
+        Cel::Null => "null".into(),
+        other => other.type_of().to_string(),
+    }
+}
+
+fn collect_idents(e: &Expression, bound: &mut BTreeSet<String>, out: &mut BTreeSet<String>) {
+    match &e.expr {
+        Ast::Unspecified | Ast::Literal(_) => {}
+        Ast::Ident(name) => {
+            if !name.starts_with('@') {
+                out.insert(name.clone());
+            }
+        }
+        Ast::Call(call) => {
+            if let Some(target) = &call.target {
+                collect_idents(target, bound, out);
+            }
+            for arg in &call.args {
+                collect_idents(arg, bound, out);
+            }
+        }
+        Ast::Comprehension(c) => {
+            bound.insert(c.iter_var.clone());
+            if let Some(v) = &c.iter_var2 {
+                bound.insert(v.clone());
+            }
+            bound.insert(c.accu_var.clone());
+            for part in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_idents(part, bound, out);
+            }
+        }
+        Ast::List(list) => {
+            for el in &list.elements {
+                collect_idents(el, bound, out);
+            }
+        }
+        Ast::Map(map) => {
+            for entry in &map.entries {
+                if let EntryExpr::MapEntry(m) = &entry.expr {
+                    collect_idents(&m.key, bound, out);
+                    collect_idents(&m.value, bound, out);
+                }
+            }
+        }
+        Ast::Struct(s) => {
+            for entry in &s.entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(m) => {
+                        collect_idents(&m.key, bound, out);
+                        collect_idents(&m.value, bound, out);
+                    }
+                    EntryExpr::StructField(f) => collect_idents(&f.value, bound, out),
+                }
+            }
+        }
+        Ast::Select(s) => collect_idents(&s.operand, bound, out),
+    }
+}
+
+fn event_to_cel(event: &Event) -> Cel {
+    let mut m: HashMap<Key, Cel> = HashMap::with_capacity(6);
+    m.insert(key("id"), string(&event.id));
+    m.insert(key("type"), string(&event.kind));
+    m.insert(key("source"), string(&event.source));
+    m.insert(key("time"), millis_to_cel(event.time));
+    m.insert(key("data"), json_to_cel(&event.data));
+    Cel::Map(Map { map: Arc::new(m) })
+}
+
+fn vars_to_cel(vars: &Vars) -> Cel {
+    let m: HashMap<Key, Cel> = vars
+        .iter()
+        .map(|(k, v)| (key(k), json_to_cel(v)))
+        .collect();
+    Cel::Map(Map { map: Arc::new(m) })
+}
+
+fn key(s: &str) -> Key {
+    Key::String(Arc::new(s.to_string()))
+}
+
+fn string(s: &str) -> Cel {
+    Cel::String(Arc::new(s.to_string()))
+}
+
+/// Converts JSON into a CEL value (integers stay integers).
+pub fn json_to_cel(v: &Json) -> Cel {
+    match v {
+        Json::Null => Cel::Null,
+        Json::Bool(b) => Cel::Bool(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Cel::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Cel::UInt(u)
+            } else {
+                Cel::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => string(s),
+        Json::Array(a) => Cel::List(Arc::new(a.iter().map(json_to_cel).collect())),
+        Json::Object(o) => {
+            let m: HashMap<Key, Cel> = o.iter().map(|(k, v)| (key(k), json_to_cel(v))).collect();
+            Cel::Map(Map { map: Arc::new(m) })
+        }
+    }
+}
+
+/// Converts a CEL value into JSON; the error names the type that has no JSON form.
+pub fn cel_to_json(v: &Cel) -> Result<Json, String> {
+    Ok(match v {
+        Cel::Null => Json::Null,
+        Cel::Bool(b) => Json::Bool(*b),
+        Cel::Int(i) => Json::from(*i),
+        Cel::UInt(u) => Json::from(*u),
+        Cel::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .ok_or_else(|| format!("non-finite number {f}"))?,
+        Cel::String(s) => Json::String(s.to_string()),
+        Cel::List(l) => Json::Array(l.iter().map(cel_to_json).collect::<Result<_, _>>()?),
+        Cel::Map(m) => {
+            let mut o = serde_json::Map::new();
+            for (k, v) in m.map.iter() {
+                let k = match k {
+                    Key::String(s) => s.to_string(),
+                    Key::Int(i) => i.to_string(),
+                    Key::Uint(u) => u.to_string(),
+                    Key::Bool(b) => b.to_string(),
+                };
+                o.insert(k, cel_to_json(v)?);
+            }
+            Json::Object(o)
+        }
+        Cel::Timestamp(t) => Json::String(t.to_rfc3339()),
+        Cel::Duration(d) => Json::String(format!("{}ms", d.num_milliseconds())),
+        other => return Err(type_name(other)),
+    })
+}

@@ -1,0 +1,1166 @@
+//! The transition function: one input in, new state and effects out.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+/// Upper bound of transitions one input may cause. A flow that loops without
+/// waiting hits it and is parked as an incident instead of spinning forever.
+pub const TRANSITION_BUDGET: u32 = 10_000;
+
+/// Advances `instance` by one input at time `now`.
+pub fn step(
+    def: &Definition,
+    mut instance: Instance,
+    input: &Input,
+    now: Millis,
+) -> (Instance, Vec<Effect>) {
+    let effects = apply(def, &mut instance, input, now);
+    (instance, effects)
+}
+
+/// [`step`] in place: the state is updated where it is.
+pub fn apply(def: &Definition, instance: &mut Instance, input: &Input, now: Millis) -> Vec<Effect> {
+    let mut m = Machine {
+        def,
+        inst: instance,
+        now,
+        fx: Vec::new(),
+        moves: 0,
+        changed: BTreeSet::new(),
+    };
+    let before = m.positions();
+    let (accepted, cause) = match input {
+        Input::Event(ev) => (
+            m.event(ev),
+            Cause::Event {
+                id: ev.id.clone(),
+                kind: ev.kind.clone(),
+            },
+        ),
+        Input::Timer(id) => (m.timer(id), Cause::Timer(id.clone())),
+        Input::Call { parent, vars } => (m.call(parent, vars), Cause::Call),
+        Input::Operator(action) => (m.operator(action), Cause::Operator(describe(action))),
+    };
+    if accepted {
+        m.inst.updated_at = now;
+        m.inst.transitions += u64::from(m.moves);
+        if !m.changed.is_empty() {
+            let names = std::mem::take(&mut m.changed).into_iter().collect();
+            m.fx.push(Effect::VariablesChanged(names));
+        }
+        let after = m.positions();
+        let audit = Audit {
+            at: now,
+            process: m.inst.process.clone(),
+            version: m.inst.version,
+            key: m.inst.key.clone(),
+            cause,
+            before,
+            after,
+            status: m.inst.status,
+        };
+        m.fx.push(Effect::Audit(audit));
+    }
+    m.fx
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Retry { incident } => format!("retry incident {}", opt(incident)),
+        Action::Skip { incident } => format!("skip incident {}", opt(incident)),
+        Action::Cancel { compensate, reason } => {
+            format!("cancel (compensate: {compensate}): {reason}")
+        }
+        Action::SetVariable { name, .. } => format!("set variable {name}"),
+    }
+}
+
+fn opt(n: &Option<u32>) -> String {
+    n.map_or_else(|| "(oldest)".to_string(), |n| n.to_string())
+}
+
+enum Move {
+    Enter(StepIdx),
+    Follow(StepIdx, Transition),
+}
+
+struct Machine<'a> {
+    def: &'a Definition,
+    inst: &'a mut Instance,
+    now: Millis,
+    fx: Vec<Effect>,
+    moves: u32,
+    changed: BTreeSet<String>,
+}
+
+impl Machine<'_> {
+    fn positions(&self) -> Vec<String> {
+        self.inst
+            .tokens
+            .iter()
+            .map(|t| self.def.steps[t.step].id.clone())
+            .collect()
+    }
+
+    fn scope<'s>(&'s self, event: Option<&'s Event>, attempt: u32) -> Scope<'s> {
+        Scope {
+            event,
+            vars: &self.inst.vars,
+            key: &self.inst.key,
+            now: self.now,
+            attempt,
+        }
+    }
+
+    fn reject(&mut self, event_id: &str, reason: Rejection) {
+        self.fx.push(Effect::Rejected {
+            event_id: event_id.to_string(),
+            reason,
+        });
+    }
+
+    // ---- inputs ---------------------------------------------------------
+
+    fn event(&mut self, ev: &Event) -> bool {
+        if self.inst.status.is_ended() {
+            self.reject(&ev.id, Rejection::Ended(self.inst.status));
+            return false;
+        }
+        if self.inst.seen.iter().any(|s| s == &ev.id) {
+            self.reject(&ev.id, Rejection::Duplicate);
+            return false;
+        }
+        if self.inst.seen.len() >= SEEN_WINDOW {
+            self.inst.seen.pop_front();
+        }
+        self.inst.seen.push_back(ev.id.clone());
+        self.expire_buffer();
+        let is_start = self.def.start.on.matches(&ev.kind);
+        if self.inst.status == Status::Pending {
+            let wanted = is_start
+                && match &self.def.start.when {
+                    Some(w) => w.eval_bool(&self.scope(Some(ev), 0)).unwrap_or(false),
+                    None => true,
+                };
+            if wanted {
+                self.start(Some(ev), Vars::new());
+                self.drain_buffer();
+                return true;
+            }
+            return self.buffer(ev);
+        }
+        if self.deliver(ev) {
+            self.drain_buffer();
+            return true;
+        }
+        if is_start {
+            self.reject(&ev.id, Rejection::AlreadyStarted);
+            return false;
+        }
+        self.buffer(ev)
+    }
+
+    fn call(&mut self, parent: &ParentRef, vars: &Vars) -> bool {
+        if self.inst.status != Status::Pending {
+            return false;
+        }
+        self.inst.parent = Some(parent.clone());
+        self.start(None, vars.clone());
+        self.drain_buffer();
+        true
+    }
+
+    fn timer(&mut self, id: &str) -> bool {
+        let Some(pos) = self.inst.timers.iter().position(|t| t.id == id) else {
+            return false;
+        };
+        let timer = self.inst.timers.remove(pos);
+        match timer.kind {
+            TimerKind::Timeout(tid) => {
+                let Some(tok) = self.inst.token(tid) else {
+                    return false;
+                };
+                let s = tok.step;
+                let StepKind::Task(task) = &self.def.steps[s].kind else {
+                    return false;
+                };
+                match task.on_timeout {
+                    Transition::Retry => self.retry(tid, "timed out"),
+                    Transition::Incident => {
+                        let reason = format!("step '{}' timed out", self.def.steps[s].id);
+                        self.park(tid, reason);
+                    }
+                    t => {
+                        self.cancel_token_timers(tid);
+                        self.run(tid, Move::Follow(s, t));
+                    }
+                }
+            }
+            TimerKind::Backoff(tid) => {
+                let Some(tok) = self.inst.token_mut(tid) else {
+                    return false;
+                };
+                tok.attempt += 1;
+                if let Some(m) = self.start_task(tid) {
+                    self.run(tid, m);
+                }
+            }
+            TimerKind::Wait(tid) => {
+                let Some(tok) = self.inst.token(tid) else {
+                    return false;
+                };
+                let s = tok.step;
+                self.step_done(tid, s);
+                self.run(tid, Move::Follow(s, Transition::Next));
+            }
+            TimerKind::Expect(i) => {
+                self.inst.expects.retain(|e| e.index != i);
+                self.escalate(i as usize);
+            }
+            TimerKind::Buffer => {
+                self.expire_buffer();
+                if self.inst.status == Status::Pending && self.inst.buffer.is_empty() {
+                    self.fx.push(Effect::Discard);
+                }
+            }
+        }
+        self.maybe_complete();
+        true
+    }
+
+    fn operator(&mut self, action: &Action) -> bool {
+        if self.inst.status.is_ended() || self.inst.status == Status::Pending {
+            return false;
+        }
+        match action {
+            Action::Retry { incident } | Action::Skip { incident } => {
+                let pos = match incident {
+                    Some(id) => self.inst.incidents.iter().position(|i| i.id == *id),
+                    None if self.inst.incidents.is_empty() => None,
+                    None => Some(0),
+                };
+                let Some(pos) = pos else {
+                    return false;
+                };
+                let inc = self.inst.incidents.remove(pos);
+                let retry = matches!(action, Action::Retry { .. });
+                self.fx.push(Effect::IncidentResolved {
+                    id: inc.id,
+                    step: self.step_name(inc.step),
+                    resolution: if retry { "retried" } else { "skipped" }.to_string(),
+                });
+                if let (Some(tid), Some(s)) = (inc.token, inc.step) {
+                    if retry {
+                        match &self.def.steps[s].kind {
+                            StepKind::Task(_)
+                                if self.inst.token(tid).is_some_and(|t| t.visit > 0) =>
+                            {
+                                if let Some(tok) = self.inst.token_mut(tid) {
+                                    tok.attempt += 1;
+                                }
+                                if let Some(m) = self.start_task(tid) {
+                                    self.run(tid, m);
+                                }
+                            }
+                            _ => self.run(tid, Move::Enter(s)),
+                        }
+                    } else {
+                        self.run(tid, Move::Follow(s, Transition::Next));
+                    }
+                }
+                self.maybe_complete();
+                true
+            }
+            Action::Cancel { compensate, .. } => {
+                if *compensate {
+                    self.compensate();
+                }
+                self.finish(Status::Cancelled);
+                true
+            }
+            Action::SetVariable { name, value } => {
+                self.inst.vars.insert(name.clone(), value.clone());
+                self.changed.insert(name.clone());
+                true
+            }
+        }
+    }
+
+    fn step_name(&self, s: Option<StepIdx>) -> String {
+        s.map_or_else(|| "(process)".to_string(), |s| self.def.steps[s].id.clone())
+    }
+
+    // ---- starting and delivering ----------------------------------------
+
+    fn start(&mut self, ev: Option<&Event>, initial: Vars) {
+        self.inst.status = Status::Active;
+        self.inst.started_at = self.now;
+        let mut errors = Vec::new();
+        for a in &self.def.vars {
+            if initial.contains_key(&a.name) {
+                continue;
+            }
+            match a.expr.eval(&self.scope(ev, 0)) {
+                Ok(v) => {
+                    self.inst.vars.insert(a.name.clone(), v);
+                }
+                Err(e) => errors.push(format!("vars.{}: {e}", a.name)),
+            }
+        }
+        for (k, v) in initial {
+            self.inst.vars.insert(k, v);
+        }
+        self.changed.extend(self.inst.vars.keys().cloned());
+        for (i, e) in self.def.expect.iter().enumerate() {
+            if e.after.is_none() {
+                self.arm(i);
+            }
+        }
+        let Some(entry) = self.def.entry else {
+            self.inst.flow_done = true;
+            self.maybe_complete();
+            return;
+        };
+        let tid = self.new_token(entry, None);
+        if errors.is_empty() {
+            self.run(tid, Move::Enter(entry));
+        } else {
+            if let Some(t) = self.inst.token_mut(tid) {
+                t.attempt = 1;
+            }
+            self.park(tid, errors.join("; "));
+        }
+    }
+
+    /// Offers an event to awaiting tokens, watchdogs and observers; true if any used it.
+    fn deliver(&mut self, ev: &Event) -> bool {
+        let mut used = false;
+        let waiting: Vec<u32> = self
+            .inst
+            .tokens
+            .iter()
+            .filter(|t| matches!(t.phase, Phase::Awaiting | Phase::Calling(_)))
+            .map(|t| t.id)
+            .collect();
+        for tid in waiting {
+            match self.match_outcome(tid, ev) {
+                Ok(Some(oi)) => {
+                    self.take_outcome(tid, oi, ev);
+                    used = true;
+                    break;
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    self.park(tid, reason);
+                    used = true;
+                    break;
+                }
+            }
+        }
+        let armed: Vec<u32> = self.inst.expects.iter().map(|e| e.index).collect();
+        for i in armed {
+            let e = &self.def.expect[i as usize];
+            if !e.on.matches(&ev.kind) {
+                continue;
+            }
+            let hit = match &e.when {
+                Some(w) => w.eval_bool(&self.scope(Some(ev), 0)),
+                None => Ok(true),
+            };
+            match hit {
+                Ok(true) => {
+                    self.inst.expects.retain(|a| a.index != i);
+                    self.cancel_timer(&expect_timer_id(i));
+                    used = true;
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    self.incident(None, None, format!("expect[{i}].when: {err}"));
+                    used = true;
+                }
+            }
+        }
+        for (i, o) in self.def.observe.iter().enumerate() {
+            if !o.on.matches(&ev.kind) {
+                continue;
+            }
+            let scope = self.scope(Some(ev), 0);
+            let hit = match &o.when {
+                Some(w) => w.eval_bool(&scope).map_err(|e| e.to_string()),
+                None => Ok(true),
+            };
+            let result = hit.and_then(|hit| {
+                if !hit {
+                    return Ok(None);
+                }
+                eval_assigns(&o.set, &scope).map(Some)
+            });
+            match result {
+                Ok(Some(values)) => {
+                    self.store(values);
+                    used = true;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.incident(None, None, format!("observe[{i}]: {err}"));
+                    used = true;
+                }
+            }
+        }
+        if used {
+            self.maybe_complete();
+        }
+        used
+    }
+
+    fn match_outcome(&self, tid: u32, ev: &Event) -> Result<Option<usize>, String> {
+        let Some(tok) = self.inst.token(tid) else {
+            return Ok(None);
+        };
+        let StepKind::Task(task) = &self.def.steps[tok.step].kind else {
+            return Ok(None);
+        };
+        if let Phase::Calling(child) = &tok.phase {
+            let from_child = ev.kind.starts_with(CHILD_ENDED_PREFIX)
+                && ev.data.get("key").and_then(|k| k.as_str()) == Some(child.as_str())
+                && task.call.as_ref().map(|c| c.process.as_str())
+                    == ev.data.get("process").and_then(|p| p.as_str());
+            if !from_child {
+                return Ok(None);
+            }
+        }
+        let scope = self.scope(Some(ev), tok.attempt);
+        for (i, o) in task.outcomes.iter().enumerate() {
+            if !o.on.matches(&ev.kind) {
+                continue;
+            }
+            let hit = match &o.when {
+                Some(w) => w.eval_bool(&scope).map_err(|e| {
+                    format!("step '{}' await[{i}].when: {e}", self.def.steps[tok.step].id)
+                })?,
+                None => true,
+            };
+            if hit {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    fn take_outcome(&mut self, tid: u32, oi: usize, ev: &Event) {
+        let Some(tok) = self.inst.token(tid) else {
+            return;
+        };
+        let (s, attempt) = (tok.step, tok.attempt);
+        let StepKind::Task(task) = &self.def.steps[s].kind else {
+            return;
+        };
+        let outcome = &task.outcomes[oi];
+        self.cancel_token_timers(tid);
+        match eval_assigns(&outcome.set, &self.scope(Some(ev), attempt)) {
+            Ok(values) => self.store(values),
+            Err(e) => {
+                let reason = format!("step '{}' await[{oi}].set: {e}", self.def.steps[s].id);
+                self.park(tid, reason);
+                return;
+            }
+        }
+        match outcome.then {
+            Transition::Retry => self.retry(tid, &format!("outcome {}", ev.kind)),
+            Transition::Incident => {
+                let reason = format!("step '{}' got {}", self.def.steps[s].id, ev.kind);
+                self.park(tid, reason);
+            }
+            Transition::Fail | Transition::Cancel => self.run(tid, Move::Follow(s, outcome.then)),
+            t => {
+                self.step_done(tid, s);
+                self.run(tid, Move::Follow(s, t));
+            }
+        }
+    }
+
+    // ---- running the flow -------------------------------------------------
+
+    fn new_token(&mut self, step: StepIdx, parent: Option<u32>) -> u32 {
+        let id = self.inst.next_token;
+        self.inst.next_token += 1;
+        self.inst.tokens.push(Token {
+            id,
+            step,
+            attempt: 0,
+            visit: 0,
+            phase: Phase::Awaiting,
+            parent,
+        });
+        id
+    }
+
+    fn run(&mut self, tid: u32, mut mv: Move) {
+        loop {
+            if self.inst.status.is_ended() || self.inst.token(tid).is_none() {
+                return;
+            }
+            self.moves += 1;
+            if self.moves > TRANSITION_BUDGET {
+                let reason = format!(
+                    "more than {TRANSITION_BUDGET} transitions for one input: the flow loops without waiting"
+                );
+                self.park(tid, reason);
+                return;
+            }
+            let next = match mv {
+                Move::Enter(s) => self.enter(tid, s),
+                Move::Follow(s, t) => self.follow(tid, s, t),
+            };
+            match next {
+                Some(m) => mv = m,
+                None => return,
+            }
+        }
+    }
+
+    fn enter(&mut self, tid: u32, s: StepIdx) -> Option<Move> {
+        let visit = {
+            let v = self.inst.visits.entry(s).or_insert(0);
+            *v += 1;
+            *v
+        };
+        let tok = self.inst.token_mut(tid)?;
+        tok.step = s;
+        tok.visit = visit;
+        tok.attempt = 1;
+        tok.phase = Phase::Awaiting;
+        let def = self.def;
+        match &def.steps[s].kind {
+            StepKind::Task(_) => self.start_task(tid),
+            StepKind::Switch { cases, default } => {
+                for (i, c) in cases.iter().enumerate() {
+                    match c.when.eval_bool(&self.scope(None, 1)) {
+                        Ok(true) => return Some(Move::Follow(s, c.then)),
+                        Ok(false) => {}
+                        Err(e) => {
+                            let reason = format!("step '{}' switch[{i}].when: {e}", def.steps[s].id);
+                            self.park(tid, reason);
+                            return None;
+                        }
+                    }
+                }
+                Some(Move::Follow(s, *default))
+            }
+            StepKind::Set(assigns) => match eval_assigns(assigns, &self.scope(None, 1)) {
+                Ok(values) => {
+                    self.store(values);
+                    self.step_done(tid, s);
+                    Some(Move::Follow(s, Transition::Next))
+                }
+                Err(e) => {
+                    self.park(tid, format!("step '{}' set: {e}", def.steps[s].id));
+                    None
+                }
+            },
+            StepKind::Wait(w) => {
+                let due = match w {
+                    Wait::For(d) => Ok(self.now.saturating_add(*d)),
+                    Wait::Until(e) => e.eval_time(&self.scope(None, 1)),
+                };
+                match due {
+                    Ok(due) if due <= self.now => {
+                        self.step_done(tid, s);
+                        Some(Move::Follow(s, Transition::Next))
+                    }
+                    Ok(due) => {
+                        if let Some(t) = self.inst.token_mut(tid) {
+                            t.phase = Phase::Waiting;
+                        }
+                        let id = format!("{}/{tid}/wait/{visit}", def.steps[s].id);
+                        self.schedule(id, due, TimerKind::Wait(tid));
+                        None
+                    }
+                    Err(e) => {
+                        self.park(tid, format!("step '{}' wait: {e}", def.steps[s].id));
+                        None
+                    }
+                }
+            }
+            StepKind::Parallel { branches, .. } => {
+                if let Some(t) = self.inst.token_mut(tid) {
+                    t.phase = Phase::Joining(0);
+                }
+                if branches.is_empty() {
+                    return Some(Move::Follow(s, Transition::Next));
+                }
+                for &b in branches {
+                    let still_joining = matches!(
+                        self.inst.token(tid).map(|t| &t.phase),
+                        Some(Phase::Joining(_))
+                    );
+                    if !still_joining || self.inst.status.is_ended() {
+                        break;
+                    }
+                    let child = self.new_token(b, Some(tid));
+                    self.run(child, Move::Enter(b));
+                }
+                None
+            }
+            StepKind::End(status) => {
+                self.end_flow(*status);
+                None
+            }
+        }
+    }
+
+    fn follow(&mut self, tid: u32, s: StepIdx, t: Transition) -> Option<Move> {
+        match t {
+            Transition::Next => match self.def.steps[s].next {
+                Some(n) => Some(Move::Enter(n)),
+                None => {
+                    self.end_of_list(tid, s);
+                    None
+                }
+            },
+            Transition::Goto(g) => Some(Move::Enter(g)),
+            Transition::Complete => {
+                self.end_flow(EndStatus::Completed);
+                None
+            }
+            Transition::Fail => {
+                self.end_flow(EndStatus::Failed);
+                None
+            }
+            Transition::Cancel => {
+                self.end_flow(EndStatus::Cancelled);
+                None
+            }
+            Transition::Retry => {
+                self.retry(tid, "retry requested");
+                None
+            }
+            Transition::Incident => {
+                let reason = format!("step '{}' raised an incident", self.def.steps[s].id);
+                self.park(tid, reason);
+                None
+            }
+        }
+    }
+
+    /// A token ran off the end of its list: a branch is done, or the flow is.
+    fn end_of_list(&mut self, tid: u32, s: StepIdx) {
+        let Some(pos) = self.inst.tokens.iter().position(|t| t.id == tid) else {
+            return;
+        };
+        let tok = self.inst.tokens.remove(pos);
+        match (self.def.steps[s].branch, tok.parent) {
+            (Some((par, _)), Some(ptid)) => {
+                let StepKind::Parallel { branches, join } = &self.def.steps[par].kind else {
+                    return;
+                };
+                let needed = join.needed(branches.len()) as u32;
+                let Some(parent) = self.inst.token_mut(ptid) else {
+                    return;
+                };
+                let Phase::Joining(done) = parent.phase else {
+                    return;
+                };
+                parent.phase = Phase::Joining(done + 1);
+                if done + 1 >= needed {
+                    self.cancel_descendants(ptid);
+                    self.step_done(ptid, par);
+                    self.run(ptid, Move::Follow(par, Transition::Next));
+                }
+            }
+            _ => {
+                self.inst.flow_done = true;
+                self.maybe_complete();
+            }
+        }
+    }
+
+    /// Emits a task's command (or starts its call) and starts awaiting; a task
+    /// that awaits nothing is done at once and says where to go.
+    fn start_task(&mut self, tid: u32) -> Option<Move> {
+        let tok = self.inst.token(tid)?;
+        let (s, attempt, visit) = (tok.step, tok.attempt, tok.visit);
+        let def = self.def;
+        let step = &def.steps[s];
+        let StepKind::Task(task) = &step.kind else {
+            return None;
+        };
+        let scope = self.scope(None, attempt);
+        let mut command = None;
+        if let Some(tpl) = &task.command {
+            match build(&tpl.data, &scope) {
+                Ok(data) => {
+                    command = Some(Command {
+                        id: command_id(&self.inst.process, &self.inst.key, &step.id, visit, attempt),
+                        topic: tpl.topic.clone(),
+                        kind: tpl.kind.clone(),
+                        key: self.inst.key.clone(),
+                        data,
+                        step: step.id.clone(),
+                        attempt,
+                        purpose: if task.manual { Purpose::Manual } else { Purpose::Task },
+                    })
+                }
+                Err(e) => {
+                    self.park(tid, format!("step '{}' command.data: {e}", step.id));
+                    return None;
+                }
+            }
+        }
+        let mut phase = Phase::Awaiting;
+        let mut start = None;
+        if let Some(call) = &task.call {
+            let key = call.key.eval_key(&scope).map_err(|e| e.to_string());
+            let vars = eval_assigns(&call.vars, &scope);
+            match (key, vars) {
+                (Ok(key), Ok(vars)) => {
+                    phase = Phase::Calling(key.clone());
+                    start = Some(Effect::StartProcess {
+                        process: call.process.clone(),
+                        key,
+                        vars: vars.into_iter().collect(),
+                        parent: ParentRef {
+                            process: self.inst.process.clone(),
+                            key: self.inst.key.clone(),
+                            version: self.inst.version,
+                        },
+                    });
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    self.park(tid, format!("step '{}' call: {e}", step.id));
+                    return None;
+                }
+            }
+        }
+        if let Some(c) = command {
+            self.fx.push(Effect::Command(c));
+        }
+        if let Some(st) = start {
+            self.fx.push(st);
+        }
+        if task.outcomes.is_empty() && task.call.is_none() {
+            self.step_done(tid, s);
+            return Some(Move::Follow(s, Transition::Next));
+        }
+        if let Some(t) = self.inst.token_mut(tid) {
+            t.phase = phase;
+        }
+        if let Some(timeout) = task.timeout {
+            let id = format!("{}/{tid}/timeout/{visit}.{attempt}", step.id);
+            self.schedule(id, self.now.saturating_add(timeout), TimerKind::Timeout(tid));
+        }
+        None
+    }
+
+    fn retry(&mut self, tid: u32, why: &str) {
+        let Some(tok) = self.inst.token(tid) else {
+            return;
+        };
+        let (s, attempt, visit) = (tok.step, tok.attempt, tok.visit);
+        let def = self.def;
+        let StepKind::Task(task) = &def.steps[s].kind else {
+            return;
+        };
+        self.cancel_token_timers(tid);
+        match task.retry {
+            Some(r) if attempt < r.attempts => {
+                if let Some(t) = self.inst.token_mut(tid) {
+                    t.phase = Phase::Backoff;
+                }
+                let id = format!("{}/{tid}/backoff/{visit}.{}", def.steps[s].id, attempt + 1);
+                let due = self.now.saturating_add(r.delay(attempt + 1));
+                self.schedule(id, due, TimerKind::Backoff(tid));
+            }
+            _ => match task.on_exhausted {
+                Transition::Retry | Transition::Incident => {
+                    let reason = format!(
+                        "step '{}' {why} after {attempt} attempt{}",
+                        def.steps[s].id,
+                        if attempt == 1 { "" } else { "s" }
+                    );
+                    self.park(tid, reason);
+                }
+                t => self.run(tid, Move::Follow(s, t)),
+            },
+        }
+    }
+
+    fn step_done(&mut self, tid: u32, s: StepIdx) {
+        if let StepKind::Task(_) = self.def.steps[s].kind
+            && let Some(tok) = self.inst.token(tid)
+        {
+            let c = Completion {
+                step: s,
+                attempt: tok.attempt,
+                visit: tok.visit,
+            };
+            self.inst.completed.push(c);
+        }
+        for (i, e) in self.def.expect.iter().enumerate() {
+            if e.after == Some(s) {
+                self.arm(i);
+            }
+        }
+    }
+
+    // ---- watchdogs --------------------------------------------------------
+
+    fn arm(&mut self, i: usize) {
+        if self.inst.expects.iter().any(|e| e.index as usize == i) {
+            return;
+        }
+        let due = self.now.saturating_add(self.def.expect[i].within);
+        self.inst.expects.push(ArmedExpect {
+            index: i as u32,
+            due,
+        });
+        self.schedule(expect_timer_id(i as u32), due, TimerKind::Expect(i as u32));
+    }
+
+    fn escalate(&mut self, i: usize) {
+        let def = self.def;
+        let e = &def.expect[i];
+        if let Some(tpl) = &e.command {
+            match build(&tpl.data, &self.scope(None, 0)) {
+                Ok(data) => {
+                    let c = Command {
+                        id: format!("{}/{}/expect[{i}]", self.inst.process, self.inst.key),
+                        topic: tpl.topic.clone(),
+                        kind: tpl.kind.clone(),
+                        key: self.inst.key.clone(),
+                        data,
+                        step: format!("expect[{i}]"),
+                        attempt: 1,
+                        purpose: Purpose::Escalation,
+                    };
+                    self.fx.push(Effect::Command(c));
+                }
+                Err(err) => {
+                    self.incident(None, None, format!("expect[{i}].otherwise.command: {err}"));
+                }
+            }
+        }
+        match e.then {
+            Transition::Next | Transition::Retry => {}
+            Transition::Incident => {
+                let reason = format!("expected {} within {} ms, it did not come", e.on.as_str(), e.within);
+                self.incident(None, None, reason);
+            }
+            Transition::Goto(g) => {
+                let all: Vec<u32> = self.inst.tokens.iter().map(|t| t.id).collect();
+                for tid in all {
+                    self.drop_token(tid);
+                }
+                self.inst.flow_done = false;
+                let tid = self.new_token(g, None);
+                self.run(tid, Move::Enter(g));
+            }
+            Transition::Complete => self.end_flow(EndStatus::Completed),
+            Transition::Fail => self.end_flow(EndStatus::Failed),
+            Transition::Cancel => self.end_flow(EndStatus::Cancelled),
+        }
+    }
+
+    // ---- incidents and ends -----------------------------------------------
+
+    fn park(&mut self, tid: u32, reason: String) {
+        self.cancel_token_timers(tid);
+        let step = self.inst.token(tid).map(|t| t.step);
+        let id = self.incident(Some(tid), step, reason);
+        if let Some(t) = self.inst.token_mut(tid) {
+            t.phase = Phase::Parked(id);
+        }
+    }
+
+    fn incident(&mut self, token: Option<u32>, step: Option<StepIdx>, reason: String) -> u32 {
+        let id = self.inst.next_incident;
+        self.inst.next_incident += 1;
+        self.fx.push(Effect::IncidentRaised {
+            id,
+            step: self.step_name(step),
+            reason: reason.clone(),
+        });
+        self.inst.incidents.push(Incident {
+            id,
+            token,
+            step,
+            reason,
+            at: self.now,
+        });
+        id
+    }
+
+    fn end_flow(&mut self, status: EndStatus) {
+        match status {
+            EndStatus::Completed => {
+                let all: Vec<u32> = self.inst.tokens.iter().map(|t| t.id).collect();
+                for tid in all {
+                    self.drop_token(tid);
+                }
+                self.inst.flow_done = true;
+                self.maybe_complete();
+            }
+            EndStatus::Failed => {
+                self.compensate();
+                self.finish(Status::Failed);
+            }
+            EndStatus::Cancelled => self.finish(Status::Cancelled),
+        }
+    }
+
+    /// Emits the compensation of every completed task, newest first.
+    fn compensate(&mut self) {
+        let def = self.def;
+        let done = std::mem::take(&mut self.inst.completed);
+        for c in done.iter().rev() {
+            let step = &def.steps[c.step];
+            let StepKind::Task(task) = &step.kind else {
+                continue;
+            };
+            let Some(tpl) = &task.compensate else {
+                continue;
+            };
+            match build(&tpl.data, &self.scope(None, c.attempt)) {
+                Ok(data) => {
+                    let id = command_id(&self.inst.process, &self.inst.key, &step.id, c.visit, c.attempt);
+                    self.fx.push(Effect::Command(Command {
+                        id: format!("{id}/compensate"),
+                        topic: tpl.topic.clone(),
+                        kind: tpl.kind.clone(),
+                        key: self.inst.key.clone(),
+                        data,
+                        step: step.id.clone(),
+                        attempt: c.attempt,
+                        purpose: Purpose::Compensation,
+                    }));
+                }
+                Err(e) => {
+                    let reason = format!("step '{}' compensate.data: {e}", step.id);
+                    self.incident(None, Some(c.step), reason);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, status: Status) {
+        for t in std::mem::take(&mut self.inst.timers) {
+            self.fx.push(Effect::CancelTimer(t.id));
+        }
+        self.inst.tokens.clear();
+        self.inst.expects.clear();
+        for b in std::mem::take(&mut self.inst.buffer) {
+            self.reject(&b.event.id, Rejection::Ended(status));
+        }
+        self.inst.status = status;
+        self.fx.push(Effect::Ended {
+            status,
+            parent: self.inst.parent.clone(),
+        });
+    }
+
+    fn maybe_complete(&mut self) {
+        if self.inst.status == Status::Active
+            && self.inst.flow_done
+            && self.inst.tokens.is_empty()
+            && self.inst.expects.is_empty()
+        {
+            self.finish(Status::Completed);
+        }
+    }
+
+    // ---- tokens and timers ------------------------------------------------
+
+    fn drop_token(&mut self, tid: u32) {
+        self.cancel_token_timers(tid);
+        let open: Vec<Incident> = self
+            .inst
+            .incidents
+            .iter()
+            .filter(|i| i.token == Some(tid))
+            .cloned()
+            .collect();
+        for inc in open {
+            self.inst.incidents.retain(|i| i.id != inc.id);
+            self.fx.push(Effect::IncidentResolved {
+                id: inc.id,
+                step: self.step_name(inc.step),
+                resolution: "withdrawn".to_string(),
+            });
+        }
+        self.inst.tokens.retain(|t| t.id != tid);
+    }
+
+    fn cancel_descendants(&mut self, root: u32) {
+        let mut family = vec![root];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for t in &self.inst.tokens {
+                if let Some(p) = t.parent
+                    && family.contains(&p)
+                    && !family.contains(&t.id)
+                {
+                    family.push(t.id);
+                    grew = true;
+                }
+            }
+        }
+        for tid in family.into_iter().skip(1) {
+            self.drop_token(tid);
+        }
+    }
+
+    fn schedule(&mut self, id: String, due: Millis, kind: TimerKind) {
+        let timer = Timer { id, due, kind };
+        self.fx.push(Effect::ScheduleTimer(timer.clone()));
+        self.inst.timers.push(timer);
+    }
+
+    fn cancel_timer(&mut self, id: &str) {
+        if let Some(pos) = self.inst.timers.iter().position(|t| t.id == id) {
+            let t = self.inst.timers.remove(pos);
+            self.fx.push(Effect::CancelTimer(t.id));
+        }
+    }
+
+    fn cancel_token_timers(&mut self, tid: u32) {
+        let mine = |k: &TimerKind| {
+            matches!(k, TimerKind::Timeout(t) | TimerKind::Backoff(t) | TimerKind::Wait(t) if *t == tid)
+        };
+        let ids: Vec<String> = self
+            .inst
+            .timers
+            .iter()
+            .filter(|t| mine(&t.kind))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            self.cancel_timer(&id);
+        }
+    }
+
+    // ---- buffer -------------------------------------------------------------
+
+    fn buffer(&mut self, ev: &Event) -> bool {
+        if self.inst.buffer.len() >= self.def.buffer.size {
+            self.reject(&ev.id, Rejection::BufferFull);
+            return false;
+        }
+        self.inst.buffer.push(Buffered {
+            event: ev.clone(),
+            expires: self.now.saturating_add(self.def.buffer.ttl),
+        });
+        self.buffer_timer();
+        true
+    }
+
+    fn expire_buffer(&mut self) {
+        let now = self.now;
+        let (gone, kept): (Vec<Buffered>, Vec<Buffered>) = std::mem::take(&mut self.inst.buffer)
+            .into_iter()
+            .partition(|b| b.expires <= now);
+        self.inst.buffer = kept;
+        for b in gone {
+            self.reject(&b.event.id, Rejection::Expired);
+        }
+        self.buffer_timer();
+    }
+
+    /// Keeps exactly one buffer timer, due at the earliest expiry, while the buffer holds events.
+    fn buffer_timer(&mut self) {
+        let due = self.inst.buffer.iter().map(|b| b.expires).min();
+        let current = self
+            .inst
+            .timers
+            .iter()
+            .find(|t| t.kind == TimerKind::Buffer)
+            .map(|t| (t.id.clone(), t.due));
+        match (due, current) {
+            (Some(d), Some((_, c))) if d == c => {}
+            (due, current) => {
+                if let Some((id, _)) = current {
+                    self.cancel_timer(&id);
+                }
+                if let Some(d) = due {
+                    self.schedule(format!("buffer/{d}"), d, TimerKind::Buffer);
+                }
+            }
+        }
+    }
+
+    /// Delivers buffered events the instance can now use, in arrival order.
+    fn drain_buffer(&mut self) {
+        loop {
+            if self.inst.status != Status::Active {
+                return;
+            }
+            let mut progressed = false;
+            for i in 0..self.inst.buffer.len() {
+                let ev = self.inst.buffer[i].event.clone();
+                if self.deliver(&ev) {
+                    if let Some(pos) = self.inst.buffer.iter().position(|b| b.event.id == ev.id) {
+                        self.inst.buffer.remove(pos);
+                    }
+                    progressed = true;
+                    break;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.buffer_timer();
+    }
+
+    fn store(&mut self, values: Vec<(String, serde_json::Value)>) {
+        for (k, v) in values {
+            self.changed.insert(k.clone());
+            self.inst.vars.insert(k, v);
+        }
+    }
+}
+
+fn expect_timer_id(i: u32) -> String {
+    format!("expect[{i}]")
+}
+
+/// `<process>/<key>/<step>/<attempt>`; a step entered again (a loop) adds `#<visit>`.
+pub fn command_id(process: &str, key: &str, step: &str, visit: u32, attempt: u32) -> String {
+    if visit <= 1 {
+        format!("{process}/{key}/{step}/{attempt}")
+    } else {
+        format!("{process}/{key}/{step}#{visit}/{attempt}")
+    }
+}
+
+fn eval_assigns(assigns: &[Assign], scope: &Scope<'_>) -> Result<Vec<(String, serde_json::Value)>, String> {
+    assigns
+        .iter()
+        .map(|a| {
+            a.expr
+                .eval(scope)
+                .map(|v| (a.name.clone(), v))
+                .map_err(|e| format!("{}: {e}", a.name))
+        })
+        .collect()
+}
+
+fn build(map: &DataMap, scope: &Scope<'_>) -> Result<serde_json::Value, String> {
+    Ok(match map {
+        DataMap::Expr(e) => e.eval(scope).map_err(|e| e.to_string())?,
+        DataMap::Object(fields) => {
+            let mut o = serde_json::Map::new();
+            for (k, v) in fields {
+                o.insert(k.clone(), build(v, scope).map_err(|e| format!("{k}: {e}"))?);
+            }
+            serde_json::Value::Object(o)
+        }
+        DataMap::List(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|v| build(v, scope))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}

@@ -1,0 +1,17 @@
+//! baton: a process orchestrator for event-driven enterprises.
+//!
+//! Domain events come in, process instances advance, command events go out.
+//!
+//! - [`engine`]: the pure, deterministic state machine (`step`).
+//! - [`dsl`]: process definitions in YAML, parsed and validated into the engine's model.
+//! - [`wire`]: protobuf snapshots of instance state.
+//! - [`simulate`]: runs definitions in memory on a virtual clock (`baton simulate`).
+//! - [`diagram`]: Mermaid flowcharts of definitions (`baton graph`).
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod diagram;
+pub mod dsl;
+pub mod engine;
+pub mod simulate;
+pub mod wire;
