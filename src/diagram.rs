@@ -143,6 +143,7 @@ fn node(def: &Definition, i: StepIdx) -> String {
 
 fn target(def: &Definition, from: StepIdx, t: Transition) -> Option<String> {
     match t {
+        Transition::Next if def.steps[from].then != Transition::Next => target(def, from, def.steps[from].then),
         Transition::Next => match def.steps[from].next {
             Some(n) => Some(node(def, n)),
             None if def.steps[from].branch.is_some() => None,

@@ -412,10 +412,6 @@ impl Parser {
         let expect = get(m, "expect").map(|n| self.expect(n)).unwrap_or_default();
 
         let steps: Vec<Step> = std::mem::take(&mut self.arena).into_iter().flatten().collect();
-        if steps.len() != self.locs.steps.len() {
-            // A step failed to parse; its errors are already reported.
-            return None;
-        }
         let mut def = Definition {
             process: process?,
             version: version?,
@@ -528,9 +524,22 @@ impl Parser {
             let p = format!("{path}[{i}]");
             let idx = self.next_idx;
             self.next_idx += 1;
-            if let Some(step) = self.step(item, &p, idx, branch) {
-                self.arena[idx] = Some(step);
-            }
+            let step = self.step(item, &p, idx, branch).unwrap_or_else(|| {
+                // Its errors are reported; a stand-in that falls through keeps
+                // the whole-definition checks meaningful for the other steps.
+                let id = match item {
+                    Node::Mapping(m) => get(m, "id").and_then(|n| n.as_scalar()).map(|s| s.as_str().to_string()),
+                    _ => None,
+                };
+                Step {
+                    id: id.unwrap_or_else(|| format!("#{idx}")),
+                    kind: StepKind::Set(Vec::new()),
+                    next: None,
+                    branch,
+                    then: Transition::Next,
+                }
+            });
+            self.arena[idx] = Some(step);
             list.push(idx);
         }
         for w in list.windows(2) {
@@ -565,7 +574,19 @@ impl Parser {
                 return None;
             }
         };
-        let common = ["id", "description"];
+        let common = ["id", "description", "then", "goto"];
+        let then = match kind {
+            "switch" | "end" => {
+                for k in ["then", "goto"] {
+                    if let Some(n) = get(m, k) {
+                        let what = if kind == "switch" { "a switch decides with its cases and `default`" } else { "an end step ends the flow" };
+                        self.err(n.span(), &join(path, k), format!("`{k}` does not apply here: {what}"));
+                    }
+                }
+                Transition::Next
+            }
+            _ => self.transition_in(m, path, Some(idx), false, Transition::Next)?,
+        };
         let kind = match kind {
             "task" => {
                 let allowed = [
@@ -686,6 +707,7 @@ impl Parser {
             kind,
             next: None,
             branch,
+            then,
         })
     }
 

@@ -18,7 +18,14 @@ pub fn validate(file: &str, def: &Definition, locs: &Locations) -> Vec<Diagnosti
         })
     };
     let n = def.steps.len();
-    let succ: Vec<Vec<StepIdx>> = (0..n).map(|s| successors(def, s)).collect();
+    let mut succ: Vec<Vec<StepIdx>> = (0..n).map(|s| successors(def, s)).collect();
+    for j in &locs.jumps {
+        if let Some(f) = j.from
+            && !succ[f].contains(&j.to)
+        {
+            succ[f].push(j.to);
+        }
+    }
 
     // Reachability from the entry and from watchdog jumps.
     let mut seen = vec![false; n];
@@ -146,6 +153,7 @@ fn successors(def: &Definition, s: StepIdx) -> Vec<StepIdx> {
         StepKind::End(_) => {}
     }
     for t in ts {
+        let t = if t == Transition::Next { step.then } else { t };
         match t {
             Transition::Next => out.extend(step.next),
             Transition::Goto(g) => out.push(g),

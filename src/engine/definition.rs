@@ -147,6 +147,8 @@ pub struct Step {
     pub next: Option<StepIdx>,
     /// The parallel step and branch number this step belongs to.
     pub branch: Option<(StepIdx, usize)>,
+    /// Where the flow goes when the step is done (`then:`/`goto:` on the step).
+    pub then: Transition,
 }
 
 /// What a step does.

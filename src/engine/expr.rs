@@ -79,12 +79,10 @@ impl Expr {
     /// Compiles `source`; the error is the parser's message.
     pub fn parse(source: &str) -> Result<Expr, String> {
         let program = env().compile(source).map_err(|e| {
-            e.to_string()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ")
+            // Keep the parser's first message line, without the source echo.
+            let text = e.to_string();
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("syntax error");
+            first.trim_start_matches("ERROR: ").trim_start_matches("<input>:").to_string()
         })?;
         let mut bound = BTreeSet::new();
         let mut idents = BTreeSet::new();

@@ -612,6 +612,9 @@ impl Machine<'_> {
 
     fn follow(&mut self, tid: u32, s: StepIdx, t: Transition) -> Option<Move> {
         match t {
+            Transition::Next if self.def.steps[s].then != Transition::Next => {
+                self.follow(tid, s, self.def.steps[s].then)
+            }
             Transition::Next => match self.def.steps[s].next {
                 Some(n) => Some(Move::Enter(n)),
                 None => {
@@ -844,7 +847,8 @@ impl Machine<'_> {
         match e.then {
             Transition::Next | Transition::Retry => {}
             Transition::Incident => {
-                let reason = format!("expected {} within {} ms, it did not come", e.on.as_str(), e.within);
+                let within = humantime::format_duration(std::time::Duration::from_millis(e.within));
+                let reason = format!("expected {} within {within} after {}, it did not come", e.on.as_str(), self.step_name(e.after));
                 self.incident(None, None, reason);
             }
             Transition::Goto(g) => {
@@ -964,6 +968,7 @@ impl Machine<'_> {
             && self.inst.flow_done
             && self.inst.tokens.is_empty()
             && self.inst.expects.is_empty()
+            && self.inst.incidents.is_empty()
         {
             self.finish(Status::Completed);
         }
@@ -1097,14 +1102,14 @@ impl Machine<'_> {
             }
             let mut progressed = false;
             for i in 0..self.inst.buffer.len() {
-                let ev = self.inst.buffer[i].event.clone();
-                if self.deliver(&ev) {
-                    if let Some(pos) = self.inst.buffer.iter().position(|b| b.event.id == ev.id) {
-                        self.inst.buffer.remove(pos);
-                    }
+                // Out of the buffer while it is offered: if it ends the
+                // instance, it must not be rejected as left over.
+                let b = self.inst.buffer.remove(i);
+                if self.deliver(&b.event) {
                     progressed = true;
                     break;
                 }
+                self.inst.buffer.insert(i, b);
             }
             if !progressed {
                 break;
