@@ -26,7 +26,11 @@ pub fn mermaid(def: &Definition) -> String {
         let shape = match &s.kind {
             StepKind::Task(t) => {
                 let what = if let Some(c) = &t.command {
-                    format!("{}<br/>{}", if t.manual { "manual" } else { "command" }, esc(&c.kind))
+                    format!(
+                        "{}<br/>{}",
+                        if t.manual { "manual" } else { "command" },
+                        esc(&c.kind)
+                    )
                 } else if let Some(c) = &t.call {
                     format!("call {}", esc(&c.process))
                 } else {
@@ -38,7 +42,10 @@ pub fn mermaid(def: &Definition) -> String {
             StepKind::Set(_) => format!("[/\"{} (set)\"/]", esc(&s.id)),
             StepKind::Wait(w) => {
                 let what = match w {
-                    Wait::For(ms) => humantime::format_duration(std::time::Duration::from_millis(*ms)).to_string(),
+                    Wait::For(ms) => {
+                        humantime::format_duration(std::time::Duration::from_millis(*ms))
+                            .to_string()
+                    }
                     Wait::Until(e) => format!("until {}", esc(e.source())),
                 };
                 format!("([\"{}<br/>wait {what}\"])", esc(&s.id))
@@ -143,7 +150,9 @@ fn node(def: &Definition, i: StepIdx) -> String {
 
 fn target(def: &Definition, from: StepIdx, t: Transition) -> Option<String> {
     match t {
-        Transition::Next if def.steps[from].then != Transition::Next => target(def, from, def.steps[from].then),
+        Transition::Next if def.steps[from].then != Transition::Next => {
+            target(def, from, def.steps[from].then)
+        }
         Transition::Next => match def.steps[from].next {
             Some(n) => Some(node(def, n)),
             None if def.steps[from].branch.is_some() => None,

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use crate::engine::{
-    self, Action, Definition, Effect, Event, Input, Instance, Millis, Purpose, Registry, Status, format_rfc3339,
-    parse_rfc3339,
+    self, Action, Definition, Effect, Event, Input, Instance, Millis, Purpose, Registry, Status,
+    format_rfc3339, parse_rfc3339,
 };
 
 /// Default start of the virtual clock: 2026-01-05T09:00:00Z.
@@ -90,7 +90,11 @@ impl Simulation {
                     routed = true;
                     let id = (def.process.clone(), route.key.clone());
                     let version = self.instances.get(&id).map_or(def.version, |i| i.version);
-                    let def = self.registry.get(&def.process, version).cloned().unwrap_or(def);
+                    let def = self
+                        .registry
+                        .get(&def.process, version)
+                        .cloned()
+                        .unwrap_or(def);
                     self.instances
                         .entry(id.clone())
                         .or_insert_with(|| Instance::new(&def.process, def.version, &route.key));
@@ -102,13 +106,25 @@ impl Simulation {
                 Err(e) => {
                     routed = true;
                     self.rejected += 1;
-                    self.note("-", format!("dead letter {} ({}): {}: {e}", event.kind, event.id, def.process));
+                    self.note(
+                        "-",
+                        format!(
+                            "dead letter {} ({}): {}: {e}",
+                            event.kind, event.id, def.process
+                        ),
+                    );
                 }
             }
         }
         if !routed {
             self.rejected += 1;
-            self.note("-", format!("dead letter {} ({}): no process starts on or correlates this type", event.kind, event.id));
+            self.note(
+                "-",
+                format!(
+                    "dead letter {} ({}): no process starts on or correlates this type",
+                    event.kind, event.id
+                ),
+            );
         }
     }
 
@@ -122,11 +138,16 @@ impl Simulation {
             let (due, process, key, timer) = first;
             self.clock = self.clock.max(due);
             let id = (process, key);
-            let Some(inst) = self.instances.get(&id) else { continue };
+            let Some(inst) = self.instances.get(&id) else {
+                continue;
+            };
             let Some(def) = self.registry.get(&inst.process, inst.version).cloned() else {
                 continue;
             };
-            self.note(&format!("{}/{}", id.0, id.1), format!("timer {timer} fired"));
+            self.note(
+                &format!("{}/{}", id.0, id.1),
+                format!("timer {timer} fired"),
+            );
             self.apply(&def, &id, Input::Timer(timer));
         }
         self.clock = self.clock.max(to);
@@ -135,7 +156,10 @@ impl Simulation {
     /// Applies an operator action to an instance.
     pub fn operate(&mut self, process: &str, key: &str, action: Action) -> Result<(), String> {
         let id = (process.to_string(), key.to_string());
-        let inst = self.instances.get(&id).ok_or_else(|| format!("no instance {process}/{key}"))?;
+        let inst = self
+            .instances
+            .get(&id)
+            .ok_or_else(|| format!("no instance {process}/{key}"))?;
         let def = self
             .registry
             .get(&inst.process, inst.version)
@@ -147,7 +171,9 @@ impl Simulation {
     }
 
     fn apply(&mut self, def: &Definition, id: &(String, String), input: Input) {
-        let Some(inst) = self.instances.get_mut(id) else { return };
+        let Some(inst) = self.instances.get_mut(id) else {
+            return;
+        };
         let effects = engine::apply(def, inst, &input, self.clock);
         let name = format!("{}/{}", id.0, id.1);
         let mut follow_ups = Vec::new();
@@ -160,19 +186,33 @@ impl Simulation {
                         Purpose::Compensation => "compensation",
                         Purpose::Escalation => "escalation",
                     };
-                    self.note(&name, format!("  → {label} {} {} id={} data={}", c.topic, c.kind, c.id, c.data));
+                    self.note(
+                        &name,
+                        format!(
+                            "  → {label} {} {} id={} data={}",
+                            c.topic, c.kind, c.id, c.data
+                        ),
+                    );
                     self.commands.push(c);
                 }
                 Effect::ScheduleTimer(t) => {
-                    self.note(&name, format!("  ⏲ timer {} due {}", t.id, format_rfc3339(t.due)));
-                    self.timers.insert((t.due, id.0.clone(), id.1.clone(), t.id));
+                    self.note(
+                        &name,
+                        format!("  ⏲ timer {} due {}", t.id, format_rfc3339(t.due)),
+                    );
+                    self.timers
+                        .insert((t.due, id.0.clone(), id.1.clone(), t.id));
                 }
                 Effect::CancelTimer(t) => {
-                    self.timers.retain(|(_, p, k, tid)| !(p == &id.0 && k == &id.1 && tid == &t));
+                    self.timers
+                        .retain(|(_, p, k, tid)| !(p == &id.0 && k == &id.1 && tid == &t));
                 }
                 Effect::Audit(a) => {
                     if a.before != a.after {
-                        self.note(&name, format!("  state {} at [{}]", a.status.as_str(), a.after.join(", ")));
+                        self.note(
+                            &name,
+                            format!("  state {} at [{}]", a.status.as_str(), a.after.join(", ")),
+                        );
                     }
                 }
                 Effect::VariablesChanged(names) => {
@@ -184,13 +224,24 @@ impl Simulation {
                         self.note(&name, format!("  vars {}", shown.join(" ")));
                     }
                 }
-                Effect::IncidentRaised { id: n, step, reason } => {
+                Effect::IncidentRaised {
+                    id: n,
+                    step,
+                    reason,
+                } => {
                     self.note(&name, format!("  ! incident {n} at {step}: {reason}"));
                 }
-                Effect::IncidentResolved { id: n, resolution, .. } => {
+                Effect::IncidentResolved {
+                    id: n, resolution, ..
+                } => {
                     self.note(&name, format!("  ✓ incident {n} {resolution}"));
                 }
-                Effect::StartProcess { process, key, vars, parent } => {
+                Effect::StartProcess {
+                    process,
+                    key,
+                    vars,
+                    parent,
+                } => {
                     self.note(&name, format!("  → call {process}/{key}"));
                     follow_ups.push(FollowUp::Start(process, key, vars, parent));
                 }
@@ -213,7 +264,10 @@ impl Simulation {
             match f {
                 FollowUp::Start(process, key, vars, parent) => {
                     let Some(child_def) = self.registry.latest(&process).cloned() else {
-                        self.note(&name, format!("  ! called process `{process}` is not deployed"));
+                        self.note(
+                            &name,
+                            format!("  ! called process `{process}` is not deployed"),
+                        );
                         continue;
                     };
                     let cid = (process.clone(), key.clone());
@@ -224,11 +278,20 @@ impl Simulation {
                 }
                 FollowUp::Notify(process, key, status) => {
                     let pid = (process, key);
-                    let (Some(child), Some(parent)) = (self.instances.get(id), self.instances.get(&pid)) else {
+                    let (Some(child), Some(parent)) =
+                        (self.instances.get(id), self.instances.get(&pid))
+                    else {
                         continue;
                     };
-                    let event = Event::child_ended(&child.process, &child.key, status, &child.vars, self.clock);
-                    let Some(pdef) = self.registry.get(&parent.process, parent.version).cloned() else {
+                    let event = Event::child_ended(
+                        &child.process,
+                        &child.key,
+                        status,
+                        &child.vars,
+                        self.clock,
+                    );
+                    let Some(pdef) = self.registry.get(&parent.process, parent.version).cloned()
+                    else {
                         continue;
                     };
                     self.apply(&pdef, &pid, Input::Event(event));
@@ -256,14 +319,24 @@ impl Simulation {
                 continue;
             }
             let v: Json = serde_json::from_str(text).map_err(|e| fail(format!("not JSON: {e}")))?;
-            let obj = v.as_object().ok_or_else(|| fail("expected a JSON object".into()))?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| fail("expected a JSON object".into()))?;
             let (verb, arg) = match obj.iter().next() {
                 Some(kv) if obj.len() == 1 => kv,
-                _ => return Err(fail("each line has exactly one of clock, event, advance, operator, expect".into())),
+                _ => {
+                    return Err(fail(
+                        "each line has exactly one of clock, event, advance, operator, expect"
+                            .into(),
+                    ));
+                }
             };
             match verb.as_str() {
                 "clock" => {
-                    let t = arg.as_str().and_then(parse_rfc3339).ok_or_else(|| fail("clock must be an RFC 3339 time".into()))?;
+                    let t = arg
+                        .as_str()
+                        .and_then(parse_rfc3339)
+                        .ok_or_else(|| fail("clock must be an RFC 3339 time".into()))?;
                     self.advance_to(t);
                 }
                 "advance" => {
@@ -299,16 +372,29 @@ impl Simulation {
                 return Err(format!("unknown event field `{k}`"));
             }
         }
-        let kind = o.get("type").and_then(Json::as_str).ok_or("event needs a string `type`")?;
+        let kind = o
+            .get("type")
+            .and_then(Json::as_str)
+            .ok_or("event needs a string `type`")?;
         self.seq += 1;
         let time = match o.get("time") {
-            Some(t) => t.as_str().and_then(parse_rfc3339).ok_or("event time must be RFC 3339")?,
+            Some(t) => t
+                .as_str()
+                .and_then(parse_rfc3339)
+                .ok_or("event time must be RFC 3339")?,
             None => self.clock,
         };
         Ok(Event {
-            id: o.get("id").and_then(Json::as_str).map_or_else(|| format!("e{line}"), str::to_string),
+            id: o
+                .get("id")
+                .and_then(Json::as_str)
+                .map_or_else(|| format!("e{line}"), str::to_string),
             kind: kind.to_string(),
-            source: o.get("source").and_then(Json::as_str).unwrap_or("scenario").to_string(),
+            source: o
+                .get("source")
+                .and_then(Json::as_str)
+                .unwrap_or("scenario")
+                .to_string(),
             time,
             data: o.get("data").cloned().unwrap_or(Json::Null),
         })
@@ -318,12 +404,26 @@ impl Simulation {
         let o = v.as_object().ok_or("expect must be an object")?;
         let mut problems = Vec::new();
         for k in o.keys() {
-            if !["commands", "process", "key", "status", "at", "vars", "incidents", "rejected"].contains(&k.as_str()) {
+            if ![
+                "commands",
+                "process",
+                "key",
+                "status",
+                "at",
+                "vars",
+                "incidents",
+                "rejected",
+            ]
+            .contains(&k.as_str())
+            {
                 return Err(format!("unknown expect field `{k}`"));
             }
         }
         if let Some(want) = o.get("commands") {
-            let got: Vec<&str> = self.commands[since..].iter().map(|c| c.kind.as_str()).collect();
+            let got: Vec<&str> = self.commands[since..]
+                .iter()
+                .map(|c| c.kind.as_str())
+                .collect();
             let want: Vec<&str> = want
                 .as_array()
                 .ok_or("commands must be a list of types")?
@@ -344,11 +444,16 @@ impl Simulation {
             let process = match o.get("process").and_then(Json::as_str) {
                 Some(p) => p.to_string(),
                 None => {
-                    let matching: Vec<&(String, String)> = self.instances.keys().filter(|(_, k)| k == key).collect();
+                    let matching: Vec<&(String, String)> =
+                        self.instances.keys().filter(|(_, k)| k == key).collect();
                     match matching.as_slice() {
                         [one] => one.0.clone(),
                         [] => return Err(format!("no instance with key {key}")),
-                        _ => return Err(format!("several processes have key {key}; say which with `process`")),
+                        _ => {
+                            return Err(format!(
+                                "several processes have key {key}; say which with `process`"
+                            ));
+                        }
                     }
                 }
             };
@@ -360,10 +465,17 @@ impl Simulation {
             if let Some(want) = o.get("status").and_then(Json::as_str)
                 && inst.status.as_str() != want
             {
-                problems.push(format!("status: expected {want}, got {}", inst.status.as_str()));
+                problems.push(format!(
+                    "status: expected {want}, got {}",
+                    inst.status.as_str()
+                ));
             }
             if let (Some(want), Some(def)) = (o.get("at"), def) {
-                let mut got: Vec<String> = inst.tokens.iter().map(|t| def.steps[t.step].id.clone()).collect();
+                let mut got: Vec<String> = inst
+                    .tokens
+                    .iter()
+                    .map(|t| def.steps[t.step].id.clone())
+                    .collect();
                 let mut want: Vec<String> = want
                     .as_array()
                     .ok_or("at must be a list of step ids")?
@@ -380,7 +492,10 @@ impl Simulation {
                 let want = want.as_object().ok_or("vars must be an object")?;
                 for (k, v) in want {
                     if inst.vars.get(k) != Some(v) {
-                        problems.push(format!("vars.{k}: expected {v}, got {}", inst.vars.get(k).unwrap_or(&Json::Null)));
+                        problems.push(format!(
+                            "vars.{k}: expected {v}, got {}",
+                            inst.vars.get(k).unwrap_or(&Json::Null)
+                        ));
                     }
                 }
             }
@@ -388,7 +503,10 @@ impl Simulation {
                 && inst.incidents.len() as u64 != want
             {
                 let reasons: Vec<&str> = inst.incidents.iter().map(|i| i.reason.as_str()).collect();
-                problems.push(format!("incidents: expected {want}, got {} {reasons:?}", inst.incidents.len()));
+                problems.push(format!(
+                    "incidents: expected {want}, got {} {reasons:?}",
+                    inst.incidents.len()
+                ));
             }
         }
         if problems.is_empty() {
@@ -402,7 +520,13 @@ impl Simulation {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for r in &self.log {
-            let _ = writeln!(out, "{} {:<28} {}", format_rfc3339(r.at), r.instance, r.what);
+            let _ = writeln!(
+                out,
+                "{} {:<28} {}",
+                format_rfc3339(r.at),
+                r.instance,
+                r.what
+            );
         }
         out
     }
@@ -423,7 +547,11 @@ impl Simulation {
                 "{p}/{k} v{}: {}{} incidents={} vars={vars}",
                 inst.version,
                 inst.status.as_str(),
-                if at.is_empty() { String::new() } else { format!(" at [{}]", at.join(", ")) },
+                if at.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at [{}]", at.join(", "))
+                },
                 inst.incidents.len()
             );
         }
@@ -432,7 +560,10 @@ impl Simulation {
 
     /// How many instances are in this status.
     pub fn count(&self, status: Status) -> usize {
-        self.instances.values().filter(|i| i.status == status).count()
+        self.instances
+            .values()
+            .filter(|i| i.status == status)
+            .count()
     }
 }
 
@@ -459,7 +590,11 @@ fn operator(v: &Json) -> Result<(String, String, Action), String> {
             name: s("name").ok_or("set needs `name`")?,
             value: o.get("value").cloned().ok_or("set needs `value`")?,
         },
-        other => return Err(format!("unknown operator action {other:?}; use retry, skip, cancel or set")),
+        other => {
+            return Err(format!(
+                "unknown operator action {other:?}; use retry, skip, cancel or set"
+            ));
+        }
     };
     Ok((process, key, action))
 }

@@ -11,7 +11,8 @@ struct Case {
     scenario: &'static str,
 }
 
-const HEAD: &str = "version: 1\nstart: { on: go, key: event.data.id }\ncorrelate: { \"*\": event.data.id }\n";
+const HEAD: &str =
+    "version: 1\nstart: { on: go, key: event.data.id }\ncorrelate: { \"*\": event.data.id }\n";
 
 fn run(case: &Case) {
     let mut reg = Registry::default();

@@ -36,7 +36,10 @@ fn engine_and_dsl_do_no_io_and_read_no_clock() {
     for layer in ["src/engine", "src/dsl"] {
         rust_files(&root.join(layer), &mut files);
     }
-    assert!(files.len() >= 5, "expected the engine and dsl sources, found {files:?}");
+    assert!(
+        files.len() >= 5,
+        "expected the engine and dsl sources, found {files:?}"
+    );
     let mut hits = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).expect("source is readable");
@@ -49,7 +52,11 @@ fn engine_and_dsl_do_no_io_and_read_no_clock() {
             }
         }
     }
-    assert!(hits.is_empty(), "the pure layers must not do this:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "the pure layers must not do this:\n{}",
+        hits.join("\n")
+    );
 }
 
 #[test]

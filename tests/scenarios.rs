@@ -14,7 +14,8 @@ fn registry() -> Registry {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).expect("readable example");
-            let def = dsl::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+            let def =
+                dsl::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
             reg.deploy(def, &text).expect("no version conflict");
         }
     }
@@ -22,7 +23,9 @@ fn registry() -> Registry {
 }
 
 fn run_all(process: &str) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(process);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(process);
     let mut ran = 0;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -61,7 +64,13 @@ fn a_wrong_expectation_fails_the_scenario() {
     let mut sim = Simulation::new(registry());
     let scenario = r#"{"event": {"type": "com.acme.order.placed", "data": {"orderId": "x", "total": 1, "lines": [], "customerId": "c", "address": "a"}}}
 {"expect": {"commands": ["com.acme.payment.charge"]}}"#;
-    let err = sim.run("inline", scenario).expect_err("the first command is reserve, not charge");
+    let err = sim
+        .run("inline", scenario)
+        .expect_err("the first command is reserve, not charge");
     assert_eq!(err.line, 2);
-    assert!(err.message.contains("com.acme.inventory.reserve"), "{}", err.message);
+    assert!(
+        err.message.contains("com.acme.inventory.reserve"),
+        "{}",
+        err.message
+    );
 }

@@ -36,7 +36,10 @@ steps:
     end: completed
 ";
     let errs = errors(src);
-    let got: Vec<(usize, usize, &str)> = errs.iter().map(|d| (d.line, d.column, d.path.as_str())).collect();
+    let got: Vec<(usize, usize, &str)> = errs
+        .iter()
+        .map(|d| (d.line, d.column, d.path.as_str()))
+        .collect();
     assert_eq!(errs.len(), 5, "{errs:#?}");
     // CEL that does not parse.
     assert!(errs[0].message.contains("does not parse"), "{}", errs[0]);
@@ -46,10 +49,18 @@ steps:
     assert!(errs[1].message.contains("unknown step `nowhere`"));
     // Misspelt field, with a suggestion.
     assert_eq!(got[2], (10, 5, "steps[0].timout"));
-    assert!(errs[2].message.contains("did you mean `timeout`"), "{}", errs[2]);
+    assert!(
+        errs[2].message.contains("did you mean `timeout`"),
+        "{}",
+        errs[2]
+    );
     // Duplicate id.
     assert_eq!(got[3], (11, 9, "steps[1].id"));
-    assert!(errs[3].message.contains("duplicate step id `first` (first defined on line 5)"));
+    assert!(
+        errs[3]
+            .message
+            .contains("duplicate step id `first` (first defined on line 5)")
+    );
     // Unreachable step.
     assert_eq!(got[4], (13, 9, "steps[2].id"));
     assert!(errs[4].message.contains("can never run"));
@@ -66,7 +77,11 @@ fn unknown_cel_roots_are_reported() {
         "{HEAD}steps:\n  - id: a\n    command: {{ topic: t, type: x, data: {{ v: varz.total }} }}\n"
     ));
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(errs[0].message.contains("unknown name `varz`"), "{}", errs[0]);
+    assert!(
+        errs[0].message.contains("unknown name `varz`"),
+        "{}",
+        errs[0]
+    );
     // Comprehension variables are not roots.
     ok(&format!(
         "{HEAD}vars: {{ n: \"event.data.items.filter(i, i.qty > 0).size()\" }}\nsteps:\n  - id: a\n    end: completed\n"
@@ -115,7 +130,13 @@ fn parallel_branches_that_cannot_join_are_reported() {
     );
     let errs = errors(&src);
     assert_eq!(errs.len(), 2, "{errs:#?}");
-    assert!(errs[0].message.contains("leaves branch 0 of parallel step `fork`"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .message
+            .contains("leaves branch 0 of parallel step `fork`"),
+        "{}",
+        errs[0]
+    );
     assert!(errs[1].message.contains("enters branch 1"), "{}", errs[1]);
     let errs = errors(&format!(
         "{HEAD}steps:\n  - id: fork\n    parallel:\n      join: 3\n      branches:\n        - - {{ id: a, wait: 1m }}\n"
@@ -129,7 +150,11 @@ fn sagas_need_compensation() {
         "saga: true\n{HEAD}steps:\n  - id: a\n    command: {{ topic: t, type: x }}\n    await: [ {{ on: x.done }} ]\n  - id: b\n    command: {{ topic: t, type: y }}\n    compensate: none\n"
     ));
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(errs[0].message.contains("task `a` has no `compensate`"), "{}", errs[0]);
+    assert!(
+        errs[0].message.contains("task `a` has no `compensate`"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
@@ -138,18 +163,32 @@ fn yaml_errors_are_located() {
     assert_eq!(errs.len(), 1);
     assert!(errs[0].message.contains("invalid YAML"), "{}", errs[0]);
     let errs = errors("process: p\nprocess: q\n");
-    assert!(errs[0].message.contains("duplicate key `process`"), "{}", errs[0]);
+    assert!(
+        errs[0].message.contains("duplicate key `process`"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn missing_and_malformed_fields() {
     let errs = errors("process: p\nversion: zero\nsteps: []\n");
     let messages: Vec<&str> = errs.iter().map(|d| d.message.as_str()).collect();
-    assert!(messages.iter().any(|m| m.contains("missing field `start`")), "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("`zero` is not a whole number")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("missing field `start`")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`zero` is not a whole number")),
+        "{messages:?}"
+    );
     let errs = errors(&format!("{HEAD}steps:\n  - id: a\n    wait: soon\n"));
     assert!(errs[0].message.contains("not a duration"), "{}", errs[0]);
-    let errs = errors(&format!("{HEAD}steps:\n  - id: a\n    wait: 1m\n    set: {{ x: '1' }}\n"));
+    let errs = errors(&format!(
+        "{HEAD}steps:\n  - id: a\n    wait: 1m\n    set: {{ x: '1' }}\n"
+    ));
     assert!(errs[0].message.contains("does one thing"), "{}", errs[0]);
     let errs = errors(&format!("{HEAD}steps:\n  - id: retry\n    wait: 1m\n"));
     assert!(errs[0].message.contains("reserved word"), "{}", errs[0]);

@@ -74,7 +74,11 @@ fn load(files: &[PathBuf]) -> Result<Option<Registry>> {
                 for d in &diags.0 {
                     eprintln!("{d}");
                 }
-                eprintln!("{name}: {} error{}", diags.0.len(), if diags.0.len() == 1 { "" } else { "s" });
+                eprintln!(
+                    "{name}: {} error{}",
+                    diags.0.len(),
+                    if diags.0.len() == 1 { "" } else { "s" }
+                );
                 failed = true;
             }
         }
@@ -106,7 +110,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Simulate { files, events, quiet } => {
+        Cmd::Simulate {
+            files,
+            events,
+            quiet,
+        } => {
             let Some(registry) = load(&files)? else {
                 return Ok(ExitCode::from(1));
             };

@@ -56,7 +56,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, Diagnostics> {
     if let Some((def, locs)) = &parsed {
         diags.extend(validate::validate(file, def, locs));
     }
-    diags.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+    diags.sort_by_key(|d| (d.line, d.column));
     diags.dedup();
     match parsed {
         Some((def, _)) if diags.is_empty() => Ok(def),

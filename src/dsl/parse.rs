@@ -110,7 +110,11 @@ impl Parser {
         match node {
             Node::Mapping(m) => Some(m),
             other => {
-                self.err(other.span(), path, format!("expected a mapping, found {}", kind_word(other)));
+                self.err(
+                    other.span(),
+                    path,
+                    format!("expected a mapping, found {}", kind_word(other)),
+                );
                 None
             }
         }
@@ -120,7 +124,11 @@ impl Parser {
         match node {
             Node::Sequence(s) => Some(s.as_slice()),
             other => {
-                self.err(other.span(), path, format!("expected a list, found {}", kind_word(other)));
+                self.err(
+                    other.span(),
+                    path,
+                    format!("expected a list, found {}", kind_word(other)),
+                );
                 None
             }
         }
@@ -158,7 +166,11 @@ impl Parser {
                 None
             }
             other => {
-                self.err(other.span(), path, format!("expected a scalar, found {}", kind_word(other)));
+                self.err(
+                    other.span(),
+                    path,
+                    format!("expected a scalar, found {}", kind_word(other)),
+                );
                 None
             }
         }
@@ -187,7 +199,11 @@ impl Parser {
                 ok.then_some(e)
             }
             Err(reason) => {
-                self.err(node.span(), path, format!("CEL expression `{source}` does not parse: {reason}"));
+                self.err(
+                    node.span(),
+                    path,
+                    format!("CEL expression `{source}` does not parse: {reason}"),
+                );
                 None
             }
         }
@@ -198,7 +214,11 @@ impl Parser {
         match humantime::parse_duration(&text) {
             Ok(d) => Some(d.as_millis().min(u128::from(u64::MAX)) as u64),
             Err(e) => {
-                self.err(node.span(), path, format!("`{text}` is not a duration ({e}); write e.g. 30s, 15m, 2h, 3d"));
+                self.err(
+                    node.span(),
+                    path,
+                    format!("`{text}` is not a duration ({e}); write e.g. 30s, 15m, 2h, 3d"),
+                );
                 None
             }
         }
@@ -209,7 +229,11 @@ impl Parser {
         match text.parse::<u64>() {
             Ok(n) if n >= min => Some(n),
             _ => {
-                self.err(node.span(), path, format!("`{text}` is not a whole number ≥ {min}"));
+                self.err(
+                    node.span(),
+                    path,
+                    format!("`{text}` is not a whole number ≥ {min}"),
+                );
                 None
             }
         }
@@ -227,7 +251,14 @@ impl Parser {
         for (k, v) in m.iter() {
             let p = join(path, k.as_str());
             if !is_identifier(k.as_str()) {
-                self.err(k.span(), &p, format!("`{}` is not a valid variable name (letters, digits, _)", k.as_str()));
+                self.err(
+                    k.span(),
+                    &p,
+                    format!(
+                        "`{}` is not a valid variable name (letters, digits, _)",
+                        k.as_str()
+                    ),
+                );
                 continue;
             }
             if let Some(expr) = self.expr(v, &p, event_ok) {
@@ -264,8 +295,12 @@ impl Parser {
     fn command(&mut self, node: &Node, path: &str) -> Option<CommandTemplate> {
         let m = self.map(node, path)?;
         self.fields(m, path, &["topic", "type", "data"]);
-        let topic = self.required(m, path, "topic").and_then(|n| self.text(n, &join(path, "topic")));
-        let kind = self.required(m, path, "type").and_then(|n| self.text(n, &join(path, "type")));
+        let topic = self
+            .required(m, path, "topic")
+            .and_then(|n| self.text(n, &join(path, "topic")));
+        let kind = self
+            .required(m, path, "type")
+            .and_then(|n| self.text(n, &join(path, "type")));
         let data = match get(m, "data") {
             Some(d) => self.datamap(d, &join(path, "data"), false),
             None => Some(DataMap::Object(Vec::new())),
@@ -286,9 +321,12 @@ impl Parser {
                 Some(to)
             }
             None => {
-                let hint = closest(&name, &self.ids.keys().map(String::as_str).collect::<Vec<_>>())
-                    .map(|c| format!(" (did you mean `{c}`?)"))
-                    .unwrap_or_default();
+                let hint = closest(
+                    &name,
+                    &self.ids.keys().map(String::as_str).collect::<Vec<_>>(),
+                )
+                .map(|c| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
                 self.err(node.span(), path, format!("unknown step `{name}`{hint}"));
                 None
             }
@@ -296,7 +334,13 @@ impl Parser {
     }
 
     /// A `then:` value: a keyword or a step id.
-    fn then(&mut self, node: &Node, path: &str, from: Option<StepIdx>, allow_retry: bool) -> Option<Transition> {
+    fn then(
+        &mut self,
+        node: &Node,
+        path: &str,
+        from: Option<StepIdx>,
+        allow_retry: bool,
+    ) -> Option<Transition> {
         let word = self.text(node, path)?;
         let t = match word.as_str() {
             "next" => Transition::Next,
@@ -306,7 +350,11 @@ impl Parser {
             "incident" => Transition::Incident,
             "retry" if allow_retry => Transition::Retry,
             "retry" => {
-                self.err(node.span(), path, "`retry` only applies to a task's outcomes and timeout");
+                self.err(
+                    node.span(),
+                    path,
+                    "`retry` only applies to a task's outcomes and timeout",
+                );
                 return None;
             }
             _ => return self.step_ref(node, path, from).map(Transition::Goto),
@@ -325,11 +373,17 @@ impl Parser {
     ) -> Option<Transition> {
         match (get(m, "then"), get(m, "goto")) {
             (Some(_), Some(g)) => {
-                self.err(g.span(), &join(path, "goto"), "give either `then` or `goto`, not both");
+                self.err(
+                    g.span(),
+                    &join(path, "goto"),
+                    "give either `then` or `goto`, not both",
+                );
                 None
             }
             (Some(t), None) => self.then(t, &join(path, "then"), from, allow_retry),
-            (None, Some(g)) => self.step_ref(g, &join(path, "goto"), from).map(Transition::Goto),
+            (None, Some(g)) => self
+                .step_ref(g, &join(path, "goto"), from)
+                .map(Transition::Goto),
             (None, None) => Some(dflt),
         }
     }
@@ -361,29 +415,54 @@ impl Parser {
             m,
             "",
             &[
-                "process", "version", "description", "start", "correlate", "vars", "saga", "buffer",
-                "steps", "observe", "expect",
+                "process",
+                "version",
+                "description",
+                "start",
+                "correlate",
+                "vars",
+                "saga",
+                "buffer",
+                "steps",
+                "observe",
+                "expect",
             ],
         );
-        let process = self.required(m, "(document)", "process").and_then(|n| self.text(n, "process"));
+        let process = self
+            .required(m, "(document)", "process")
+            .and_then(|n| self.text(n, "process"));
         if let (Some(p), Some(n)) = (&process, get(m, "process"))
-            && !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            self.err(n.span(), "process", format!("`{p}` may only hold letters, digits, `-`, `_` and `.`"));
+            self.err(
+                n.span(),
+                "process",
+                format!("`{p}` may only hold letters, digits, `-`, `_` and `.`"),
+            );
         }
         let version = self
             .required(m, "(document)", "version")
             .and_then(|n| self.uint(n, "version", 1))
             .and_then(|v| {
                 let ok = u32::try_from(v).ok();
-                if ok.is_none() && let Some(n) = get(m, "version") {
+                if ok.is_none()
+                    && let Some(n) = get(m, "version")
+                {
                     self.err(n.span(), "version", "version is too large");
                 }
                 ok
             });
-        let start = self.required(m, "(document)", "start").and_then(|n| self.start(n));
-        let correlate = get(m, "correlate").map(|n| self.correlate(n)).unwrap_or_default();
-        let vars = get(m, "vars").map(|n| self.assigns(n, "vars", true)).unwrap_or_default();
+        let start = self
+            .required(m, "(document)", "start")
+            .and_then(|n| self.start(n));
+        let correlate = get(m, "correlate")
+            .map(|n| self.correlate(n))
+            .unwrap_or_default();
+        let vars = get(m, "vars")
+            .map(|n| self.assigns(n, "vars", true))
+            .unwrap_or_default();
         let saga = match get(m, "saga") {
             Some(n) => match n.as_scalar().and_then(|s| s.as_bool()) {
                 Some(b) => b,
@@ -408,10 +487,15 @@ impl Parser {
             Some(n) => self.steps(n, "steps", None),
             None => Vec::new(),
         };
-        let observe = get(m, "observe").map(|n| self.observe(n)).unwrap_or_default();
+        let observe = get(m, "observe")
+            .map(|n| self.observe(n))
+            .unwrap_or_default();
         let expect = get(m, "expect").map(|n| self.expect(n)).unwrap_or_default();
 
-        let steps: Vec<Step> = std::mem::take(&mut self.arena).into_iter().flatten().collect();
+        let steps: Vec<Step> = std::mem::take(&mut self.arena)
+            .into_iter()
+            .flatten()
+            .collect();
         let mut def = Definition {
             process: process?,
             version: version?,
@@ -433,13 +517,21 @@ impl Parser {
     fn start(&mut self, node: &Node) -> Option<Start> {
         let m = self.map(node, "start")?;
         self.fields(m, "start", &["on", "key", "when"]);
-        let on = self.required(m, "start", "on").and_then(|n| self.pattern(n, "start.on"));
-        let key = self.required(m, "start", "key").and_then(|n| self.expr(n, "start.key", true));
+        let on = self
+            .required(m, "start", "on")
+            .and_then(|n| self.pattern(n, "start.on"));
+        let key = self
+            .required(m, "start", "key")
+            .and_then(|n| self.expr(n, "start.key", true));
         let when = match get(m, "when") {
             Some(n) => Some(self.expr(n, "start.when", true)?),
             None => None,
         };
-        Some(Start { on: on?, key: key?, when })
+        Some(Start {
+            on: on?,
+            key: key?,
+            when,
+        })
     }
 
     fn correlate(&mut self, node: &Node) -> Vec<Correlation> {
@@ -492,12 +584,28 @@ impl Parser {
                     let ip = join(&p, "id");
                     let loc = self.loc(id.span(), &ip);
                     if KEYWORDS.contains(&name.as_str()) || name == "start" {
-                        self.err(id.span(), &ip, format!("`{name}` is a reserved word and cannot be a step id"));
-                    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')) || name.is_empty() {
-                        self.err(id.span(), &ip, format!("step id `{name}` may only hold letters, digits, `-` and `_`"));
+                        self.err(
+                            id.span(),
+                            &ip,
+                            format!("`{name}` is a reserved word and cannot be a step id"),
+                        );
+                    } else if !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+                        || name.is_empty()
+                    {
+                        self.err(
+                            id.span(),
+                            &ip,
+                            format!("step id `{name}` may only hold letters, digits, `-` and `_`"),
+                        );
                     } else if let Some(&first) = self.ids.get(&name) {
                         let at = self.locs.steps[first].line;
-                        self.err(id.span(), &ip, format!("duplicate step id `{name}` (first defined on line {at})"));
+                        self.err(
+                            id.span(),
+                            &ip,
+                            format!("duplicate step id `{name}` (first defined on line {at})"),
+                        );
                     } else {
                         self.ids.insert(name, idx);
                     }
@@ -528,7 +636,9 @@ impl Parser {
                 // Its errors are reported; a stand-in that falls through keeps
                 // the whole-definition checks meaningful for the other steps.
                 let id = match item {
-                    Node::Mapping(m) => get(m, "id").and_then(|n| n.as_scalar()).map(|s| s.as_str().to_string()),
+                    Node::Mapping(m) => get(m, "id")
+                        .and_then(|n| n.as_scalar())
+                        .map(|s| s.as_str().to_string()),
                     _ => None,
                 };
                 Step {
@@ -550,9 +660,17 @@ impl Parser {
         list
     }
 
-    fn step(&mut self, node: &Node, path: &str, idx: StepIdx, branch: Option<(StepIdx, usize)>) -> Option<Step> {
+    fn step(
+        &mut self,
+        node: &Node,
+        path: &str,
+        idx: StepIdx,
+        branch: Option<(StepIdx, usize)>,
+    ) -> Option<Step> {
         let m = self.map(node, path)?;
-        let id = self.required(m, path, "id").and_then(|n| self.text(n, &join(path, "id")));
+        let id = self
+            .required(m, path, "id")
+            .and_then(|n| self.text(n, &join(path, "id")));
         let has = |k: &str| get(m, k).is_some();
         let mut kinds: Vec<&str> = KINDS.iter().copied().filter(|k| has(k)).collect();
         if TASK_KEYS.iter().any(|k| has(k)) {
@@ -570,7 +688,11 @@ impl Parser {
             }
             [a, b, ..] => {
                 let a = if *a == "task" { "command/await" } else { a };
-                self.err(m.span(), path, format!("a step does one thing; this one has both `{a}` and `{b}`"));
+                self.err(
+                    m.span(),
+                    path,
+                    format!("a step does one thing; this one has both `{a}` and `{b}`"),
+                );
                 return None;
             }
         };
@@ -579,8 +701,16 @@ impl Parser {
             "switch" | "end" => {
                 for k in ["then", "goto"] {
                     if let Some(n) = get(m, k) {
-                        let what = if kind == "switch" { "a switch decides with its cases and `default`" } else { "an end step ends the flow" };
-                        self.err(n.span(), &join(path, k), format!("`{k}` does not apply here: {what}"));
+                        let what = if kind == "switch" {
+                            "a switch decides with its cases and `default`"
+                        } else {
+                            "an end step ends the flow"
+                        };
+                        self.err(
+                            n.span(),
+                            &join(path, k),
+                            format!("`{k}` does not apply here: {what}"),
+                        );
                     }
                 }
                 Transition::Next
@@ -590,7 +720,15 @@ impl Parser {
         let kind = match kind {
             "task" => {
                 let allowed = [
-                    "command", "manual", "call", "await", "timeout", "on_timeout", "retry", "on_exhausted", "compensate",
+                    "command",
+                    "manual",
+                    "call",
+                    "await",
+                    "timeout",
+                    "on_timeout",
+                    "retry",
+                    "on_exhausted",
+                    "compensate",
                 ];
                 self.fields(m, path, &[&common[..], &allowed[..]].concat());
                 StepKind::Task(Box::new(self.task(m, path, idx)?))
@@ -604,7 +742,9 @@ impl Parser {
                         let p = format!("{cp}[{i}]");
                         let Some(cm) = self.map(c, &p) else { continue };
                         self.fields(cm, &p, &["when", "goto", "then"]);
-                        let when = self.required(cm, &p, "when").and_then(|n| self.expr(n, &join(&p, "when"), false));
+                        let when = self
+                            .required(cm, &p, "when")
+                            .and_then(|n| self.expr(n, &join(&p, "when"), false));
                         let then = self.transition_in(cm, &p, Some(idx), false, Transition::Next);
                         if get(cm, "then").is_none() && get(cm, "goto").is_none() {
                             self.err(cm.span(), &p, "a case needs `goto` or `then`");
@@ -622,7 +762,11 @@ impl Parser {
             }
             "set" => {
                 self.fields(m, path, &[&common[..], &["set"][..]].concat());
-                StepKind::Set(get(m, "set").map(|n| self.assigns(n, &join(path, "set"), false)).unwrap_or_default())
+                StepKind::Set(
+                    get(m, "set")
+                        .map(|n| self.assigns(n, &join(path, "set"), false))
+                        .unwrap_or_default(),
+                )
             }
             "wait" => {
                 self.fields(m, path, &[&common[..], &["wait"][..]].concat());
@@ -632,8 +776,14 @@ impl Parser {
                     Node::Mapping(wm) => {
                         self.fields(wm, &wp, &["for", "until"]);
                         match (get(wm, "for"), get(wm, "until")) {
-                            (Some(f), None) => StepKind::Wait(Wait::For(self.duration(f, &join(&wp, "for"))?)),
-                            (None, Some(u)) => StepKind::Wait(Wait::Until(self.expr(u, &join(&wp, "until"), false)?)),
+                            (Some(f), None) => {
+                                StepKind::Wait(Wait::For(self.duration(f, &join(&wp, "for"))?))
+                            }
+                            (None, Some(u)) => StepKind::Wait(Wait::Until(self.expr(
+                                u,
+                                &join(&wp, "until"),
+                                false,
+                            )?)),
                             _ => {
                                 self.err(wm.span(), &wp, "give exactly one of `for` (a duration) or `until` (a CEL time)");
                                 return None;
@@ -650,7 +800,10 @@ impl Parser {
                 self.fields(pm, &pp, &["join", "branches"]);
                 let mut branches = Vec::new();
                 let bp = join(&pp, "branches");
-                if let Some(items) = self.required(pm, &pp, "branches").and_then(|n| self.seq(n, &bp)) {
+                if let Some(items) = self
+                    .required(pm, &pp, "branches")
+                    .and_then(|n| self.seq(n, &bp))
+                {
                     for (b, branch) in items.iter().enumerate() {
                         let p = format!("{bp}[{b}]");
                         let list = self.steps(branch, &p, Some((idx, b)));
@@ -695,7 +848,13 @@ impl Parser {
                     "failed" => EndStatus::Failed,
                     "cancelled" => EndStatus::Cancelled,
                     other => {
-                        self.err(n.span(), &ep, format!("`{other}` is not an end state; use completed, failed or cancelled"));
+                        self.err(
+                            n.span(),
+                            &ep,
+                            format!(
+                                "`{other}` is not an end state; use completed, failed or cancelled"
+                            ),
+                        );
                         return None;
                     }
                 };
@@ -715,7 +874,11 @@ impl Parser {
         let mut ok = true;
         let command = match (get(m, "command"), get(m, "manual")) {
             (Some(_), Some(n)) => {
-                self.err(n.span(), &join(path, "manual"), "give either `command` or `manual`, not both");
+                self.err(
+                    n.span(),
+                    &join(path, "manual"),
+                    "give either `command` or `manual`, not both",
+                );
                 return None;
             }
             (Some(n), None) => Some(self.command(n, &join(path, "command"))),
@@ -733,7 +896,11 @@ impl Parser {
         let manual = get(m, "manual").is_some();
         let call = match get(m, "call") {
             Some(n) if command.is_some() || manual => {
-                self.err(n.span(), &join(path, "call"), "a step either sends a command or calls a process, not both");
+                self.err(
+                    n.span(),
+                    &join(path, "call"),
+                    "a step either sends a command or calls a process, not both",
+                );
                 return None;
             }
             Some(n) => Some(self.call(n, &join(path, "call"))?),
@@ -749,24 +916,41 @@ impl Parser {
                     continue;
                 };
                 self.fields(om, &p, &["on", "when", "set", "then", "goto"]);
-                let on = self.required(om, &p, "on").and_then(|n| self.pattern(n, &join(&p, "on")));
+                let on = self
+                    .required(om, &p, "on")
+                    .and_then(|n| self.pattern(n, &join(&p, "on")));
                 let when = match get(om, "when") {
                     Some(n) => self.expr(n, &join(&p, "when"), true).map(Some),
                     None => Some(None),
                 };
-                let set = get(om, "set").map(|n| self.assigns(n, &join(&p, "set"), true)).unwrap_or_default();
+                let set = get(om, "set")
+                    .map(|n| self.assigns(n, &join(&p, "set"), true))
+                    .unwrap_or_default();
                 let then = self.transition_in(om, &p, Some(idx), true, Transition::Next);
                 match (on, when, then) {
-                    (Some(on), Some(when), Some(then)) => outcomes.push(Outcome { on, when, set, then }),
+                    (Some(on), Some(when), Some(then)) => outcomes.push(Outcome {
+                        on,
+                        when,
+                        set,
+                        then,
+                    }),
                     _ => ok = false,
                 }
             }
             if items.is_empty() {
-                self.err(get(m, "await")?.span(), &ap, "list at least one outcome, or leave `await` out");
+                self.err(
+                    get(m, "await")?.span(),
+                    &ap,
+                    "list at least one outcome, or leave `await` out",
+                );
             }
         }
         if call.is_some() && get(m, "await").is_none() {
-            for (status, then) in [("completed", Transition::Next), ("failed", Transition::Fail), ("cancelled", Transition::Fail)] {
+            for (status, then) in [
+                ("completed", Transition::Next),
+                ("failed", Transition::Fail),
+                ("cancelled", Transition::Fail),
+            ] {
                 outcomes.push(Outcome {
                     on: Pattern::new(&format!("{}{status}", crate::engine::CHILD_ENDED_PREFIX)),
                     when: None,
@@ -776,13 +960,21 @@ impl Parser {
             }
         }
         if command.is_none() && call.is_none() && outcomes.is_empty() && ok {
-            self.err(m.span(), path, "this task neither sends a command nor awaits anything");
+            self.err(
+                m.span(),
+                path,
+                "this task neither sends a command nor awaits anything",
+            );
             return None;
         }
         let waits = !outcomes.is_empty() || call.is_some();
         let timeout = match get(m, "timeout") {
             Some(n) if !waits => {
-                self.err(n.span(), &join(path, "timeout"), "a task that awaits nothing cannot time out; add `await`");
+                self.err(
+                    n.span(),
+                    &join(path, "timeout"),
+                    "a task that awaits nothing cannot time out; add `await`",
+                );
                 None
             }
             Some(n) => self.duration(n, &join(path, "timeout")),
@@ -790,22 +982,34 @@ impl Parser {
         };
         let on_timeout = match get(m, "on_timeout") {
             Some(n) if timeout.is_none() && get(m, "timeout").is_none() => {
-                self.err(n.span(), &join(path, "on_timeout"), "`on_timeout` needs a `timeout`");
+                self.err(
+                    n.span(),
+                    &join(path, "on_timeout"),
+                    "`on_timeout` needs a `timeout`",
+                );
                 Transition::Retry
             }
-            Some(n) => self.then(n, &join(path, "on_timeout"), Some(idx), true).unwrap_or(Transition::Retry),
+            Some(n) => self
+                .then(n, &join(path, "on_timeout"), Some(idx), true)
+                .unwrap_or(Transition::Retry),
             None => Transition::Retry,
         };
         let retry = match get(m, "retry") {
             Some(n) if manual => {
-                self.err(n.span(), &join(path, "retry"), "a manual task is not retried; use `timeout` and `on_timeout` to escalate");
+                self.err(
+                    n.span(),
+                    &join(path, "retry"),
+                    "a manual task is not retried; use `timeout` and `on_timeout` to escalate",
+                );
                 None
             }
             Some(n) => self.retry(n, &join(path, "retry")),
             None => None,
         };
         let on_exhausted = match get(m, "on_exhausted") {
-            Some(n) => self.then(n, &join(path, "on_exhausted"), Some(idx), false).unwrap_or(Transition::Incident),
+            Some(n) => self
+                .then(n, &join(path, "on_exhausted"), Some(idx), false)
+                .unwrap_or(Transition::Incident),
             None => Transition::Incident,
         };
         let compensate = match get(m, "compensate") {
@@ -832,9 +1036,15 @@ impl Parser {
     fn call(&mut self, node: &Node, path: &str) -> Option<Call> {
         let m = self.map(node, path)?;
         self.fields(m, path, &["process", "key", "vars"]);
-        let process = self.required(m, path, "process").and_then(|n| self.text(n, &join(path, "process")));
-        let key = self.required(m, path, "key").and_then(|n| self.expr(n, &join(path, "key"), false));
-        let vars = get(m, "vars").map(|n| self.assigns(n, &join(path, "vars"), false)).unwrap_or_default();
+        let process = self
+            .required(m, path, "process")
+            .and_then(|n| self.text(n, &join(path, "process")));
+        let key = self
+            .required(m, path, "key")
+            .and_then(|n| self.expr(n, &join(path, "key"), false));
+        let vars = get(m, "vars")
+            .map(|n| self.assigns(n, &join(path, "vars"), false))
+            .unwrap_or_default();
         Some(Call {
             process: process?,
             key: key?,
@@ -845,7 +1055,9 @@ impl Parser {
     fn retry(&mut self, node: &Node, path: &str) -> Option<Retry> {
         let m = self.map(node, path)?;
         self.fields(m, path, &["attempts", "backoff", "factor", "max_backoff"]);
-        let attempts = self.required(m, path, "attempts").and_then(|n| self.uint(n, &join(path, "attempts"), 1));
+        let attempts = self
+            .required(m, path, "attempts")
+            .and_then(|n| self.uint(n, &join(path, "attempts"), 1));
         let backoff = match get(m, "backoff") {
             Some(n) => self.duration(n, &join(path, "backoff")),
             None => Some(1000),
@@ -885,7 +1097,9 @@ impl Parser {
             let p = format!("observe[{i}]");
             let Some(m) = self.map(o, &p) else { continue };
             self.fields(m, &p, &["on", "when", "set"]);
-            let on = self.required(m, &p, "on").and_then(|n| self.pattern(n, &join(&p, "on")));
+            let on = self
+                .required(m, &p, "on")
+                .and_then(|n| self.pattern(n, &join(&p, "on")));
             let when = match get(m, "when") {
                 Some(n) => self.expr(n, &join(&p, "when"), true).map(Some),
                 None => Some(None),
@@ -918,12 +1132,16 @@ impl Parser {
                 },
                 None => Some(None),
             };
-            let on = self.required(m, &p, "on").and_then(|n| self.pattern(n, &join(&p, "on")));
+            let on = self
+                .required(m, &p, "on")
+                .and_then(|n| self.pattern(n, &join(&p, "on")));
             let when = match get(m, "when") {
                 Some(n) => self.expr(n, &join(&p, "when"), true).map(Some),
                 None => Some(None),
             };
-            let within = self.required(m, &p, "within").and_then(|n| self.duration(n, &join(&p, "within")));
+            let within = self
+                .required(m, &p, "within")
+                .and_then(|n| self.duration(n, &join(&p, "within")));
             let mut command = None;
             let mut then = Some(Transition::Next);
             if let Some(o) = self.required(m, &p, "otherwise") {
@@ -934,12 +1152,21 @@ impl Parser {
                         command = self.command(c, &join(&op, "command"));
                     }
                     then = self.transition_in(om, &op, None, false, Transition::Next);
-                    if get(om, "command").is_none() && get(om, "then").is_none() && get(om, "goto").is_none() {
-                        self.err(om.span(), &op, "say what happens: `command`, `then` or `goto`");
+                    if get(om, "command").is_none()
+                        && get(om, "then").is_none()
+                        && get(om, "goto").is_none()
+                    {
+                        self.err(
+                            om.span(),
+                            &op,
+                            "say what happens: `command`, `then` or `goto`",
+                        );
                     }
                 }
             }
-            if let (Some(after), Some(on), Some(when), Some(within), Some(then)) = (after, on, when, within, then) {
+            if let (Some(after), Some(on), Some(when), Some(within), Some(then)) =
+                (after, on, when, within, then)
+            {
                 out.push(Expectation {
                     after,
                     on,
@@ -974,14 +1201,23 @@ fn load_error(e: &marked_yaml::LoadError) -> (usize, usize, String) {
     let ((line, column), msg) = match e {
         L::TopLevelMustBeMapping(m) => (at(m), "the document must be a mapping".to_string()),
         L::TopLevelMustBeSequence(m) => (at(m), "the document must be a list".to_string()),
-        L::UnexpectedAnchor(m) => (at(m), "YAML anchors and aliases are not supported".to_string()),
+        L::UnexpectedAnchor(m) => (
+            at(m),
+            "YAML anchors and aliases are not supported".to_string(),
+        ),
         L::MappingKeyMustBeScalar(m) => (at(m), "mapping keys must be scalars".to_string()),
         L::UnexpectedTag(m) => (at(m), "YAML tags are not supported".to_string()),
         L::ScanError(m, se) => (at(m), format!("invalid YAML: {}", se.info())),
         L::DuplicateKey(inner) => {
             let (l, c) = start_of(inner.key.span());
             let (pl, _) = start_of(inner.prev_key.span());
-            ((l, c), format!("duplicate key `{}` (first on line {pl})", inner.key.as_str()))
+            (
+                (l, c),
+                format!(
+                    "duplicate key `{}` (first on line {pl})",
+                    inner.key.as_str()
+                ),
+            )
         }
     };
     (line, column, msg)

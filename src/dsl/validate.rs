@@ -39,7 +39,10 @@ pub fn validate(file: &str, def: &Definition, locs: &Locations) -> Vec<Diagnosti
     for s in (0..n).filter(|&s| !seen[s]) {
         err(
             &locs.steps[s],
-            format!("step `{}` can never run: no step, outcome or watchdog leads to it", def.steps[s].id),
+            format!(
+                "step `{}` can never run: no step, outcome or watchdog leads to it",
+                def.steps[s].id
+            ),
         );
     }
 
@@ -57,7 +60,9 @@ pub fn validate(file: &str, def: &Definition, locs: &Locations) -> Vec<Diagnosti
         }
         seen
     };
-    let reach_all: Vec<Vec<bool>> = (0..n).map(|s| if instant[s] { reach(s) } else { Vec::new() }).collect();
+    let reach_all: Vec<Vec<bool>> = (0..n)
+        .map(|s| if instant[s] { reach(s) } else { Vec::new() })
+        .collect();
     for s in (0..n).filter(|&s| instant[s] && reach_all[s][s]) {
         let cycle: Vec<StepIdx> = (0..n)
             .filter(|&t| instant[t] && reach_all[s][t] && reach_all[t][s])

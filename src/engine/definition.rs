@@ -259,7 +259,11 @@ impl Retry {
     pub fn delay(&self, next: u32) -> Millis {
         let exp = next.saturating_sub(2).min(62) as i32;
         let d = (self.backoff as f64) * self.factor.powi(exp);
-        let d = if d.is_finite() { d.min(u64::MAX as f64) as u64 } else { u64::MAX };
+        let d = if d.is_finite() {
+            d.min(u64::MAX as f64) as u64
+        } else {
+            u64::MAX
+        };
         match self.max_backoff {
             Some(max) => d.min(max),
             None => d,
@@ -326,12 +330,17 @@ pub struct Expectation {
 /// New instances take the newest version; running ones keep theirs.
 #[derive(Debug, Default)]
 pub struct Registry {
-    processes: std::collections::BTreeMap<String, std::collections::BTreeMap<u32, (std::sync::Arc<Definition>, String)>>,
+    processes: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<u32, (std::sync::Arc<Definition>, String)>,
+    >,
 }
 
 /// Deploying over an existing version with other content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("process `{process}` version {version} is already deployed with different content; deploy it as a new version")]
+#[error(
+    "process `{process}` version {version} is already deployed with different content; deploy it as a new version"
+)]
 pub struct VersionConflict {
     pub process: String,
     pub version: u32,
@@ -339,7 +348,11 @@ pub struct VersionConflict {
 
 impl Registry {
     /// Adds a definition; `source` is its text, to tell a re-deploy from a conflict.
-    pub fn deploy(&mut self, def: Definition, source: &str) -> Result<std::sync::Arc<Definition>, VersionConflict> {
+    pub fn deploy(
+        &mut self,
+        def: Definition,
+        source: &str,
+    ) -> Result<std::sync::Arc<Definition>, VersionConflict> {
         let versions = self.processes.entry(def.process.clone()).or_default();
         if let Some((existing, text)) = versions.get(&def.version) {
             if text == source {
@@ -358,7 +371,11 @@ impl Registry {
 
     /// The newest version of a process.
     pub fn latest(&self, process: &str) -> Option<&std::sync::Arc<Definition>> {
-        self.processes.get(process)?.values().next_back().map(|(d, _)| d)
+        self.processes
+            .get(process)?
+            .values()
+            .next_back()
+            .map(|(d, _)| d)
     }
 
     /// A specific version of a process.
@@ -368,6 +385,8 @@ impl Registry {
 
     /// The newest version of every process.
     pub fn latest_all(&self) -> impl Iterator<Item = &std::sync::Arc<Definition>> {
-        self.processes.values().filter_map(|v| v.values().next_back().map(|(d, _)| d))
+        self.processes
+            .values()
+            .filter_map(|v| v.values().next_back().map(|(d, _)| d))
     }
 }

@@ -81,8 +81,15 @@ impl Expr {
         let program = env().compile(source).map_err(|e| {
             // Keep the parser's first message line, without the source echo.
             let text = e.to_string();
-            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("syntax error");
-            first.trim_start_matches("ERROR: ").trim_start_matches("<input>:").to_string()
+            let first = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("syntax error");
+            first
+                .trim_start_matches("ERROR: ")
+                .trim_start_matches("<input>:")
+                .to_string()
         })?;
         let mut bound = BTreeSet::new();
         let mut idents = BTreeSet::new();
@@ -198,7 +205,9 @@ impl Expr {
             expected: "a timestamp, an RFC 3339 string or epoch milliseconds",
         };
         match self.execute(scope)? {
-            Cel::Timestamp(t) => u64::try_from(t.timestamp_millis()).map_err(|_| bad(t.to_rfc3339())),
+            Cel::Timestamp(t) => {
+                u64::try_from(t.timestamp_millis()).map_err(|_| bad(t.to_rfc3339()))
+            }
             Cel::String(s) => parse_rfc3339(&s).ok_or_else(|| bad(format!("string {s:?}"))),
             Cel::Int(i) => u64::try_from(i).map_err(|_| bad(i.to_string())),
             Cel::UInt(u) => Ok(u),
@@ -258,7 +267,13 @@ fn collect_idents(e: &Expression, bound: &mut BTreeSet<String>, out: &mut BTreeS
                 bound.insert(v.clone());
             }
             bound.insert(c.accu_var.clone());
-            for part in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+            for part in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
                 collect_idents(part, bound, out);
             }
         }
@@ -301,10 +316,7 @@ fn event_to_cel(event: &Event) -> Cel {
 }
 
 fn vars_to_cel(vars: &Vars) -> Cel {
-    let m: HashMap<Key, Cel> = vars
-        .iter()
-        .map(|(k, v)| (key(k), json_to_cel(v)))
-        .collect();
+    let m: HashMap<Key, Cel> = vars.iter().map(|(k, v)| (key(k), json_to_cel(v))).collect();
     Cel::Map(Map { map: Arc::new(m) })
 }
 

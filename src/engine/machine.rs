@@ -297,10 +297,10 @@ impl Machine<'_> {
         self.inst.status = Status::Active;
         self.inst.started_at = self.now;
         let mut errors = Vec::new();
-        for a in &self.def.vars {
-            if initial.contains_key(&a.name) {
-                continue;
-            }
+        // `vars:` read the start event; an instance started by a call has none
+        // and gets its variables from the caller instead.
+        let from_event = if ev.is_some() { &self.def.vars[..] } else { &[] };
+        for a in from_event {
             match a.expr.eval(&self.scope(ev, 0)) {
                 Ok(v) => {
                     self.inst.vars.insert(a.name.clone(), v);
@@ -437,7 +437,10 @@ impl Machine<'_> {
             }
             let hit = match &o.when {
                 Some(w) => w.eval_bool(&scope).map_err(|e| {
-                    format!("step '{}' await[{i}].when: {e}", self.def.steps[tok.step].id)
+                    format!(
+                        "step '{}' await[{i}].when: {e}",
+                        self.def.steps[tok.step].id
+                    )
                 })?,
                 None => true,
             };
@@ -540,7 +543,8 @@ impl Machine<'_> {
                         Ok(true) => return Some(Move::Follow(s, c.then)),
                         Ok(false) => {}
                         Err(e) => {
-                            let reason = format!("step '{}' switch[{i}].when: {e}", def.steps[s].id);
+                            let reason =
+                                format!("step '{}' switch[{i}].when: {e}", def.steps[s].id);
                             self.park(tid, reason);
                             return None;
                         }
@@ -695,14 +699,24 @@ impl Machine<'_> {
             match build(&tpl.data, &scope) {
                 Ok(data) => {
                     command = Some(Command {
-                        id: command_id(&self.inst.process, &self.inst.key, &step.id, visit, attempt),
+                        id: command_id(
+                            &self.inst.process,
+                            &self.inst.key,
+                            &step.id,
+                            visit,
+                            attempt,
+                        ),
                         topic: tpl.topic.clone(),
                         kind: tpl.kind.clone(),
                         key: self.inst.key.clone(),
                         data,
                         step: step.id.clone(),
                         attempt,
-                        purpose: if task.manual { Purpose::Manual } else { Purpose::Task },
+                        purpose: if task.manual {
+                            Purpose::Manual
+                        } else {
+                            Purpose::Task
+                        },
                     })
                 }
                 Err(e) => {
@@ -751,7 +765,11 @@ impl Machine<'_> {
         }
         if let Some(timeout) = task.timeout {
             let id = format!("{}/{tid}/timeout/{visit}.{attempt}", step.id);
-            self.schedule(id, self.now.saturating_add(timeout), TimerKind::Timeout(tid));
+            self.schedule(
+                id,
+                self.now.saturating_add(timeout),
+                TimerKind::Timeout(tid),
+            );
         }
         None
     }
@@ -848,7 +866,11 @@ impl Machine<'_> {
             Transition::Next | Transition::Retry => {}
             Transition::Incident => {
                 let within = humantime::format_duration(std::time::Duration::from_millis(e.within));
-                let reason = format!("expected {} within {within} after {}, it did not come", e.on.as_str(), self.step_name(e.after));
+                let reason = format!(
+                    "expected {} within {within} after {}, it did not come",
+                    e.on.as_str(),
+                    self.step_name(e.after)
+                );
                 self.incident(None, None, reason);
             }
             Transition::Goto(g) => {
@@ -927,7 +949,13 @@ impl Machine<'_> {
             };
             match build(&tpl.data, &self.scope(None, c.attempt)) {
                 Ok(data) => {
-                    let id = command_id(&self.inst.process, &self.inst.key, &step.id, c.visit, c.attempt);
+                    let id = command_id(
+                        &self.inst.process,
+                        &self.inst.key,
+                        &step.id,
+                        c.visit,
+                        c.attempt,
+                    );
                     self.fx.push(Effect::Command(Command {
                         id: format!("{id}/compensate"),
                         topic: tpl.topic.clone(),
@@ -1030,9 +1058,7 @@ impl Machine<'_> {
     }
 
     fn cancel_token_timers(&mut self, tid: u32) {
-        let mine = |k: &TimerKind| {
-            matches!(k, TimerKind::Timeout(t) | TimerKind::Backoff(t) | TimerKind::Wait(t) if *t == tid)
-        };
+        let mine = |k: &TimerKind| matches!(k, TimerKind::Timeout(t) | TimerKind::Backoff(t) | TimerKind::Wait(t) if *t == tid);
         let ids: Vec<String> = self
             .inst
             .timers
@@ -1139,7 +1165,10 @@ pub fn command_id(process: &str, key: &str, step: &str, visit: u32, attempt: u32
     }
 }
 
-fn eval_assigns(assigns: &[Assign], scope: &Scope<'_>) -> Result<Vec<(String, serde_json::Value)>, String> {
+fn eval_assigns(
+    assigns: &[Assign],
+    scope: &Scope<'_>,
+) -> Result<Vec<(String, serde_json::Value)>, String> {
     assigns
         .iter()
         .map(|a| {

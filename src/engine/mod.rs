@@ -42,7 +42,13 @@ pub const CHILD_ENDED_PREFIX: &str = "baton.process.";
 
 impl Event {
     /// The event a called instance's end delivers to its caller.
-    pub fn child_ended(process: &str, key: &str, status: Status, vars: &Vars, time: Millis) -> Event {
+    pub fn child_ended(
+        process: &str,
+        key: &str,
+        status: Status,
+        vars: &Vars,
+        time: Millis,
+    ) -> Event {
         Event {
             id: format!("{process}/{key}/ended"),
             kind: format!("{CHILD_ENDED_PREFIX}{}", status.as_str()),
@@ -65,7 +71,10 @@ pub enum Input {
     /// A timer of this instance fell due.
     Timer(String),
     /// Start as a call from another process, with these variables.
-    Call { parent: ParentRef, vars: Vars },
+    Call {
+        parent: ParentRef,
+        vars: Vars,
+    },
     Operator(Action),
 }
 
@@ -78,7 +87,10 @@ pub enum Action {
     Skip { incident: Option<u32> },
     /// End the instance as cancelled, optionally compensating first.
     Cancel { compensate: bool, reason: String },
-    SetVariable { name: String, value: serde_json::Value },
+    SetVariable {
+        name: String,
+        value: serde_json::Value,
+    },
 }
 
 /// What a command is for.
@@ -161,8 +173,16 @@ pub enum Effect {
     ScheduleTimer(Timer),
     CancelTimer(String),
     Audit(Audit),
-    IncidentRaised { id: u32, step: String, reason: String },
-    IncidentResolved { id: u32, step: String, resolution: String },
+    IncidentRaised {
+        id: u32,
+        step: String,
+        reason: String,
+    },
+    IncidentResolved {
+        id: u32,
+        step: String,
+        resolution: String,
+    },
     VariablesChanged(Vec<String>),
     /// Start another process's instance (a `call` step).
     StartProcess {
@@ -178,7 +198,10 @@ pub enum Effect {
     },
     /// The instance holds nothing any more (a pending instance whose buffer expired).
     Discard,
-    Rejected { event_id: String, reason: Rejection },
+    Rejected {
+        event_id: String,
+        reason: Rejection,
+    },
 }
 
 /// How an event reaches an instance of a definition.
