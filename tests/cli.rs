@@ -39,7 +39,12 @@ fn validate_fails_with_located_errors() {
     .expect("write");
     let (code, _, err) = baton(&["validate", bad.to_str().expect("utf-8 path")]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("bad.yaml:6:29: error: steps[0].await[0].goto: unknown step `b` (did you mean `a`?)"), "{err}");
+    assert!(
+        err.contains(
+            "bad.yaml:6:29: error: steps[0].await[0].goto: unknown step `b` (did you mean `a`?)"
+        ),
+        "{err}"
+    );
     assert!(err.contains("1 error"), "{err}");
 }
 
@@ -68,7 +73,10 @@ fn simulate_shows_the_timeout_path() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("timer reserve/1/timeout/1.1 fired"), "{out}");
     assert!(out.contains("id=order-to-cash/o-1003/reserve/3"), "{out}");
-    assert!(out.contains("! incident 1 at reserve: step 'reserve' timed out after 3 attempts"), "{out}");
+    assert!(
+        out.contains("! incident 1 at reserve: step 'reserve' timed out after 3 attempts"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -89,7 +97,10 @@ fn simulate_fails_when_an_expectation_does_not_hold() {
         "--quiet",
     ]);
     assert_eq!(code, 1);
-    assert!(err.contains("wrong.jsonl:2: expectation failed: status: expected completed, got active"), "{err}");
+    assert!(
+        err.contains("wrong.jsonl:2: expectation failed: status: expected completed, got active"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,6 +108,12 @@ fn graph_prints_mermaid() {
     let (code, out, _) = baton(&["graph", "examples/order-to-cash.yaml"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("flowchart TD"), "{out}");
-    assert!(out.contains("s0_reserve -->|\"com.acme.inventory.unavailable\"| failed"), "{out}");
-    assert!(out.contains("s1_approval -->|\"vars.total > 10000\"| s2_manual_approval"), "{out}");
+    assert!(
+        out.contains("s0_reserve -->|\"com.acme.inventory.unavailable\"| failed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s1_approval -->|\"vars.total > 10000\"| s2_manual_approval"),
+        "{out}"
+    );
 }

@@ -180,28 +180,44 @@ proptest! {
         let def = example("order-to-cash.yaml");
         let mut inst = Instance::new(&def.process, def.version, "k");
         let mut now: Millis = 1_767_603_600_000;
+        let mut commanded: Vec<String> = Vec::new();
         for s in &steps {
             let Some(input) = input_for(s, &inst, &mut now) else { continue };
-            let expected: Vec<String> = inst
-                .completed
-                .iter()
-                .rev()
-                .filter(|c| matches!(&def.steps[c.step].kind, StepKind::Task(t) if t.compensate.is_some()))
-                .map(|c| def.steps[c.step].id.clone())
-                .collect();
             let fx = engine::apply(&def, &mut inst, &input, now);
-            let compensated: Vec<String> = fx
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::Command(c) if c.purpose == Purpose::Compensation => Some(c.step.clone()),
-                    _ => None,
-                })
-                .collect();
+            let mut compensated: Vec<String> = Vec::new();
+            for e in &fx {
+                if let Effect::Command(c) = e {
+                    match c.purpose {
+                        Purpose::Compensation => compensated.push(c.step.clone()),
+                        Purpose::Task | Purpose::Manual => commanded.push(c.step.clone()),
+                        Purpose::Escalation => {}
+                    }
+                }
+            }
             let failed = fx.iter().any(|e| matches!(e, Effect::Ended { status: engine::Status::Failed, .. }));
             let cancelled_with_compensation = matches!(&input, Input::Operator(Action::Cancel { compensate: true, .. }))
                 && fx.iter().any(|e| matches!(e, Effect::Ended { .. }));
             if failed || cancelled_with_compensation {
+                // Exactly the completed tasks that have a compensation, newest first.
+                let expected: Vec<String> = inst
+                    .completed
+                    .iter()
+                    .rev()
+                    .filter(|c| matches!(&def.steps[c.step].kind, StepKind::Task(t) if t.compensate.is_some()))
+                    .map(|c| def.steps[c.step].id.clone())
+                    .collect();
                 prop_assert_eq!(&compensated, &expected);
+                // Only steps whose command went out, each once (order-to-cash has no loops).
+                for (n, step) in compensated.iter().enumerate() {
+                    prop_assert!(commanded.contains(step), "{} compensated but never commanded", step);
+                    prop_assert!(!compensated[..n].contains(step), "{} compensated twice", step);
+                }
+                // Newest first: the reverse of the order the commands went out.
+                let order: Vec<usize> = compensated
+                    .iter()
+                    .map(|s| commanded.iter().position(|c| c == s).unwrap_or(usize::MAX))
+                    .collect();
+                prop_assert!(order.windows(2).all(|w| w[0] > w[1]), "not newest first: {:?}", compensated);
             } else {
                 prop_assert!(compensated.is_empty(), "compensation without failure: {:?}", compensated);
             }

@@ -299,7 +299,11 @@ impl Machine<'_> {
         let mut errors = Vec::new();
         // `vars:` read the start event; an instance started by a call has none
         // and gets its variables from the caller instead.
-        let from_event = if ev.is_some() { &self.def.vars[..] } else { &[] };
+        let from_event = if ev.is_some() {
+            &self.def.vars[..]
+        } else {
+            &[]
+        };
         for a in from_event {
             match a.expr.eval(&self.scope(ev, 0)) {
                 Ok(v) => {
@@ -938,7 +942,8 @@ impl Machine<'_> {
     /// Emits the compensation of every completed task, newest first.
     fn compensate(&mut self) {
         let def = self.def;
-        let done = std::mem::take(&mut self.inst.completed);
+        // `completed` stays as history; an ended instance compensates no more.
+        let done = self.inst.completed.clone();
         for c in done.iter().rev() {
             let step = &def.steps[c.step];
             let StepKind::Task(task) = &step.kind else {
