@@ -67,7 +67,7 @@ steps:
     // Each renders like a compiler message.
     assert_eq!(
         errs[2].to_string(),
-        "test.yaml:10:5: error: steps[0].timout: unknown field `timout` (did you mean `timeout`?); expected one of: id, description, command, manual, call, await, timeout, on_timeout, retry, on_exhausted, compensate"
+        "test.yaml:10:5: error: steps[0].timout: unknown field `timout` (did you mean `timeout`?); expected one of: id, description, then, goto, command, manual, call, await, timeout, on_timeout, retry, on_exhausted, compensate"
     );
 }
 
