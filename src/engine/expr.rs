@@ -10,6 +10,8 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr as Ast};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::objects::{Key, Map};
 use cel::parser::Expression;
 use cel::{Context, Env, Program, Value as Cel};
@@ -38,6 +40,8 @@ pub struct Expr {
     program: Program,
     uses: u8,
     unknown_roots: Vec<String>,
+    /// `root.field.field…`: evaluated on JSON directly, without the interpreter.
+    path: Option<(usize, Vec<String>)>,
 }
 
 impl fmt::Debug for Expr {
@@ -53,13 +57,75 @@ impl PartialEq for Expr {
 }
 
 /// What an expression can see when it runs.
-#[derive(Clone, Copy)]
+///
+/// Each root is converted to CEL at most once per scope, on first use, so a
+/// payload with many leaves reads `vars` once, not once per leaf.
 pub struct Scope<'a> {
     pub event: Option<&'a Event>,
     pub vars: &'a Vars,
     pub key: &'a str,
     pub now: Millis,
     pub attempt: u32,
+    cache: [OnceLock<Box<dyn Val>>; 5],
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(
+        event: Option<&'a Event>,
+        vars: &'a Vars,
+        key: &'a str,
+        now: Millis,
+        attempt: u32,
+    ) -> Scope<'a> {
+        Scope {
+            event,
+            vars,
+            key,
+            now,
+            attempt,
+            cache: Default::default(),
+        }
+    }
+
+    fn root(&self, slot: usize) -> Option<&dyn Val> {
+        let cell = self.cache.get(slot)?;
+        if let Some(v) = cell.get() {
+            return Some(v.as_ref());
+        }
+        let value = match slot {
+            0 => match self.event {
+                Some(event) => event_to_cel(event),
+                None => Cel::Null,
+            },
+            1 => vars_to_cel(self.vars),
+            2 => string(self.key),
+            3 => millis_to_cel(self.now),
+            _ => Cel::Int(i64::from(self.attempt)),
+        };
+        let boxed: Box<dyn Val> = value.try_into().ok()?;
+        Some(cell.get_or_init(|| boxed).as_ref())
+    }
+
+    /// `vars`, `key` or `attempt` as JSON, without going through CEL.
+    fn root_json(&self, slot: usize) -> Json {
+        match slot {
+            1 => Json::Object(
+                self.vars
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            2 => Json::String(self.key.to_string()),
+            _ => Json::from(self.attempt),
+        }
+    }
+}
+
+impl VariableResolver for Scope<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let slot = ROOTS.iter().position(|r| *r == variable)?;
+        self.root(slot).map(CowVal::Borrowed)
+    }
 }
 
 /// Why an expression could not produce a usable value.
@@ -109,11 +175,13 @@ impl Expr {
                 other => unknown_roots.push(other.to_string()),
             }
         }
+        let path = select_path(program.expression());
         Ok(Expr {
             source: source.to_string(),
             program,
             uses,
             unknown_roots,
+            path,
         })
     }
 
@@ -132,26 +200,11 @@ impl Expr {
     }
 
     fn execute(&self, scope: &Scope<'_>) -> Result<Cel, ExprError> {
+        if let Some(v) = self.fast(scope)? {
+            return Ok(json_to_cel(&v));
+        }
         let mut ctx = Context::with_env(env());
-        if self.uses & EVENT != 0 {
-            let value = match scope.event {
-                Some(event) => event_to_cel(event),
-                None => Cel::Null,
-            };
-            ctx.add_variable_from_value("event", value);
-        }
-        if self.uses & VARS != 0 {
-            ctx.add_variable_from_value("vars", vars_to_cel(scope.vars));
-        }
-        if self.uses & KEY != 0 {
-            ctx.add_variable_from_value("key", Cel::String(Arc::new(scope.key.to_string())));
-        }
-        if self.uses & NOW != 0 {
-            ctx.add_variable_from_value("now", millis_to_cel(scope.now));
-        }
-        if self.uses & ATTEMPT != 0 {
-            ctx.add_variable_from_value("attempt", Cel::Int(i64::from(scope.attempt)));
-        }
+        ctx.set_variable_resolver(scope);
         self.program
             .execute(&ctx)
             .map_err(|e| ExprError::Execution {
@@ -160,8 +213,45 @@ impl Expr {
             })
     }
 
+    /// A plain field path read straight from JSON; `None` when not a plain path.
+    /// It gives exactly what the interpreter would, only without converting
+    /// whole roots to CEL first.
+    fn fast(&self, scope: &Scope<'_>) -> Result<Option<Json>, ExprError> {
+        let Some((root, fields)) = &self.path else {
+            return Ok(None);
+        };
+        let value = match *root {
+            0 => {
+                let Some(e) = scope.event else {
+                    return Ok(None);
+                };
+                if fields.first().map(String::as_str) != Some("data") {
+                    // `time` is a timestamp in CEL: leave the other fields to it.
+                    return Ok(None);
+                }
+                walk(&e.data, &fields[1..], &self.source)?.clone()
+            }
+            1 => match fields.first() {
+                None => scope.root_json(1),
+                Some(first) => {
+                    let v = scope
+                        .vars
+                        .get(first)
+                        .ok_or_else(|| no_key(&self.source, first))?;
+                    walk(v, &fields[1..], &self.source)?.clone()
+                }
+            },
+            2 | 4 if fields.is_empty() => scope.root_json(*root),
+            _ => return Ok(None),
+        };
+        Ok(Some(value))
+    }
+
     /// Evaluates to JSON (timestamps become RFC 3339 strings).
     pub fn eval(&self, scope: &Scope<'_>) -> Result<Json, ExprError> {
+        if let Some(v) = self.fast(scope)? {
+            return Ok(v);
+        }
         let value = self.execute(scope)?;
         cel_to_json(&value).map_err(|got| ExprError::Type {
             expr: self.source.clone(),
@@ -184,6 +274,13 @@ impl Expr {
 
     /// Evaluates to a correlation key: a string or an integer.
     pub fn eval_key(&self, scope: &Scope<'_>) -> Result<String, ExprError> {
+        if let Some(v) = self.fast(scope)? {
+            match v {
+                Json::String(s) if !s.is_empty() => return Ok(s),
+                Json::Number(n) if n.is_i64() || n.is_u64() => return Ok(n.to_string()),
+                _ => {}
+            }
+        }
         match self.execute(scope)? {
             Cel::String(s) if !s.is_empty() => Ok(s.to_string()),
             Cel::Int(i) => Ok(i.to_string()),
@@ -213,6 +310,39 @@ impl Expr {
             Cel::UInt(u) => Ok(u),
             other => Err(bad(type_name(&other))),
         }
+    }
+}
+
+fn no_key(source: &str, field: &str) -> ExprError {
+    ExprError::Execution {
+        expr: source.to_string(),
+        reason: format!("No such key: {field}"),
+    }
+}
+
+fn walk<'j>(mut cur: &'j Json, fields: &[String], source: &str) -> Result<&'j Json, ExprError> {
+    for f in fields {
+        cur = match cur {
+            Json::Object(o) => o.get(f).ok_or_else(|| no_key(source, f))?,
+            _ => return Err(no_key(source, f)),
+        };
+    }
+    Ok(cur)
+}
+
+/// `root.a.b…` with a known root: the root's index in [`ROOTS`] and the fields.
+fn select_path(e: &Expression) -> Option<(usize, Vec<String>)> {
+    match &e.expr {
+        Ast::Ident(name) => ROOTS
+            .iter()
+            .position(|r| r == name)
+            .map(|i| (i, Vec::new())),
+        Ast::Select(s) if !s.test => {
+            let (root, mut fields) = select_path(&s.operand)?;
+            fields.push(s.field.clone());
+            Some((root, fields))
+        }
+        _ => None,
     }
 }
 

@@ -104,13 +104,7 @@ impl Machine<'_> {
     }
 
     fn scope<'s>(&'s self, event: Option<&'s Event>, attempt: u32) -> Scope<'s> {
-        Scope {
-            event,
-            vars: &self.inst.vars,
-            key: &self.inst.key,
-            now: self.now,
-            attempt,
-        }
+        Scope::new(event, &self.inst.vars, &self.inst.key, self.now, attempt)
     }
 
     fn reject(&mut self, event_id: &str, reason: Rejection) {

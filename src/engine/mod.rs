@@ -215,13 +215,7 @@ pub struct Route {
 /// Finds the instance key an event belongs to under `def`, if it concerns `def` at all.
 pub fn route(def: &Definition, event: &Event) -> Result<Option<Route>, ExprError> {
     let empty = Vars::new();
-    let scope = Scope {
-        event: Some(event),
-        vars: &empty,
-        key: "",
-        now: event.time,
-        attempt: 0,
-    };
+    let scope = Scope::new(Some(event), &empty, "", event.time, 0);
     if def.start.on.matches(&event.kind) {
         let wanted = match &def.start.when {
             Some(w) => w.eval_bool(&scope)?,
