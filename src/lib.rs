@@ -10,6 +10,7 @@
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod config;
 pub mod diagram;
 pub mod dsl;
 pub mod engine;

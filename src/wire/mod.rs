@@ -1,9 +1,12 @@
-//! The only place that knows protobuf: instance snapshots for the changelog.
+//! The only place that knows encodings: protobuf instance snapshots for the
+//! changelog, and CloudEvents ([`cloudevents`]) for events in and commands out.
 //!
 //! [`encode`] and [`decode`] convert between [`Instance`] and
 //! `baton.v1.InstanceSnapshot` (`proto/baton/v1/instance.proto`). Decoding
 //! validates everything and returns an error for any input it cannot trust;
 //! it never panics.
+
+pub mod cloudevents;
 
 use prost::Message;
 
@@ -47,6 +50,22 @@ pub fn encode(i: &Instance) -> Vec<u8> {
 /// Decodes a snapshot.
 pub fn decode(bytes: &[u8]) -> Result<Instance, WireError> {
     from_proto(pb::InstanceSnapshot::decode(bytes)?)
+}
+
+/// Encodes a changelog record: the snapshot and the shard transaction sequence that wrote it.
+pub fn encode_changelog(seq: u64, i: &Instance) -> Vec<u8> {
+    pb::ChangelogRecord {
+        seq,
+        instance: Some(to_proto(i)),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a changelog record into its sequence and instance.
+pub fn decode_changelog(bytes: &[u8]) -> Result<(u64, Instance), WireError> {
+    let r = pb::ChangelogRecord::decode(bytes)?;
+    let instance = r.instance.ok_or_else(|| bad("instance", "missing"))?;
+    Ok((r.seq, from_proto(instance)?))
 }
 
 fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
@@ -415,6 +434,14 @@ mod tests {
         assert_eq!(decode(&bytes).expect("decodes"), i);
         // Deterministic bytes: equal states encode equally.
         assert_eq!(encode(&rich()), bytes);
+    }
+
+    #[test]
+    fn changelog_records_carry_their_sequence() {
+        let bytes = encode_changelog(42, &rich());
+        let (seq, back) = decode_changelog(&bytes).expect("decodes");
+        assert_eq!((seq, back), (42, rich()));
+        assert!(decode_changelog(&[]).is_err());
     }
 
     #[test]

@@ -1,0 +1,372 @@
+//! `baton.toml`: one file plus `BATON_…` environment overrides.
+//!
+//! Unknown keys are rejected, durations are human (`100ms`, `7d`), and the
+//! `[kafka.options]` table passes any librdkafka option through (SASL, TLS…).
+//! An override names its key path with `__` between levels:
+//! `BATON_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `BATON_RUNTIME__MAX_BATCH=500`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: Kafka,
+    #[serde(default)]
+    pub topics: Topics,
+    pub definitions: Definitions,
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub events: Events,
+}
+
+/// Connection and consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kafka {
+    pub bootstrap_servers: String,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topics carrying domain events (the user's).
+    pub input_topics: Vec<String>,
+    /// Passed to librdkafka as they are, for every client baton creates.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "baton".to_string()
+}
+
+/// baton's own topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    /// Names are `<prefix>.changelog`, `.audit`, `.dead-letters`, `.repartition`, `.operator`.
+    pub prefix: String,
+    /// Partitions of baton's topics; equal to the input topics' partitions.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Create missing topics (otherwise only check them).
+    pub create: bool,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            prefix: "baton".to_string(),
+            partitions: 6,
+            replication_factor: 1,
+            create: true,
+        }
+    }
+}
+
+impl Topics {
+    pub fn changelog(&self) -> String {
+        format!("{}.changelog", self.prefix)
+    }
+    pub fn audit(&self) -> String {
+        format!("{}.audit", self.prefix)
+    }
+    pub fn dead_letters(&self) -> String {
+        format!("{}.dead-letters", self.prefix)
+    }
+    pub fn repartition(&self) -> String {
+        format!("{}.repartition", self.prefix)
+    }
+    pub fn operator(&self) -> String {
+        format!("{}.operator", self.prefix)
+    }
+}
+
+/// Where the process definitions are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definitions {
+    /// Files, or directories whose `*.yaml` files are loaded.
+    pub paths: Vec<PathBuf>,
+}
+
+/// Batching, transactions and identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Stable name of this baton process; its transactional id derives from it.
+    pub instance_id: Option<String>,
+    /// Longest time events wait before their transaction commits.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Most events in one transaction.
+    pub max_batch: usize,
+    /// How long an ended instance is kept before its changelog key is tombstoned.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            instance_id: None,
+            commit_interval: Duration::from_millis(100),
+            max_batch: 1000,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How events that are not CloudEvents are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// Field of a plain JSON event that holds its type.
+    pub type_field: String,
+    /// Field that holds its id (else `<topic>/<partition>/<offset>`).
+    pub id_field: String,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            type_field: "type".to_string(),
+            id_field: "id".to_string(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{file}: invalid configuration:\n  {}", .problems.join("\n  "))]
+    Invalid { file: String, problems: Vec<String> },
+}
+
+impl Config {
+    /// Parses `text` (named `file` in errors), applies `env` overrides, and validates.
+    pub fn load(
+        file: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BATON_"))
+            .collect();
+        let config: Config = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| ConfigError::Parse {
+                file: file.to_string(),
+                message: e.to_string(),
+            })?
+        } else {
+            let mut root: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                file: file.to_string(),
+                message: e.to_string(),
+            })?;
+            for (var, value) in &overrides {
+                apply_override(&mut root, var, value)?;
+            }
+            Config::deserialize(toml::Value::Table(root)).map_err(|e| ConfigError::Parse {
+                file: format!("{file} (with BATON_* overrides)"),
+                message: e.to_string(),
+            })?
+        };
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems,
+            })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            p.push("kafka.bootstrap_servers: must name at least one broker".to_string());
+        }
+        if self.kafka.input_topics.is_empty() {
+            p.push("kafka.input_topics: list at least one topic of domain events".to_string());
+        }
+        if self.definitions.paths.is_empty() {
+            p.push("definitions.paths: list at least one definition file or directory".to_string());
+        }
+        if self.topics.partitions < 1 {
+            p.push("topics.partitions: must be at least 1".to_string());
+        }
+        if self.topics.replication_factor < 1 {
+            p.push("topics.replication_factor: must be at least 1".to_string());
+        }
+        if self.runtime.max_batch == 0 {
+            p.push("runtime.max_batch: must be at least 1".to_string());
+        }
+        if self.runtime.commit_interval.is_zero() {
+            p.push("runtime.commit_interval: must be longer than zero".to_string());
+        }
+        for key in [
+            "transactional.id",
+            "group.id",
+            "enable.auto.commit",
+            "isolation.level",
+            "bootstrap.servers",
+        ] {
+            if self.kafka.options.contains_key(key) {
+                p.push(format!(
+                    "kafka.options.\"{key}\": baton sets this itself; remove it"
+                ));
+            }
+        }
+        p
+    }
+
+    /// This process's stable name.
+    pub fn instance_id(&self) -> String {
+        self.runtime
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| "baton-0".to_string())
+    }
+}
+
+fn apply_override(root: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var["BATON_".len()..]
+        .split("__")
+        .map(|s| s.to_lowercase())
+        .collect();
+    let bad = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    if path.iter().any(String::is_empty) {
+        return Err(bad(
+            "use `__` between key levels, e.g. BATON_KAFKA__BOOTSTRAP_SERVERS".into(),
+        ));
+    }
+    // A value that reads as TOML (number, boolean, array) is taken as such; anything else is a string.
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| bad("empty key path".into()))?;
+    let mut table = root;
+    for part in parents {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(bad(format!("`{part}` is not a table"))),
+        };
+    }
+    table.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+bootstrap_servers = "localhost:9092"
+input_topics = ["crm.events"]
+[definitions]
+paths = ["examples"]
+"#;
+
+    #[test]
+    fn defaults_fill_what_is_not_said() {
+        let c = Config::load("baton.toml", MINIMAL, []).expect("valid");
+        assert_eq!(c.kafka.group_id, "baton");
+        assert_eq!(c.runtime.commit_interval, Duration::from_millis(100));
+        assert_eq!(c.topics.changelog(), "baton.changelog");
+        assert_eq!(c.events.type_field, "type");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_location() {
+        let text = format!("{MINIMAL}\n[runtime]\ncommit_intervall = \"1s\"\n");
+        let err = Config::load("baton.toml", &text, []).expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("baton.toml"), "{msg}");
+        assert!(msg.contains("unknown field `commit_intervall`"), "{msg}");
+        assert!(msg.contains("line 9"), "{msg}");
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let text =
+            format!("{MINIMAL}\n[runtime]\ncommit_interval = \"250ms\"\nretention = \"3d\"\n");
+        let c = Config::load("baton.toml", &text, []).expect("valid");
+        assert_eq!(c.runtime.commit_interval, Duration::from_millis(250));
+        assert_eq!(c.runtime.retention, Duration::from_secs(3 * 24 * 3600));
+        let bad = format!("{MINIMAL}\n[runtime]\ncommit_interval = \"soon\"\n");
+        assert!(Config::load("baton.toml", &bad, []).is_err());
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_checked() {
+        let env = vec![
+            (
+                "BATON_KAFKA__BOOTSTRAP_SERVERS".to_string(),
+                "broker:9093".to_string(),
+            ),
+            ("BATON_RUNTIME__MAX_BATCH".to_string(), "500".to_string()),
+            (
+                "BATON_KAFKA__OPTIONS__SECURITY.PROTOCOL".to_string(),
+                "SASL_SSL".to_string(),
+            ),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::load("baton.toml", MINIMAL, env).expect("valid");
+        assert_eq!(c.kafka.bootstrap_servers, "broker:9093");
+        assert_eq!(c.runtime.max_batch, 500);
+        assert_eq!(
+            c.kafka.options.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+        let env = vec![("BATON_RUNTIME__NO_SUCH".to_string(), "1".to_string())];
+        let err = Config::load("baton.toml", MINIMAL, env).expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field `no_such`"), "{err}");
+    }
+
+    #[test]
+    fn all_semantic_problems_are_reported_together() {
+        let text = r#"
+[kafka]
+bootstrap_servers = ""
+input_topics = []
+options = { "transactional.id" = "x" }
+[definitions]
+paths = []
+[runtime]
+max_batch = 0
+"#;
+        let err = Config::load("baton.toml", text, []).expect_err("invalid");
+        let msg = err.to_string();
+        for needle in [
+            "bootstrap_servers",
+            "input_topics",
+            "definitions.paths",
+            "max_batch",
+            "transactional.id",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing in {msg}");
+        }
+    }
+}
