@@ -11,8 +11,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod diagram;
 pub mod dsl;
 pub mod engine;
+pub mod kafka;
+pub mod runtime;
 pub mod simulate;
 pub mod wire;

@@ -84,6 +84,7 @@ impl Simulation {
     pub fn deliver(&mut self, event: Event) {
         let defs: Vec<Arc<Definition>> = self.registry.latest_all().cloned().collect();
         let mut routed = false;
+        let mut failures = Vec::new();
         for def in defs {
             match engine::route(&def, &event) {
                 Ok(Some(route)) => {
@@ -103,27 +104,21 @@ impl Simulation {
                     self.apply(&def, &id, Input::Event(event.clone()));
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    routed = true;
-                    self.rejected += 1;
-                    self.note(
-                        "-",
-                        format!(
-                            "dead letter {} ({}): {}: {e}",
-                            event.kind, event.id, def.process
-                        ),
-                    );
-                }
+                Err(e) => failures.push(format!("{}: {e}", def.process)),
             }
         }
+        // A correlation that fails for one process is not an error when another
+        // process took the event; only an event no process could take is dead.
         if !routed {
             self.rejected += 1;
+            let why = if failures.is_empty() {
+                "no process starts on or correlates this type".to_string()
+            } else {
+                failures.join("; ")
+            };
             self.note(
                 "-",
-                format!(
-                    "dead letter {} ({}): no process starts on or correlates this type",
-                    event.kind, event.id
-                ),
+                format!("dead letter {} ({}): {why}", event.kind, event.id),
             );
         }
     }

@@ -409,6 +409,32 @@ steps:
 {"expect": {"rejected": 2, "key": "m", "at": ["first"]}}"#,
     },
     Case {
+        name: "a buffered event is delivered when a timer moves the flow to the step awaiting it",
+        definitions: &["steps:
+  - id: hold
+    wait: 10m
+  - id: get-b
+    await: [ { on: b } ]
+"],
+        scenario: r#"{"event": {"type": "go", "data": {"id": "k"}}}
+{"event": {"type": "b", "data": {"id": "k"}}}
+{"expect": {"key": "k", "at": ["hold"]}}
+{"advance": "10m"}
+{"expect": {"key": "k", "status": "completed", "rejected": 0}}"#,
+    },
+    Case {
+        name: "a correlation failing in one process does not dead-letter an event another process took",
+        definitions: &[
+            "process: a\nversion: 1\nstart: { on: a.go, key: event.data.aId }\ncorrelate: { \"x.*\": event.data.aId }\nsteps:\n  - { id: w, await: [ { on: x.done } ] }\n",
+            "process: b\nversion: 1\nstart: { on: b.go, key: event.data.bId }\ncorrelate: { \"x.*\": event.data.bId }\nsteps:\n  - { id: w, await: [ { on: x.done } ] }\n",
+        ],
+        scenario: r#"{"event": {"type": "a.go", "data": {"aId": "1"}}}
+{"event": {"type": "x.done", "data": {"aId": "1"}}}
+{"expect": {"process": "a", "key": "1", "status": "completed", "rejected": 0}}
+{"event": {"type": "x.done", "data": {"nobody": "1"}}}
+{"expect": {"rejected": 1}}"#,
+    },
+    Case {
         name: "events that match no process are dead letters",
         definitions: &["steps:\n  - id: a\n    await: [ { on: a } ]\n"],
         scenario: r#"{"event": {"type": "go", "data": {"nokey": true}}}

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -38,6 +40,85 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run baton against Kafka (see the README's "Run against Kafka").
+    Run {
+        #[arg(long, default_value = "baton.toml")]
+        config: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Run the three examples on an in-process Kafka with simulated services.
+    Demo {
+        /// Seconds during which new instances start.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// New instances per second.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Share of payments the simulated provider declines (→ compensation).
+        #[arg(long, default_value_t = 0.1)]
+        decline_rate: f64,
+        /// Share of commands no simulated service answers (→ timeouts, retries).
+        #[arg(long, default_value_t = 0.05)]
+        silence_rate: f64,
+    },
+    /// Publish one event (a structured CloudEvent) to a topic.
+    Send {
+        #[arg(long, default_value = "localhost:9092")]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// CloudEvents type.
+        #[arg(long = "type")]
+        kind: String,
+        /// Event id (default: a fresh one).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "baton-send")]
+        source: String,
+        /// Kafka key (default: the id).
+        #[arg(long)]
+        key: Option<String>,
+        /// Event data as JSON text.
+        #[arg(long, conflicts_with = "file")]
+        data: Option<String>,
+        /// Event data from a JSON file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+fn init_logs(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Definition files named by the configuration (directories give their `*.yaml`).
+fn definition_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot list {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Entry point of the binary.
@@ -137,6 +218,93 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Cmd::Run { config, json_logs } => {
+            init_logs(json_logs, "info,rdkafka=warn");
+            let text = read(&config)?;
+            let cfg = crate::config::Config::load(
+                &config.display().to_string(),
+                &text,
+                std::env::vars(),
+            )?;
+            let files = definition_files(&cfg.definitions.paths)?;
+            let Some(registry) = load(&files)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    });
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+            let stats = Arc::new(crate::runtime::Stats::default());
+            let runtime = crate::runtime::Runtime::new(cfg, registry, stats)
+                .context("cannot start the runtime")?;
+            runtime.run(stop).context("the runtime stopped")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo {
+            seconds,
+            rate,
+            decline_rate,
+            silence_rate,
+        } => {
+            init_logs(false, "error");
+            let opts = crate::demo::Options {
+                seconds,
+                rate,
+                decline_rate,
+                silence_rate,
+                ..Default::default()
+            };
+            println!(
+                "baton demo: order-to-cash, customer-onboarding and incident-response on an in-process Kafka ({seconds}s of load at {rate}/s, then {}s to drain)",
+                opts.drain_seconds
+            );
+            let summary = crate::demo::run(&opts, &mut |line| println!("{line}"))?;
+            println!("\n{}", crate::demo::render(&summary));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Send {
+            brokers,
+            topic,
+            kind,
+            id,
+            source,
+            key,
+            data,
+            file,
+        } => {
+            let data: serde_json::Value = match (data, file) {
+                (Some(d), _) => serde_json::from_str(&d).context("--data is not JSON")?,
+                (None, Some(f)) => serde_json::from_str(&read(&f)?)
+                    .with_context(|| format!("{} is not JSON", f.display()))?,
+                (None, None) => serde_json::Value::Null,
+            };
+            let now = crate::runtime::now_ms();
+            let id = id.unwrap_or_else(|| format!("{source}-{now}"));
+            let payload = crate::wire::cloudevents::structured(&id, &kind, &source, now, &data);
+            let producer = crate::kafka::PlainProducer::new(&brokers)?;
+            producer.send(&crate::kafka::Outgoing {
+                topic: topic.clone(),
+                partition: None,
+                key: key.unwrap_or_else(|| id.clone()).into_bytes(),
+                payload: Some(payload),
+                headers: vec![(
+                    "content-type".into(),
+                    b"application/cloudevents+json".to_vec(),
+                )],
+            })?;
+            producer.flush()?;
+            println!("sent {kind} ({id}) to {topic}");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

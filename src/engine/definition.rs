@@ -390,3 +390,33 @@ impl Registry {
             .filter_map(|v| v.values().next_back().map(|(d, _)| d))
     }
 }
+
+impl Definition {
+    /// Shortens every duration by `factor`, but not below `floor` (nor above the
+    /// original): lets a demo show hours-long timeouts in seconds.
+    pub fn scale_time(&mut self, factor: u64, floor: Millis) {
+        let f = factor.max(1);
+        let scale = |d: &mut Millis| *d = (*d / f).max(floor.min(*d));
+        scale(&mut self.buffer.ttl);
+        for s in &mut self.steps {
+            match &mut s.kind {
+                StepKind::Task(t) => {
+                    if let Some(d) = &mut t.timeout {
+                        scale(d);
+                    }
+                    if let Some(r) = &mut t.retry {
+                        scale(&mut r.backoff);
+                        if let Some(m) = &mut r.max_backoff {
+                            scale(m);
+                        }
+                    }
+                }
+                StepKind::Wait(Wait::For(d)) => scale(d),
+                _ => {}
+            }
+        }
+        for e in &mut self.expect {
+            scale(&mut e.within);
+        }
+    }
+}

@@ -42,6 +42,11 @@ pub fn apply(def: &Definition, instance: &mut Instance, input: &Input, now: Mill
         Input::Call { parent, vars } => (m.call(parent, vars), Cause::Call),
         Input::Operator(action) => (m.operator(action), Cause::Operator(describe(action))),
     };
+    if accepted && !matches!(input, Input::Event(_)) {
+        // A timer or an operator may have moved the flow to a step that
+        // awaits an event already waiting in the buffer.
+        m.drain_buffer();
+    }
     if accepted {
         m.inst.updated_at = now;
         m.inst.transitions += u64::from(m.moves);

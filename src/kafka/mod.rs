@@ -1,0 +1,602 @@
+//! The only place that knows rdkafka: clients, topic provisioning, the
+//! transactional producer, the consumer with its rebalance hooks, and reading
+//! a changelog partition for restore.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList as Tpl};
+
+use crate::config::Config;
+
+/// Kafka went wrong; the message says which operation.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaFailure {
+    #[error("{what}: {source}")]
+    Client {
+        what: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("topic {topic}: {problem}")]
+    Topic { topic: String, problem: String },
+}
+
+fn fail(what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaFailure {
+    let what = what.into();
+    move |source| KafkaFailure::Client { what, source }
+}
+
+fn base(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
+    for (k, v) in &cfg.kafka.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A record read from Kafka.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<u64>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Incoming {
+    fn from<M: Message>(m: &M) -> Incoming {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Incoming {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m
+                .timestamp()
+                .to_millis()
+                .and_then(|t| u64::try_from(t).ok()),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// A record to write.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Vec<u8>,
+    /// `None` writes a tombstone.
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What a rebalance did, for the runtime to act on after `poll` returns.
+#[derive(Debug, Default)]
+pub struct Rebalances {
+    pub assigned: Vec<(String, i32)>,
+    pub revoked: Vec<(String, i32)>,
+}
+
+/// Called on revocation, before partitions are released: it must finish the open transaction.
+pub type RevokeHook = Box<dyn Fn(&BaseConsumer<GroupContext>) + Send + Sync>;
+
+/// Consumer context: records rebalances and lets the runtime commit before a revocation.
+pub struct GroupContext {
+    pub events: Arc<Mutex<Rebalances>>,
+    pub on_revoke: Mutex<Option<RevokeHook>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            if let Ok(hook) = self.on_revoke.lock()
+                && let Some(h) = hook.as_ref()
+            {
+                h(consumer);
+            }
+            if let Ok(mut ev) = self.events.lock() {
+                ev.revoked.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance
+            && let Ok(mut ev) = self.events.lock()
+        {
+            ev.assigned.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
+        }
+    }
+}
+
+/// The group consumer (read_committed, cooperative-sticky, no auto commit).
+pub struct Consumer {
+    pub inner: BaseConsumer<GroupContext>,
+    pub rebalances: Arc<Mutex<Rebalances>>,
+}
+
+impl Consumer {
+    pub fn new(cfg: &Config, topics: &[String]) -> Result<Consumer, KafkaFailure> {
+        let rebalances = Arc::new(Mutex::new(Rebalances::default()));
+        let ctx = GroupContext {
+            events: rebalances.clone(),
+            on_revoke: Mutex::new(None),
+        };
+        let session = cfg.runtime.session_timeout.as_millis().to_string();
+        let inner: BaseConsumer<GroupContext> = base(cfg)
+            .set("group.id", &cfg.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", &session)
+            .set(
+                "heartbeat.interval.ms",
+                (cfg.runtime.session_timeout.as_millis() / 4)
+                    .max(100)
+                    .to_string(),
+            )
+            .create_with_context(ctx)
+            .map_err(fail("create consumer"))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        inner
+            .subscribe(&names)
+            .map_err(fail(format!("subscribe to {names:?}")))?;
+        Ok(Consumer { inner, rebalances })
+    }
+
+    /// Installs the hook that runs before partitions are revoked.
+    pub fn on_revoke(&self, hook: RevokeHook) {
+        if let Ok(mut h) = self.inner.context().on_revoke.lock() {
+            *h = Some(hook);
+        }
+    }
+
+    /// The next record, if one arrives within `timeout`.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<Incoming, KafkaFailure>> {
+        self.inner
+            .poll(timeout)
+            .map(|r| r.map(|m| Incoming::from(&m)).map_err(fail("poll")))
+    }
+
+    pub fn take_rebalances(&self) -> Rebalances {
+        self.rebalances
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
+    }
+
+    /// Committed offset and metadata of a partition (`None`: nothing committed yet).
+    pub fn committed(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<(i64, String)>, KafkaFailure> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let got = self
+            .inner
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .map_err(fail(format!("committed offsets of {topic}/{partition}")))?;
+        Ok(got
+            .find_partition(topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some((o, e.metadata().to_string())),
+                _ => None,
+            }))
+    }
+
+    /// Moves the read position of a partition.
+    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaFailure> {
+        let mut tpl = TopicPartitionList::new();
+        let at = if offset < 0 {
+            Offset::Beginning
+        } else {
+            Offset::Offset(offset)
+        };
+        tpl.add_partition_offset(topic, partition, at)
+            .map_err(fail(format!("seek {topic}/{partition}")))?;
+        self.inner
+            .seek_partitions(tpl, Duration::from_secs(10))
+            .map(|_| ())
+            .map_err(fail(format!("seek {topic}/{partition}")))
+    }
+}
+
+/// Offsets to commit with a transaction: (topic, partition) → (next offset, metadata).
+pub type Offsets = BTreeMap<(String, i32), (i64, String)>;
+
+/// The transactional producer.
+pub struct Producer {
+    inner: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl Producer {
+    pub fn new(cfg: &Config, transactional_id: &str) -> Result<Producer, KafkaFailure> {
+        let inner: ThreadedProducer<DefaultProducerContext> = base(cfg)
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("transaction.timeout.ms", "60000")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(fail("create transactional producer"))?;
+        inner
+            .init_transactions(Duration::from_secs(60))
+            .map_err(fail(format!("init transactions for {transactional_id}")))?;
+        Ok(Producer { inner })
+    }
+
+    pub fn begin(&self) -> Result<(), KafkaFailure> {
+        self.inner
+            .begin_transaction()
+            .map_err(fail("begin transaction"))
+    }
+
+    pub fn send(&self, r: &Outgoing) -> Result<(), KafkaFailure> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut attempt = 0;
+        loop {
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic)
+                .key(&r.key[..])
+                .headers(headers.clone());
+            if let Some(p) = &r.payload {
+                rec = rec.payload(&p[..]);
+            }
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            match self.inner.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) if attempt < 100 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(fail(format!("produce to {}", r.topic))(e)),
+            }
+        }
+    }
+
+    /// Commits the open transaction together with the consumed offsets.
+    pub fn commit(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        offsets: &Offsets,
+    ) -> Result<(), KafkaFailure> {
+        if !offsets.is_empty() {
+            let mut tpl = Tpl::new();
+            for ((topic, partition), (offset, meta)) in offsets {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(fail("offsets"))?;
+                if let Some(mut e) = tpl.find_partition(topic, *partition) {
+                    e.set_metadata(meta.as_str());
+                }
+            }
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| KafkaFailure::Topic {
+                    topic: "(group)".into(),
+                    problem: "no consumer group metadata: the consumer has not joined its group"
+                        .into(),
+                })?;
+            self.inner
+                .send_offsets_to_transaction(&tpl, &group, Duration::from_secs(30))
+                .map_err(fail("send offsets to transaction"))?;
+        }
+        self.inner
+            .commit_transaction(Duration::from_secs(60))
+            .map_err(fail("commit transaction"))
+    }
+
+    pub fn abort(&self) -> Result<(), KafkaFailure> {
+        self.inner
+            .abort_transaction(Duration::from_secs(60))
+            .map_err(fail("abort transaction"))
+    }
+}
+
+/// Creates missing topics; checks partitions and the changelog's compaction on existing ones.
+pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(), KafkaFailure> {
+    let admin: AdminClient<DefaultClientContext> =
+        base(cfg).create().map_err(fail("create admin client"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaFailure::Topic {
+            topic: "(admin)".into(),
+            problem: e.to_string(),
+        })?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(fail("fetch metadata"))?;
+    let existing: HashMap<String, i32> = metadata
+        .topics()
+        .iter()
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect();
+    let mut missing = Vec::new();
+    for (name, partitions, compact) in topics {
+        match existing.get(name) {
+            Some(&n) if n == *partitions || n == 0 => {}
+            Some(&n) => {
+                return Err(KafkaFailure::Topic {
+                    topic: name.clone(),
+                    problem: format!(
+                        "has {n} partitions, baton needs {partitions} (its topics are co-partitioned); set topics.partitions = {n} or recreate the topic"
+                    ),
+                });
+            }
+            None => missing.push((name.clone(), *partitions, *compact)),
+        }
+    }
+    if !missing.is_empty() {
+        if !cfg.topics.create {
+            let names: Vec<&str> = missing.iter().map(|m| m.0.as_str()).collect();
+            return Err(KafkaFailure::Topic {
+                topic: names.join(", "),
+                problem: "missing, and topics.create is false".into(),
+            });
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(name, p, compact)| {
+                let t = NewTopic::new(
+                    name,
+                    *p,
+                    TopicReplication::Fixed(cfg.topics.replication_factor),
+                );
+                if *compact {
+                    t.set("cleanup.policy", "compact")
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let results = rt
+            .block_on(admin.create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ))
+            .map_err(fail("create topics"))?;
+        for r in results {
+            if let Err((topic, code)) = r
+                && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+            {
+                return Err(KafkaFailure::Topic {
+                    topic,
+                    problem: format!("could not be created: {code}"),
+                });
+            }
+        }
+    }
+    // The changelog must be compacted, or restore reads every version ever written.
+    for (name, _, compact) in topics {
+        if !compact {
+            continue;
+        }
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+        let described = match rt
+            .block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &opts))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(topic = %name, error = %e, "cannot read topic configuration; compaction not checked");
+                continue;
+            }
+        };
+        for r in described.into_iter().flatten() {
+            if let Some(e) = r.get("cleanup.policy")
+                && let Some(v) = &e.value
+                && !v.contains("compact")
+            {
+                return Err(KafkaFailure::Topic {
+                    topic: name.clone(),
+                    problem: format!("cleanup.policy is `{v}`, baton needs `compact`"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one partition from its start to its current end (read_committed).
+pub fn read_partition(
+    cfg: &Config,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<Incoming>, KafkaFailure> {
+    let consumer: BaseConsumer = base(cfg)
+        .set("group.id", format!("{}-restore", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(fail("create restore consumer"))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        .map_err(fail(format!("watermarks of {topic}/{partition}")))?;
+    let mut out = Vec::new();
+    if high <= low {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(low))
+        .map_err(fail("assign"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(fail(format!("assign {topic}/{partition}")))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(pos) = consumer.position()
+            && let Some(e) = pos.find_partition(topic, partition)
+            && let Offset::Offset(o) = e.offset()
+            && o >= high
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(KafkaFailure::Topic {
+                topic: format!("{topic}/{partition}"),
+                problem: format!("restore did not reach offset {high} within 120 s"),
+            });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let done = m.offset() + 1 >= high;
+                out.push(Incoming::from(&m));
+                if done {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(fail(format!("read {topic}/{partition}"))(e)),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A plain (non-transactional) producer for `baton send` and simulated services.
+pub fn send_plain(cfg: &Config, records: &[Outgoing]) -> Result<(), KafkaFailure> {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        base(cfg).create().map_err(fail("create producer"))?;
+    let p = Producer { inner: producer };
+    for r in records {
+        p.send(r)?;
+    }
+    p.inner
+        .flush(Duration::from_secs(30))
+        .map_err(fail("flush"))
+}
+
+/// librdkafka's in-process mock cluster (for `baton demo` only: it does not
+/// hide aborted transactions from read_committed consumers).
+pub struct MockBroker {
+    cluster: rdkafka::mocking::MockCluster<'static, DefaultProducerContext>,
+}
+
+impl MockBroker {
+    pub fn start() -> Result<MockBroker, KafkaFailure> {
+        let cluster = rdkafka::mocking::MockCluster::new(1)
+            .map_err(fail("start the in-process mock cluster"))?;
+        Ok(MockBroker { cluster })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaFailure> {
+        self.cluster
+            .create_topic(name, partitions, 1)
+            .map_err(fail(format!("create mock topic {name}")))
+    }
+}
+
+/// A plain group consumer (read_committed) for tools and simulated services.
+pub struct PlainConsumer {
+    inner: BaseConsumer,
+}
+
+impl PlainConsumer {
+    pub fn new(
+        bootstrap: &str,
+        group: &str,
+        topics: &[String],
+    ) -> Result<PlainConsumer, KafkaFailure> {
+        let inner: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()
+            .map_err(fail("create consumer"))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        inner.subscribe(&names).map_err(fail("subscribe"))?;
+        Ok(PlainConsumer { inner })
+    }
+
+    pub fn poll(&self, timeout: Duration) -> Option<Result<Incoming, KafkaFailure>> {
+        self.inner
+            .poll(timeout)
+            .map(|r| r.map(|m| Incoming::from(&m)).map_err(fail("poll")))
+    }
+}
+
+/// A plain producer kept open (for load generators and simulated services).
+pub struct PlainProducer {
+    inner: Producer,
+}
+
+impl PlainProducer {
+    pub fn new(bootstrap: &str) -> Result<PlainProducer, KafkaFailure> {
+        let inner: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "2")
+            .create()
+            .map_err(fail("create producer"))?;
+        Ok(PlainProducer {
+            inner: Producer { inner },
+        })
+    }
+
+    pub fn send(&self, r: &Outgoing) -> Result<(), KafkaFailure> {
+        self.inner.send(r)
+    }
+
+    pub fn flush(&self) -> Result<(), KafkaFailure> {
+        self.inner
+            .inner
+            .flush(Duration::from_secs(30))
+            .map_err(fail("flush"))
+    }
+}
