@@ -7,12 +7,16 @@
 //! holds the commands, changelog snapshots, audit records, dead letters,
 //! repartitioned events and the consumed offsets.
 //!
-//! The position guard: each snapshot carries its shard's transaction
-//! sequence, and the offset commit of the shard's repartition partition
-//! carries the last committed sequence in its metadata. On restore, a
-//! snapshot with a later sequence came from a transaction that never
-//! committed and is ignored (and rewritten by the next transaction), so
-//! correctness does not depend on the broker hiding aborted records.
+//! The position guard: every state change on a shard is caused by a record
+//! consumed from its repartition partition (due timers are first written there
+//! as timer records), and each changelog snapshot carries the position (next
+//! offset) of the record that caused it. On restore, a snapshot beyond the
+//! committed offset of the shard's partition came from a transaction that
+//! never committed: it is ignored, and the next transaction rewrites that key.
+//! Correctness therefore depends neither on the broker hiding aborted records
+//! nor on offset-commit metadata; records of aborted transactions that are
+//! read again are harmless because the engine deduplicates events by id and
+//! ignores timers that are no longer pending.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,10 +91,10 @@ const RETENTION_TIMER: &str = "__retention__";
 struct Shard {
     instances: HashMap<String, Instance>,
     timers: BTreeSet<(Millis, String, String)>,
-    /// Highest sequence written to this shard's changelog.
-    seq: u64,
     /// Next offset of the shard's repartition partition.
     position: i64,
+    /// Timers already written as timer records (not fired twice while in flight).
+    in_flight: BTreeSet<(Millis, String, String)>,
     /// Keys whose latest changelog record came from an uncommitted transaction.
     repair: Vec<String>,
 }
@@ -113,8 +117,8 @@ impl Shard {
 struct Txn {
     open: bool,
     offsets: Offsets,
-    /// Shards written in this transaction and the sequence they use.
-    shards: HashMap<i32, u64>,
+    /// Shards written in this transaction (their repairs are done).
+    shards: BTreeSet<i32>,
     events: usize,
     started: Option<Instant>,
     /// Set by the revocation hook: the transaction was committed (true) or failed (false).
@@ -277,14 +281,15 @@ impl Runtime {
     fn restore(&mut self, p: i32) -> Result<(), RuntimeError> {
         let started = Instant::now();
         let committed = self.consumer.committed(&self.repartition, p)?;
-        let committed_seq = committed
-            .as_ref()
-            .and_then(|(_, m)| m.strip_prefix("seq=").and_then(|s| s.parse::<u64>().ok()))
-            .unwrap_or(0);
+        // Snapshots up to this position belong to committed transactions.
+        let valid_until = committed.as_ref().map_or(0, |(o, _)| (*o).max(0) as u64);
+        debug!(
+            partition = p,
+            valid_until, "committed position of the shard"
+        );
         let records = kafka::read_partition(&self.cfg, &self.changelog, p)?;
         let mut latest: HashMap<String, Option<Instance>> = HashMap::new();
         let mut repair: BTreeSet<String> = BTreeSet::new();
-        let mut max_seq = committed_seq;
         let count = records.len();
         for r in records {
             let Some(key) = r
@@ -301,9 +306,8 @@ impl Runtime {
                     repair.remove(&key);
                 }
                 Some(bytes) => match wire::decode_changelog(bytes) {
-                    Ok((seq, inst)) => {
-                        max_seq = max_seq.max(seq);
-                        if seq <= committed_seq {
+                    Ok((position, inst)) => {
+                        if position <= valid_until {
                             latest.insert(key.clone(), Some(inst));
                             repair.remove(&key);
                         } else {
@@ -320,8 +324,8 @@ impl Runtime {
         let mut shard = Shard {
             instances: HashMap::new(),
             timers: BTreeSet::new(),
-            seq: max_seq,
             position: committed.map_or(-1, |(o, _)| o),
+            in_flight: BTreeSet::new(),
             repair: repair.into_iter().collect(),
         };
         for (key, inst) in latest {
@@ -417,21 +421,12 @@ impl Runtime {
         if !due {
             return Ok(());
         }
-        // The shard's position and sequence go with the offsets: the position guard.
-        let mut offsets = self
+        let offsets = self
             .txn
             .lock()
             .map(|t| t.offsets.clone())
             .unwrap_or_default();
-        for (p, seq) in &shards {
-            if let Some(s) = self.shards.get(p) {
-                let position = if s.position < 0 { 0 } else { s.position };
-                offsets.insert(
-                    (self.repartition.clone(), *p),
-                    (position, format!("seq={seq}")),
-                );
-            }
-        }
+        let _ = shards;
         match self.producer.commit(&self.consumer.inner, &offsets) {
             Ok(()) => self.committed(),
             Err(e) => {
@@ -443,28 +438,29 @@ impl Runtime {
         Ok(())
     }
 
-    /// The sequence this transaction writes to shard `p` (repairs happen on first use).
-    fn shard_seq(&mut self, p: i32) -> Result<u64, RuntimeError> {
+    /// Opens the transaction for shard `p`; the first time, it rewrites the keys
+    /// whose latest changelog record never committed (with `position`).
+    fn prepare_shard(&mut self, p: i32, position: u64) -> Result<(), RuntimeError> {
         self.begin()?;
-        let existing = self.txn.lock().ok().and_then(|t| t.shards.get(&p).copied());
-        if let Some(seq) = existing {
-            return Ok(seq);
+        let fresh = self
+            .txn
+            .lock()
+            .map(|mut t| t.shards.insert(p))
+            .unwrap_or(false);
+        if !fresh {
+            return Ok(());
         }
-        let Some(shard) = self.shards.get_mut(&p) else {
-            return Err(RuntimeError::Setup(format!("shard {p} is not owned")));
-        };
-        shard.seq += 1;
-        let seq = shard.seq;
-        let repair = std::mem::take(&mut shard.repair);
-        if let Ok(mut t) = self.txn.lock() {
-            t.shards.insert(p, seq);
-        }
+        let repair = self
+            .shards
+            .get_mut(&p)
+            .map(|s| std::mem::take(&mut s.repair))
+            .unwrap_or_default();
         for key in repair {
             let payload = self
                 .shards
                 .get(&p)
                 .and_then(|s| s.instances.get(&key))
-                .map(|i| wire::encode_changelog(seq, i));
+                .map(|i| wire::encode_changelog(position, i));
             let r = Outgoing {
                 topic: self.changelog.clone(),
                 partition: Some(p),
@@ -474,7 +470,7 @@ impl Runtime {
             };
             self.send(r)?;
         }
-        Ok(seq)
+        Ok(())
     }
 
     // ---- records ------------------------------------------------------------
@@ -662,12 +658,37 @@ impl Runtime {
                 let vars: Vars = serde_json::from_value(body["vars"].clone()).unwrap_or_default();
                 Input::Call { parent, vars }
             }
+            Some("timer") => {
+                let timer = body["timer"].as_str().unwrap_or_default().to_string();
+                let due = body["due"].as_u64().unwrap_or(0);
+                let id = format!("{process}/{key}");
+                if let Some(s) = self.shards.get_mut(&p) {
+                    s.in_flight.remove(&(due, id.clone(), timer.clone()));
+                }
+                if timer.contains("/timeout/") {
+                    bump(&self.stats.timeouts);
+                }
+                if timer == RETENTION_TIMER {
+                    return self.expire(p, &id);
+                }
+                return self.step(
+                    p,
+                    &process,
+                    &key,
+                    &Input::Timer(timer),
+                    Some(due),
+                    None,
+                    Some(&m),
+                );
+            }
             _ => return self.dead_letter(&m, "undecodable", "repartition record of unknown kind"),
         };
         let tp = cloudevents::traceparent(&m.headers);
         self.step(p, &process, &key, &input, None, tp.as_deref(), Some(&m))
     }
 
+    /// Writes due timers to their shard's partition; they fire when read back,
+    /// so that every state change has a position (see the module docs).
     fn fire_timers(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
         let owned: Vec<i32> = self.shards.keys().copied().collect();
@@ -680,30 +701,23 @@ impl Runtime {
                 let Some(timer) = due else { break };
                 if let Some(s) = self.shards.get_mut(&p) {
                     s.timers.remove(&timer);
+                    if !s.in_flight.insert(timer.clone()) {
+                        continue;
+                    }
                 }
                 let (at, id, timer_id) = timer;
-                let Some((process, key)) = id
-                    .split_once('/')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                else {
+                let Some((process, key)) = id.split_once('/') else {
                     continue;
                 };
-                if timer_id.contains("/timeout/") {
-                    bump(&self.stats.timeouts);
-                }
-                if timer_id == RETENTION_TIMER {
-                    self.expire(p, &id)?;
-                    continue;
-                }
-                self.step(
-                    p,
-                    &process,
-                    &key,
-                    &Input::Timer(timer_id),
-                    Some(at),
-                    None,
-                    None,
-                )?;
+                let body = json!({ "input": "timer", "process": process, "key": key, "timer": timer_id, "due": at });
+                let r = Outgoing {
+                    topic: self.repartition.clone(),
+                    partition: Some(p),
+                    key: id.clone().into_bytes(),
+                    payload: Some(serde_json::to_vec(&body).unwrap_or_default()),
+                    headers: Vec::new(),
+                };
+                self.send(r)?;
             }
         }
         Ok(())
@@ -711,7 +725,8 @@ impl Runtime {
 
     /// An ended instance's retention passed: forget it and tombstone its changelog key.
     fn expire(&mut self, p: i32, id: &str) -> Result<(), RuntimeError> {
-        self.shard_seq(p)?;
+        let position = self.shards.get(&p).map_or(0, |s| s.position.max(0) as u64);
+        self.prepare_shard(p, position)?;
         if let Some(s) = self.shards.get_mut(&p) {
             s.instances.remove(id);
         }
@@ -738,7 +753,8 @@ impl Runtime {
         source: Option<&Incoming>,
     ) -> Result<(), RuntimeError> {
         let id = format!("{process}/{key}");
-        let seq = self.shard_seq(p)?;
+        let position = self.shards.get(&p).map_or(0, |s| s.position.max(0) as u64);
+        self.prepare_shard(p, position)?;
         let Some(shard) = self.shards.get_mut(&p) else {
             return Ok(());
         };
@@ -768,7 +784,7 @@ impl Runtime {
         let was_pending = inst.status == Status::Pending;
         let effects = engine::apply(&def, inst, input, now);
         let status = inst.status;
-        let snapshot = wire::encode_changelog(seq, inst);
+        let snapshot = wire::encode_changelog(position, inst);
         if was_pending && status == Status::Active {
             bump(&self.stats.started);
         }

@@ -52,20 +52,20 @@ pub fn decode(bytes: &[u8]) -> Result<Instance, WireError> {
     from_proto(pb::InstanceSnapshot::decode(bytes)?)
 }
 
-/// Encodes a changelog record: the snapshot and the shard transaction sequence that wrote it.
-pub fn encode_changelog(seq: u64, i: &Instance) -> Vec<u8> {
+/// Encodes a changelog record: the snapshot and the shard position whose processing wrote it.
+pub fn encode_changelog(position: u64, i: &Instance) -> Vec<u8> {
     pb::ChangelogRecord {
-        seq,
+        position,
         instance: Some(to_proto(i)),
     }
     .encode_to_vec()
 }
 
-/// Decodes a changelog record into its sequence and instance.
+/// Decodes a changelog record into its position and instance.
 pub fn decode_changelog(bytes: &[u8]) -> Result<(u64, Instance), WireError> {
     let r = pb::ChangelogRecord::decode(bytes)?;
     let instance = r.instance.ok_or_else(|| bad("instance", "missing"))?;
-    Ok((r.seq, from_proto(instance)?))
+    Ok((r.position, from_proto(instance)?))
 }
 
 fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
@@ -437,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn changelog_records_carry_their_sequence() {
+    fn changelog_records_carry_their_position() {
         let bytes = encode_changelog(42, &rich());
         let (seq, back) = decode_changelog(&bytes).expect("decodes");
         assert_eq!((seq, back), (42, rich()));

@@ -1,0 +1,349 @@
+//! The runtime against a real Kafka-protocol broker (nisshi): end to end,
+//! restore after a restart (with a timer that fell due while baton was down),
+//! and poison events.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use baton::config::{self, Config};
+use baton::dsl;
+use baton::engine::Registry;
+use baton::kafka::{self, Incoming, Outgoing, PlainConsumer, PlainProducer};
+use baton::runtime::{Runtime, RuntimeError, Stats};
+use baton::wire::cloudevents;
+use serde_json::{Value, json};
+use support::{Broker, eventually, unique};
+
+const INPUT: &str = "orders.events";
+const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
+
+fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
+    Config {
+        kafka: config::Kafka {
+            bootstrap_servers: bootstrap.to_string(),
+            group_id: group.to_string(),
+            input_topics: vec![INPUT.to_string()],
+            options: BTreeMap::new(),
+        },
+        topics: config::Topics {
+            prefix: format!("{group}.baton"),
+            partitions: 2,
+            replication_factor: 1,
+            create: true,
+        },
+        definitions: config::Definitions { paths: Vec::new() },
+        runtime: config::Runtime {
+            instance_id: Some(instance.to_string()),
+            commit_interval: Duration::from_millis(50),
+            max_batch: 200,
+            retention: Duration::from_secs(3600),
+            session_timeout: Duration::from_secs(6),
+        },
+        events: Default::default(),
+    }
+}
+
+/// order-to-cash with durations divided by 1000 (at least 2 s): the reserve timeout is 2 s.
+fn registry() -> Registry {
+    let text = include_str!("../examples/order-to-cash.yaml");
+    let mut def = dsl::parse("order-to-cash.yaml", text).expect("valid example");
+    def.scale_time(1000, 2000);
+    let mut reg = Registry::default();
+    reg.deploy(def, text).expect("deploy");
+    reg
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<(), RuntimeError>>,
+}
+
+impl Running {
+    fn start(cfg: Config) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let runtime =
+            Runtime::new(cfg, registry(), Arc::new(Stats::default())).expect("runtime starts");
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || runtime.run(flag));
+        Running { stop, handle }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .join()
+            .expect("runtime thread")
+            .expect("runtime ends cleanly");
+    }
+}
+
+fn placed(n: u32) -> Outgoing {
+    let id = format!("placed-{n}");
+    let data = json!({"orderId": format!("o-{n}"), "customerId": "c-1", "total": 100 + n, "lines": [{"sku": "A", "qty": 1}], "address": "1 Main St"});
+    Outgoing {
+        topic: INPUT.into(),
+        partition: None,
+        key: id.clone().into_bytes(),
+        payload: Some(cloudevents::structured(
+            &id,
+            "com.acme.order.placed",
+            "test",
+            0,
+            &data,
+        )),
+        headers: Vec::new(),
+    }
+}
+
+fn header(m: &Incoming, name: &str) -> Option<String> {
+    m.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+}
+
+/// Reads everything on `topics` (read_committed) into a shared list.
+fn collector(
+    bootstrap: &str,
+    topics: &[&str],
+) -> (Arc<std::sync::Mutex<Vec<Incoming>>>, Arc<AtomicBool>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let consumer = PlainConsumer::new(bootstrap, &unique("collector"), &topics).expect("collector");
+    let (s, st) = (seen.clone(), stop.clone());
+    std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
+                && let Ok(mut v) = s.lock()
+            {
+                v.push(m);
+            }
+        }
+    });
+    (seen, stop)
+}
+
+/// Simulated ERP, payment provider and warehouse: every command succeeds.
+fn services(bootstrap: &str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
+    let consumer =
+        PlainConsumer::new(bootstrap, &unique("services"), &topics).expect("services consumer");
+    let producer = PlainProducer::new(bootstrap).expect("services producer");
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let (Some(kind), Some(id)) = (header(&m, "ce_type"), header(&m, "ce_id")) else {
+                continue;
+            };
+            let data: Value = m
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_slice(p).ok())
+                .unwrap_or(Value::Null);
+            let order = data["order"].clone();
+            let reply = match kind.as_str() {
+                "com.acme.inventory.reserve" => Some((
+                    "com.acme.inventory.reserved",
+                    json!({"orderId": order, "reservationId": "r"}),
+                )),
+                "com.acme.payment.charge" => Some((
+                    "com.acme.payment.charged",
+                    json!({"orderId": order, "paymentId": "p"}),
+                )),
+                "com.acme.shipment.create" => Some((
+                    "com.acme.shipment.created",
+                    json!({"orderRef": order, "trackingId": "t"}),
+                )),
+                "com.acme.invoice.create" => Some((
+                    "com.acme.invoice.created",
+                    json!({"orderId": order, "invoiceId": "i"}),
+                )),
+                _ => None,
+            };
+            if let Some((t, d)) = reply {
+                let eid = format!("{id}/reply");
+                let _ = producer.send(&Outgoing {
+                    topic: INPUT.into(),
+                    partition: None,
+                    key: eid.clone().into_bytes(),
+                    payload: Some(cloudevents::structured(&eid, t, "services", 0, &d)),
+                    headers: Vec::new(),
+                });
+                let _ = producer.flush();
+            }
+        }
+    });
+    stop
+}
+
+fn create_input(cfg: &Config) {
+    kafka::ensure_topics(cfg, &[(INPUT.to_string(), 2, false)]).expect("input topic");
+}
+
+fn ids_of(seen: &[Incoming], kind: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|m| header(m, "ce_type").as_deref() == Some(kind))
+        .filter_map(|m| header(m, "ce_id"))
+        .collect()
+}
+
+#[test]
+fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
+    let broker = Broker::start();
+    let group = unique("e2e");
+    let cfg = config(&broker.bootstrap, &group, "a");
+    create_input(&cfg);
+    let runtime = Running::start(cfg.clone());
+    let services = services(&broker.bootstrap);
+    let mut topics: Vec<&str> = COMMANDS.to_vec();
+    let dlq = cfg.topics.dead_letters();
+    topics.push(&dlq);
+    let (seen, stop_collector) = collector(&broker.bootstrap, &topics);
+
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    for n in 0..5 {
+        producer.send(&placed(n)).expect("send");
+    }
+    // Poison around the good events: not JSON, and a type no process knows.
+    producer
+        .send(&Outgoing {
+            topic: INPUT.into(),
+            partition: None,
+            key: b"bad-1".to_vec(),
+            payload: Some(b"{not json".to_vec()),
+            headers: Vec::new(),
+        })
+        .expect("send");
+    let unknown = cloudevents::structured("u-1", "com.acme.unknown", "test", 0, &json!({}));
+    producer
+        .send(&Outgoing {
+            topic: INPUT.into(),
+            partition: None,
+            key: b"u-1".to_vec(),
+            payload: Some(unknown),
+            headers: Vec::new(),
+        })
+        .expect("send");
+    producer.flush().expect("flush");
+
+    let all = eventually(120, "five invoices and two dead letters", || {
+        let v = seen.lock().ok()?.clone();
+        let invoices = ids_of(&v, "com.acme.invoice.create").len();
+        let dead = v.iter().filter(|m| m.topic == dlq).count();
+        (invoices >= 5 && dead >= 2).then_some(v)
+    });
+    // Every command exactly once (read_committed; this run aborts nothing).
+    for kind in [
+        "com.acme.inventory.reserve",
+        "com.acme.payment.charge",
+        "com.acme.shipment.create",
+        "com.acme.invoice.create",
+    ] {
+        let mut ids = ids_of(&all, kind);
+        ids.sort();
+        let expected: Vec<String> = (0..5)
+            .map(|n| format!("order-to-cash/o-{n}/{}/1", kind_step(kind)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(ids, expected, "{kind}");
+    }
+    let reasons: Vec<String> = all
+        .iter()
+        .filter(|m| m.topic == dlq)
+        .filter_map(|m| header(m, "baton.dlq.reason"))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("payload is not JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r
+                .contains("no process starts on or correlates events of type com.acme.unknown")),
+        "{reasons:?}"
+    );
+    let poison = all
+        .iter()
+        .find(|m| m.topic == dlq && m.key.as_deref() == Some(b"bad-1"))
+        .expect("the undecodable record");
+    assert_eq!(header(poison, "baton.dlq.topic").as_deref(), Some(INPUT));
+    assert!(header(poison, "baton.version").is_some());
+
+    stop_collector.store(true, Ordering::Relaxed);
+    services.store(true, Ordering::Relaxed);
+    runtime.stop();
+}
+
+fn kind_step(kind: &str) -> &'static str {
+    match kind {
+        "com.acme.inventory.reserve" => "reserve",
+        "com.acme.payment.charge" => "charge",
+        "com.acme.shipment.create" => "ship",
+        _ => "invoice",
+    }
+}
+
+#[test]
+fn a_new_process_restores_instances_and_fires_timers_that_fell_due_while_down() {
+    let broker = Broker::start();
+    let group = unique("restore");
+    let cfg = config(&broker.bootstrap, &group, "a");
+    create_input(&cfg);
+    let (seen, stop_collector) = collector(&broker.bootstrap, &COMMANDS);
+
+    // First process: orders start; nobody answers, so they wait at `reserve`.
+    let first = Running::start(cfg.clone());
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    for n in 0..3 {
+        producer.send(&placed(n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    eventually(90, "three reserve commands", || {
+        let v = seen.lock().ok()?.clone();
+        (ids_of(&v, "com.acme.inventory.reserve").len() >= 3).then_some(())
+    });
+    first.stop();
+
+    // Down for longer than the 2 s reserve timeout.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // A new process takes over: it restores the instances from the changelog,
+    // the overdue timeout fires (attempt 2), then the services answer.
+    let second = Running::start(config(&broker.bootstrap, &group, "b"));
+    let retried = eventually(90, "retried reserve commands after restore", || {
+        let v = seen.lock().ok()?.clone();
+        let ids = ids_of(&v, "com.acme.inventory.reserve");
+        let retried: Vec<String> = ids
+            .into_iter()
+            .filter(|i| i.ends_with("/reserve/2"))
+            .collect();
+        (retried.len() >= 3).then_some(retried)
+    });
+    assert_eq!(retried.len(), 3, "{retried:?}");
+    let services = services(&broker.bootstrap);
+    let all = eventually(120, "three invoices", || {
+        let v = seen.lock().ok()?.clone();
+        (ids_of(&v, "com.acme.invoice.create").len() >= 3).then_some(v)
+    });
+    // The restored instances went on from where they were: one charge each.
+    let mut charges = ids_of(&all, "com.acme.payment.charge");
+    charges.sort();
+    charges.dedup();
+    assert_eq!(charges.len(), 3, "{charges:?}");
+
+    stop_collector.store(true, Ordering::Relaxed);
+    services.store(true, Ordering::Relaxed);
+    second.stop();
+}
