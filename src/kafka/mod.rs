@@ -161,13 +161,18 @@ impl Consumer {
             on_revoke: Mutex::new(None),
         };
         let session = cfg.runtime.session_timeout.as_millis().to_string();
+        let strategy = cfg
+            .kafka
+            .options
+            .get("partition.assignment.strategy")
+            .map_or("cooperative-sticky", String::as_str);
         let inner: BaseConsumer<GroupContext> = base(cfg)
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", strategy)
             .set("session.timeout.ms", &session)
             .set(
                 "heartbeat.interval.ms",
@@ -558,6 +563,7 @@ impl PlainConsumer {
             .set("isolation.level", "read_committed")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
+            .set("topic.metadata.refresh.interval.ms", "1000")
             .create()
             .map_err(fail("create consumer"))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -61,6 +61,11 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Commands sent because an `expect` watchdog fired.
     pub escalations: AtomicU64,
+    /// Shards this process owns now.
+    pub shards: AtomicU64,
+    /// Instances restored from the changelog, and how long restores took.
+    pub restored_instances: AtomicU64,
+    pub restore_ms: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -266,6 +271,9 @@ impl Runtime {
         for (topic, p) in r.revoked {
             if topic == self.repartition {
                 self.shards.remove(&p);
+                self.stats
+                    .shards
+                    .store(self.shards.len() as u64, Ordering::Relaxed);
                 info!(partition = p, "shard released");
             }
         }
@@ -342,7 +350,16 @@ impl Runtime {
             ms = started.elapsed().as_millis() as u64,
             "shard restored"
         );
+        self.stats
+            .restored_instances
+            .fetch_add(shard.instances.len() as u64, Ordering::Relaxed);
+        self.stats
+            .restore_ms
+            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.shards.insert(p, shard);
+        self.stats
+            .shards
+            .store(self.shards.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
