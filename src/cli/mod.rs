@@ -238,7 +238,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .enable_all()
                     .build()
                 {
+                    // Stop on Ctrl-C or SIGTERM: the open transaction is committed first.
                     rt.block_on(async {
+                        #[cfg(unix)]
+                        {
+                            use tokio::signal::unix::{SignalKind, signal};
+                            match signal(SignalKind::terminate()) {
+                                Ok(mut term) => {
+                                    tokio::select! {
+                                        _ = tokio::signal::ctrl_c() => {}
+                                        _ = term.recv() => {}
+                                    }
+                                }
+                                Err(_) => {
+                                    let _ = tokio::signal::ctrl_c().await;
+                                }
+                            }
+                        }
+                        #[cfg(not(unix))]
                         let _ = tokio::signal::ctrl_c().await;
                     });
                     flag.store(true, Ordering::Relaxed);

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,333 @@
+//! Crash test: `baton run` is killed with SIGKILL at random points while
+//! orders flow, several times, and restarted each time. Afterwards every order
+//! has completed and every command is present exactly once in what a correct
+//! read_committed consumer sees (checked by the test's own oracle, since the
+//! test broker does not hide aborted records).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baton::config::{self, Config};
+use baton::kafka::{self, Outgoing, PlainConsumer, PlainProducer};
+use baton::wire::cloudevents;
+use serde_json::{Value, json};
+use support::{Broker, eventually, oracle, unique};
+
+const INPUT: &str = "orders.events";
+const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
+const PARTITIONS: i32 = 2;
+const ORDERS: u32 = 30;
+
+fn write_config(dir: &std::path::Path, bootstrap: &str, group: &str) -> std::path::PathBuf {
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/order-to-cash.yaml");
+    let text = format!(
+        r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+input_topics = ["{INPUT}"]
+[topics]
+prefix = "{group}.baton"
+partitions = {PARTITIONS}
+[definitions]
+paths = ["{}"]
+[runtime]
+instance_id = "crash-1"
+commit_interval = "50ms"
+session_timeout = "6s"
+"#,
+        examples.display()
+    );
+    let path = dir.join("baton.toml");
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("baton starts")
+}
+
+fn header(m: &baton::kafka::Incoming, name: &str) -> Option<String> {
+    m.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+}
+
+/// Simulated services: answer each command id once.
+fn services(bootstrap: &str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
+    let consumer = PlainConsumer::new(bootstrap, &unique("services"), &topics).expect("consumer");
+    let producer = PlainProducer::new(bootstrap).expect("producer");
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        let mut answered = BTreeSet::new();
+        while !st.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let (Some(kind), Some(id)) = (header(&m, "ce_type"), header(&m, "ce_id")) else {
+                continue;
+            };
+            if !answered.insert(id.clone()) {
+                continue;
+            }
+            let data: Value = m
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_slice(p).ok())
+                .unwrap_or(Value::Null);
+            let order = data["order"].clone();
+            let reply = match kind.as_str() {
+                "com.acme.inventory.reserve" => (
+                    "com.acme.inventory.reserved",
+                    json!({"orderId": order, "reservationId": "r"}),
+                ),
+                "com.acme.payment.charge" => (
+                    "com.acme.payment.charged",
+                    json!({"orderId": order, "paymentId": "p"}),
+                ),
+                "com.acme.shipment.create" => (
+                    "com.acme.shipment.created",
+                    json!({"orderRef": order, "trackingId": "t"}),
+                ),
+                "com.acme.invoice.create" => (
+                    "com.acme.invoice.created",
+                    json!({"orderId": order, "invoiceId": "i"}),
+                ),
+                _ => continue,
+            };
+            let eid = format!("{id}/reply");
+            let _ = producer.send(&Outgoing {
+                topic: INPUT.into(),
+                partition: None,
+                key: eid.clone().into_bytes(),
+                payload: Some(cloudevents::structured(
+                    &eid, reply.0, "services", 0, &reply.1,
+                )),
+                headers: Vec::new(),
+            });
+            let _ = producer.flush();
+        }
+    });
+    stop
+}
+
+/// Committed command ids per type, read through the oracle.
+fn committed_commands(bootstrap: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for topic in COMMANDS {
+        for p in 0..PARTITIONS {
+            for r in oracle::committed(bootstrap, topic, p) {
+                let get = |k: &str| {
+                    r.headers
+                        .iter()
+                        .find(|(h, _)| h.as_str() == k)
+                        .and_then(|(_, v)| v.as_ref())
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                if let (Some(kind), Some(id)) = (get("ce_type"), get("ce_id")) {
+                    out.entry(kind).or_default().push(id);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
+    let broker = Broker::start();
+    let group = unique("crash");
+    let dir = broker.dir.join("baton");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config_path = write_config(&dir, &broker.bootstrap, &group);
+    let log = dir.join("baton.log");
+    let cfg = Config::load(
+        "baton.toml",
+        &std::fs::read_to_string(&config_path).expect("config"),
+        [],
+    )
+    .expect("valid config");
+    kafka::ensure_topics(&cfg, &[(INPUT.to_string(), PARTITIONS, false)]).expect("input topic");
+    let _ = config::Topics::default();
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut rng = seed;
+    let mut next = move |max: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % max
+    };
+
+    let mut child = start(&config_path, &log);
+    // Wait until baton has created its topics before the services subscribe.
+    std::thread::sleep(Duration::from_secs(3));
+    let services = services(&broker.bootstrap);
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    let mut sent = 0;
+    for round in 0..4 {
+        // Orders keep coming while baton runs, then it is killed at a random moment.
+        let until = Instant::now() + Duration::from_millis(1500 + next(3000));
+        while Instant::now() < until {
+            if sent < ORDERS {
+                let id = format!("placed-{sent}");
+                let data = json!({"orderId": format!("o-{sent}"), "customerId": "c", "total": 100, "lines": [], "address": "x"});
+                producer
+                    .send(&Outgoing {
+                        topic: INPUT.into(),
+                        partition: None,
+                        key: id.clone().into_bytes(),
+                        payload: Some(cloudevents::structured(
+                            &id,
+                            "com.acme.order.placed",
+                            "test",
+                            0,
+                            &data,
+                        )),
+                        headers: Vec::new(),
+                    })
+                    .expect("send");
+                producer.flush().expect("flush");
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("round {round}: kill -9 after {sent} orders");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        child = start(&config_path, &log);
+    }
+    while sent < ORDERS {
+        let id = format!("placed-{sent}");
+        let data = json!({"orderId": format!("o-{sent}"), "customerId": "c", "total": 100, "lines": [], "address": "x"});
+        producer
+            .send(&Outgoing {
+                topic: INPUT.into(),
+                partition: None,
+                key: id.clone().into_bytes(),
+                payload: Some(cloudevents::structured(
+                    &id,
+                    "com.acme.order.placed",
+                    "test",
+                    0,
+                    &data,
+                )),
+                headers: Vec::new(),
+            })
+            .expect("send");
+        sent += 1;
+    }
+    producer.flush().expect("flush");
+
+    let commands = eventually(240, "every order to be invoiced", || {
+        let c = committed_commands(&broker.bootstrap);
+        let invoiced: BTreeSet<&String> = c
+            .get("com.acme.invoice.create")
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        (invoiced.len() as u32 >= ORDERS).then_some(c)
+    });
+    services.store(true, Ordering::Relaxed);
+    let _ = child.kill();
+    let _ = child.wait();
+    let aborted: usize = COMMANDS
+        .iter()
+        .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
+        .map(|(t, p)| oracle::scan(&broker.bootstrap, t, p).1)
+        .sum();
+    eprintln!(
+        "command records in transactions that never committed (hidden by the oracle): {aborted}"
+    );
+
+    for (kind, ids) in &commands {
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{kind}: a committed command appears twice: {ids:?}\n(log: {})",
+            log.display()
+        );
+    }
+    for kind in [
+        "com.acme.inventory.reserve",
+        "com.acme.payment.charge",
+        "com.acme.shipment.create",
+        "com.acme.invoice.create",
+    ] {
+        let ids = commands.get(kind).cloned().unwrap_or_default();
+        for n in 0..ORDERS {
+            let prefix = format!("order-to-cash/o-{n}/");
+            assert!(
+                ids.iter().any(|i| i.starts_with(&prefix)),
+                "{kind} missing for o-{n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_oracle_keeps_committed_and_drops_aborted_transactions() {
+    let broker = Broker::start();
+    let group = unique("oracle");
+    let dir = broker.dir.join("baton");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let text =
+        std::fs::read_to_string(write_config(&dir, &broker.bootstrap, &group)).expect("config");
+    let cfg = Config::load("baton.toml", &text, []).expect("valid config");
+    let topic = "oracle.check";
+    kafka::ensure_topics(&cfg, &[(topic.to_string(), 1, false)]).expect("topic");
+    let consumer = kafka::Consumer::new(&cfg, &[topic.to_string()]).expect("consumer");
+    let producer =
+        kafka::Producer::new(&cfg, &unique("oracle-txn")).expect("transactional producer");
+    let record = |v: &str| Outgoing {
+        topic: topic.into(),
+        partition: Some(0),
+        key: v.as_bytes().to_vec(),
+        payload: Some(v.as_bytes().to_vec()),
+        headers: Vec::new(),
+    };
+    producer.begin().expect("begin");
+    producer.send(&record("aborted")).expect("send");
+    producer.abort().expect("abort");
+    producer.begin().expect("begin");
+    producer.send(&record("committed")).expect("send");
+    producer
+        .commit(&consumer.inner, &Default::default())
+        .expect("commit");
+    producer.begin().expect("begin");
+    producer.send(&record("still-open")).expect("send");
+    std::thread::sleep(Duration::from_secs(1));
+    let seen: Vec<String> = eventually(30, "the committed record", || {
+        let v: Vec<String> = oracle::committed(&broker.bootstrap, topic, 0)
+            .into_iter()
+            .filter_map(|r| r.value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(seen, vec!["committed".to_string()]);
+}
