@@ -1,0 +1,138 @@
+//! One baton process against the test broker (nisshi): events per second from
+//! domain event to command, and the time to restore the instances it left.
+//!
+//! `cargo bench --bench runtime` runs 20 000 orders (`BATON_BENCH_ORDERS`
+//! overrides); under `cargo test` it runs 200 as a smoke check.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baton::config::{self, Config};
+use baton::dsl;
+use baton::engine::Registry;
+use baton::kafka::{self, Outgoing, PlainConsumer, PlainProducer};
+use baton::runtime::{Runtime, Stats};
+use baton::wire::cloudevents;
+use serde_json::json;
+
+const INPUT: &str = "orders.events";
+
+fn config(bootstrap: &str, group: &str) -> Config {
+    Config {
+        kafka: config::Kafka {
+            bootstrap_servers: bootstrap.to_string(),
+            group_id: group.to_string(),
+            input_topics: vec![INPUT.to_string()],
+            options: BTreeMap::new(),
+        },
+        topics: config::Topics {
+            prefix: format!("{group}.baton"),
+            partitions: 2,
+            replication_factor: 1,
+            create: true,
+        },
+        definitions: config::Definitions { paths: Vec::new() },
+        runtime: config::Runtime {
+            instance_id: Some("bench".into()),
+            ..Default::default()
+        },
+        events: Default::default(),
+    }
+}
+
+fn registry() -> Registry {
+    let text = include_str!("../examples/order-to-cash.yaml");
+    let mut reg = Registry::default();
+    reg.deploy(dsl::parse("order-to-cash.yaml", text).expect("valid"), text)
+        .expect("deploy");
+    reg
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let orders: u64 = std::env::var("BATON_BENCH_ORDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 20_000 } else { 200 });
+    let broker = support::Broker::start();
+    let group = support::unique("bench");
+    let cfg = config(&broker.bootstrap, &group);
+    kafka::ensure_topics(&cfg, &[(INPUT.to_string(), 2, false)]).expect("input topic");
+
+    // Load first: the events are waiting when baton starts.
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    for n in 0..orders {
+        let id = format!("placed-{n}");
+        let data = json!({"orderId": format!("o-{n}"), "customerId": "c", "total": 100, "lines": [], "address": "x"});
+        producer
+            .send(&Outgoing {
+                topic: INPUT.into(),
+                partition: None,
+                key: id.clone().into_bytes(),
+                payload: Some(cloudevents::structured(
+                    &id,
+                    "com.acme.order.placed",
+                    "bench",
+                    0,
+                    &data,
+                )),
+                headers: Vec::new(),
+            })
+            .expect("send");
+    }
+    producer.flush().expect("flush");
+
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = Runtime::new(cfg.clone(), registry(), stats.clone()).expect("runtime");
+    let flag = stop.clone();
+    let started = Instant::now();
+    let handle = std::thread::spawn(move || runtime.run(flag));
+    let commands = PlainConsumer::new(
+        &broker.bootstrap,
+        &support::unique("count"),
+        &["erp.commands".to_string()],
+    )
+    .expect("consumer");
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while seen < orders && Instant::now() < deadline {
+        if let Some(Ok(_)) = commands.poll(Duration::from_millis(100)) {
+            seen += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    handle.join().expect("runtime thread").expect("runtime");
+    assert_eq!(seen, orders, "every order produced its reserve command");
+    println!(
+        "runtime: {orders} orders, event → command in {elapsed:.1} s: {:.0} events/s ({} transactions)",
+        orders as f64 / elapsed,
+        stats.transactions.load(Ordering::Relaxed)
+    );
+
+    // A second process restores the instances the first one left.
+    let stats2 = Arc::new(Stats::default());
+    let stop2 = Arc::new(AtomicBool::new(false));
+    let runtime = Runtime::new(cfg, registry(), stats2.clone()).expect("runtime");
+    let flag = stop2.clone();
+    let handle = std::thread::spawn(move || runtime.run(flag));
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while stats2.restored_instances.load(Ordering::Relaxed) < orders && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let restore_ms = stats2.restore_ms.load(Ordering::Relaxed).max(1);
+    let restored = stats2.restored_instances.load(Ordering::Relaxed);
+    stop2.store(true, Ordering::Relaxed);
+    handle.join().expect("runtime thread").expect("runtime");
+    assert_eq!(restored, orders, "every instance restored");
+    println!(
+        "restore: {restored} instances in {restore_ms} ms: {:.0} instances/s",
+        restored as f64 * 1000.0 / restore_ms as f64
+    );
+}
