@@ -420,7 +420,7 @@ impl Runtime {
 
     /// Commits when the batch is full or old enough (or `force`).
     fn maybe_commit(&mut self, force: bool) -> Result<(), RuntimeError> {
-        let (due, shards) = {
+        let offsets = {
             let Ok(t) = self.txn.lock() else {
                 return Ok(());
             };
@@ -430,20 +430,11 @@ impl Runtime {
             let old = t
                 .started
                 .is_some_and(|s| s.elapsed() >= self.cfg.runtime.commit_interval);
-            (
-                force || old || t.events >= self.cfg.runtime.max_batch,
-                t.shards.clone(),
-            )
+            if !(force || old || t.events >= self.cfg.runtime.max_batch) {
+                return Ok(());
+            }
+            t.offsets.clone()
         };
-        if !due {
-            return Ok(());
-        }
-        let offsets = self
-            .txn
-            .lock()
-            .map(|t| t.offsets.clone())
-            .unwrap_or_default();
-        let _ = shards;
         match self.producer.commit(&self.consumer.inner, &offsets) {
             Ok(()) => self.committed(),
             Err(e) => {
