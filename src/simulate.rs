@@ -249,7 +249,8 @@ impl Simulation {
                 Effect::Discard => {
                     follow_ups.push(FollowUp::Discard);
                 }
-                Effect::Rejected { event_id, reason } => {
+                Effect::Rejected { event, reason } => {
+                    let event_id = &event.id;
                     self.rejected += 1;
                     self.note(&name, format!("  ✗ rejected {event_id}: {reason}"));
                 }

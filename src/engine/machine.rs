@@ -112,9 +112,9 @@ impl Machine<'_> {
         Scope::new(event, &self.inst.vars, &self.inst.key, self.now, attempt)
     }
 
-    fn reject(&mut self, event_id: &str, reason: Rejection) {
+    fn reject(&mut self, event: &Event, reason: Rejection) {
         self.fx.push(Effect::Rejected {
-            event_id: event_id.to_string(),
+            event: Box::new(event.clone()),
             reason,
         });
     }
@@ -123,11 +123,11 @@ impl Machine<'_> {
 
     fn event(&mut self, ev: &Event) -> bool {
         if self.inst.status.is_ended() {
-            self.reject(&ev.id, Rejection::Ended(self.inst.status));
+            self.reject(ev, Rejection::Ended(self.inst.status));
             return false;
         }
         if self.inst.seen.iter().any(|s| s == &ev.id) {
-            self.reject(&ev.id, Rejection::Duplicate);
+            self.reject(ev, Rejection::Duplicate);
             return false;
         }
         if self.inst.seen.len() >= SEEN_WINDOW {
@@ -154,7 +154,7 @@ impl Machine<'_> {
             return true;
         }
         if is_start {
-            self.reject(&ev.id, Rejection::AlreadyStarted);
+            self.reject(ev, Rejection::AlreadyStarted);
             return false;
         }
         self.buffer(ev)
@@ -986,7 +986,7 @@ impl Machine<'_> {
         self.inst.tokens.clear();
         self.inst.expects.clear();
         for b in std::mem::take(&mut self.inst.buffer) {
-            self.reject(&b.event.id, Rejection::Ended(status));
+            self.reject(&b.event, Rejection::Ended(status));
         }
         self.inst.status = status;
         self.fx.push(Effect::Ended {
@@ -1079,7 +1079,7 @@ impl Machine<'_> {
 
     fn buffer(&mut self, ev: &Event) -> bool {
         if self.inst.buffer.len() >= self.def.buffer.size {
-            self.reject(&ev.id, Rejection::BufferFull);
+            self.reject(ev, Rejection::BufferFull);
             return false;
         }
         self.inst.buffer.push(Buffered {
@@ -1097,7 +1097,7 @@ impl Machine<'_> {
             .partition(|b| b.expires <= now);
         self.inst.buffer = kept;
         for b in gone {
-            self.reject(&b.event.id, Rejection::Expired);
+            self.reject(&b.event, Rejection::Expired);
         }
         self.buffer_timer();
     }

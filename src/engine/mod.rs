@@ -198,8 +198,9 @@ pub enum Effect {
     },
     /// The instance holds nothing any more (a pending instance whose buffer expired).
     Discard,
+    /// An event the instance did not use, with why (it goes to the dead letters).
     Rejected {
-        event_id: String,
+        event: Box<Event>,
         reason: Rejection,
     },
 }

@@ -532,7 +532,9 @@ impl Runtime {
             match engine::route(&def, &event) {
                 Ok(Some(r)) => {
                     routed += 1;
-                    let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": event_json(&event) });
+                    let origin =
+                        json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
+                    let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": event_json(&event), "origin": origin });
                     self.forward(
                         &def.process,
                         &r.key,
@@ -895,19 +897,65 @@ impl Runtime {
                     }
                 }
                 Effect::Discard => discard = true,
-                Effect::Rejected { event_id, reason } => {
+                Effect::Rejected { event, reason } => {
+                    let event_id = event.id.clone();
                     if reason == Rejection::Duplicate {
                         debug!(instance = %id, event_id, "duplicate event ignored");
-                    } else if let Some(m) = source {
-                        self.dead_letter(
-                            m,
-                            "rejected",
-                            &format!("instance {id}: event {event_id}: {reason}"),
-                        )?;
-                    } else {
-                        bump(&self.stats.dead_letters);
-                        info!(instance = %id, event_id, %reason, "buffered event rejected");
+                        continue;
                     }
+                    bump(&self.stats.dead_letters);
+                    info!(instance = %id, event_id, %reason, "event rejected");
+                    // Where the event first entered baton, when the record says.
+                    let origin = source
+                        .and_then(|m| m.payload.as_deref())
+                        .and_then(|p| serde_json::from_slice::<Json>(p).ok())
+                        .filter(|b| b["event"]["id"].as_str() == Some(event_id.as_str()))
+                        .map(|b| b["origin"].clone())
+                        .unwrap_or(Json::Null);
+                    let mut headers = vec![
+                        (
+                            "content-type".to_string(),
+                            b"application/cloudevents+json".to_vec(),
+                        ),
+                        ("baton.dlq.kind".to_string(), b"rejected".to_vec()),
+                        (
+                            "baton.dlq.reason".to_string(),
+                            format!("instance {id}: event {event_id}: {reason}").into_bytes(),
+                        ),
+                        ("baton.dlq.instance".to_string(), id.clone().into_bytes()),
+                        (
+                            "baton.version".to_string(),
+                            env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+                        ),
+                    ];
+                    for (field, header) in [
+                        ("topic", "baton.dlq.topic"),
+                        ("partition", "baton.dlq.partition"),
+                        ("offset", "baton.dlq.offset"),
+                    ] {
+                        match &origin[field] {
+                            Json::String(v) => {
+                                headers.push((header.to_string(), v.clone().into_bytes()))
+                            }
+                            Json::Number(v) => {
+                                headers.push((header.to_string(), v.to_string().into_bytes()))
+                            }
+                            _ => {}
+                        }
+                    }
+                    out.push(Outgoing {
+                        topic: self.cfg.topics.dead_letters(),
+                        partition: None,
+                        key: id.clone().into_bytes(),
+                        payload: Some(cloudevents::structured(
+                            &event.id,
+                            &event.kind,
+                            &event.source,
+                            event.time,
+                            &event.data,
+                        )),
+                        headers,
+                    });
                 }
             }
         }
