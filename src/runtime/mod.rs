@@ -18,18 +18,18 @@
 //! read again are harmless because the engine deduplicates events by id and
 //! ignores timers that are no longer pending.
 
-use std::collections::{BTreeSet, HashMap};
+mod shard;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::engine::{
-    self, Effect, Event, Input, Instance, Millis, ParentRef, Registry, Rejection, Status, Vars,
-};
+use crate::engine::{self, Instance, Millis, Registry};
 use crate::kafka::{self, Consumer, Incoming, KafkaFailure, Offsets, Outgoing, Producer};
 use crate::wire::{self, cloudevents};
 
@@ -91,32 +91,6 @@ pub fn shard_of(instance_id: &str, partitions: i32) -> i32 {
     (h % partitions.max(1) as u64) as i32
 }
 
-const RETENTION_TIMER: &str = "__retention__";
-
-struct Shard {
-    instances: HashMap<String, Instance>,
-    timers: BTreeSet<(Millis, String, String)>,
-    /// Next offset of the shard's repartition partition.
-    position: i64,
-    /// Timers already written as timer records (not fired twice while in flight).
-    in_flight: BTreeSet<(Millis, String, String)>,
-    /// Keys whose latest changelog record came from an uncommitted transaction.
-    repair: Vec<String>,
-}
-
-impl Shard {
-    fn add_timers(&mut self, id: &str, inst: &Instance, retention: Millis) {
-        for t in &inst.timers {
-            self.timers.insert((t.due, id.to_string(), t.id.clone()));
-        }
-        if inst.status.is_ended() {
-            let due = inst.updated_at.saturating_add(retention);
-            self.timers
-                .insert((due, id.to_string(), RETENTION_TIMER.to_string()));
-        }
-    }
-}
-
 /// The transaction in flight, shared with the revocation hook.
 #[derive(Default)]
 struct Txn {
@@ -137,12 +111,27 @@ pub struct Runtime {
     consumer: Consumer,
     producer: Arc<Producer>,
     txn: Arc<Mutex<Txn>>,
-    shards: HashMap<i32, Shard>,
+    shards: HashMap<i32, shard::Shard>,
     inputs: Vec<String>,
     repartition: String,
     changelog: String,
     partitions: i32,
     stats: Arc<Stats>,
+}
+
+fn ctx<'a>(
+    registry: &'a Registry,
+    cfg: &'a Config,
+    partitions: i32,
+    stats: &'a Stats,
+) -> shard::Ctx<'a> {
+    shard::Ctx {
+        registry,
+        topics: &cfg.topics,
+        retention: cfg.runtime.retention.as_millis() as u64,
+        partitions,
+        stats,
+    }
 }
 
 /// Every topic named in a definition's commands.
@@ -229,21 +218,110 @@ impl Runtime {
     /// Runs until `stop` is set; the transaction in flight is committed first.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
         while !stop.load(Ordering::Relaxed) {
-            let wait = self.poll_wait();
-            match self.consumer.poll(wait) {
-                Some(Ok(m)) => {
-                    self.after_rebalance()?;
-                    self.handle(m)?;
-                }
-                Some(Err(e)) => warn!(error = %e, "consumer error"),
-                None => {}
-            }
-            self.after_rebalance()?;
+            let batch = self.poll_batch()?;
+            self.process(batch)?;
             self.fire_timers()?;
             self.maybe_commit(false)?;
         }
         self.maybe_commit(true)?;
         Ok(())
+    }
+
+    /// Records that arrived within the poll wait, up to the batch limit; those
+    /// of partitions revoked meanwhile are left to their next owner.
+    fn poll_batch(&mut self) -> Result<Vec<Incoming>, RuntimeError> {
+        let mut batch: Vec<Incoming> = Vec::new();
+        let mut wait = self.poll_wait();
+        while batch.len() < self.cfg.runtime.max_batch {
+            match self.consumer.poll(wait) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                None => break,
+            }
+            wait = Duration::ZERO;
+            let revoked = self.after_rebalance()?;
+            if !revoked.is_empty() {
+                batch.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
+            }
+        }
+        self.after_rebalance()?;
+        Ok(batch)
+    }
+
+    /// Input records are routed and re-keyed; shard records are stepped, one
+    /// thread per shard, and everything they produce joins the transaction.
+    fn process(&mut self, batch: Vec<Incoming>) -> Result<(), RuntimeError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Ok(mut t) = self.txn.lock() {
+            t.events += batch.len();
+        }
+        let mut by_shard: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
+        for m in batch {
+            if m.topic == self.repartition {
+                by_shard.entry(m.partition).or_default().push(m);
+            } else {
+                self.handle_input(m)?;
+            }
+        }
+        for (&p, records) in &by_shard {
+            if !self.shards.contains_key(&p) {
+                self.restore(p)?;
+            }
+            if let Some(first) = records.first() {
+                self.prepare_shard(p, (first.offset + 1) as u64)?;
+            }
+            for m in records {
+                self.consumed(m)?;
+            }
+        }
+        let ctx = ctx(&self.registry, &self.cfg, self.partitions, &self.stats);
+        let mut outputs: Vec<Vec<Outgoing>> = Vec::new();
+        let mut work: Vec<(i32, &mut shard::Shard, &Vec<Incoming>)> = self
+            .shards
+            .iter_mut()
+            .filter_map(|(p, s)| by_shard.get(p).map(|r| (*p, s, r)))
+            .collect();
+        if work.len() <= 1 {
+            for (p, s, records) in work.iter_mut() {
+                let mut out = Vec::new();
+                for m in records.iter() {
+                    shard::handle(s, *p, m, &ctx, &mut out);
+                }
+                outputs.push(out);
+            }
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .map(|(p, s, records)| {
+                        let ctx = &ctx;
+                        scope.spawn(move || {
+                            let mut out = Vec::new();
+                            for m in records {
+                                shard::handle(s, p, m, ctx, &mut out);
+                            }
+                            out
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    match h.join() {
+                        Ok(out) => outputs.push(out),
+                        Err(_) => warn!("a shard worker panicked"),
+                    }
+                }
+            });
+        }
+        for r in outputs.into_iter().flatten() {
+            self.send(r)?;
+        }
+        Ok(())
+    }
+
+    fn ctx(&self) -> shard::Ctx<'_> {
+        ctx(&self.registry, &self.cfg, self.partitions, &self.stats)
     }
 
     fn poll_wait(&self) -> Duration {
@@ -256,7 +334,8 @@ impl Runtime {
         }
     }
 
-    fn after_rebalance(&mut self) -> Result<(), RuntimeError> {
+    /// Acts on what the last poll's rebalances did; returns the revoked partitions.
+    fn after_rebalance(&mut self) -> Result<Vec<(String, i32)>, RuntimeError> {
         let hook = self
             .txn
             .lock()
@@ -268,9 +347,9 @@ impl Runtime {
             None => {}
         }
         let r = self.consumer.take_rebalances();
-        for (topic, p) in r.revoked {
-            if topic == self.repartition {
-                self.shards.remove(&p);
+        for (topic, p) in &r.revoked {
+            if *topic == self.repartition {
+                self.shards.remove(p);
                 self.stats
                     .shards
                     .store(self.shards.len() as u64, Ordering::Relaxed);
@@ -282,7 +361,7 @@ impl Runtime {
                 self.restore(p)?;
             }
         }
-        Ok(())
+        Ok(r.revoked)
     }
 
     /// Rebuilds shard `p` from its changelog partition, honouring the position guard.
@@ -329,7 +408,7 @@ impl Runtime {
             }
         }
         let retention = self.cfg.runtime.retention.as_millis() as u64;
-        let mut shard = Shard {
+        let mut shard = shard::Shard {
             instances: HashMap::new(),
             timers: BTreeSet::new(),
             position: committed.map_or(-1, |(o, _)| o),
@@ -483,17 +562,6 @@ impl Runtime {
 
     // ---- records ------------------------------------------------------------
 
-    fn handle(&mut self, m: Incoming) -> Result<(), RuntimeError> {
-        if let Ok(mut t) = self.txn.lock() {
-            t.events += 1;
-        }
-        if m.topic == self.repartition {
-            self.handle_shard_record(m)
-        } else {
-            self.handle_input(m)
-        }
-    }
-
     fn consumed(&mut self, m: &Incoming) -> Result<(), RuntimeError> {
         self.begin()?;
         if let Ok(mut t) = self.txn.lock() {
@@ -521,480 +589,64 @@ impl Runtime {
             headers: &m.headers,
             payload: m.payload.as_deref(),
         };
-        let event = match cloudevents::decode(&rec, &plain) {
-            Ok(e) => e,
-            Err(e) => return self.dead_letter(&m, "undecodable", &e.to_string()),
-        };
-        let mut routed = 0;
-        let mut failures = Vec::new();
-        let defs: Vec<_> = self.registry.latest_all().cloned().collect();
-        for def in defs {
-            match engine::route(&def, &event) {
-                Ok(Some(r)) => {
-                    routed += 1;
-                    let origin =
-                        json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
-                    let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": event_json(&event), "origin": origin });
-                    self.forward(
-                        &def.process,
-                        &r.key,
-                        body,
-                        cloudevents::traceparent(&m.headers),
-                    )?;
+        let mut out = Vec::new();
+        let ctx = self.ctx();
+        match cloudevents::decode(&rec, &plain) {
+            Err(e) => out.push(ctx.dead_letter(&m, "undecodable", &e.to_string())),
+            Ok(event) => {
+                let mut routed = 0;
+                let mut failures = Vec::new();
+                for def in self.registry.latest_all() {
+                    match engine::route(def, &event) {
+                        Ok(Some(r)) => {
+                            routed += 1;
+                            let origin = json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
+                            let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": shard::event_json(&event), "origin": origin });
+                            let tp = cloudevents::traceparent(&m.headers);
+                            out.push(ctx.forward(&def.process, &r.key, &body, tp.as_deref()));
+                        }
+                        Ok(None) => {}
+                        Err(e) => failures
+                            .push(format!("process {}: correlation failed: {e}", def.process)),
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    failures.push(format!("process {}: correlation failed: {e}", def.process))
-                }
-            }
-        }
-        // A correlation that fails for one process is not an error when another
-        // process took the event; only an event no process could take is dead.
-        if routed == 0 && !failures.is_empty() {
-            self.dead_letter(&m, "correlation", &failures.join("; "))?;
-        } else if routed == 0 {
-            let reason = format!(
-                "no process starts on or correlates events of type {}",
-                event.kind
-            );
-            self.dead_letter(&m, "no-process", &reason)?;
-        } else if !failures.is_empty() {
-            debug!(
-                ?failures,
-                "processes that could not correlate an event another process took"
-            );
-        }
-        Ok(())
-    }
-
-    fn forward(
-        &mut self,
-        process: &str,
-        key: &str,
-        body: Json,
-        traceparent: Option<String>,
-    ) -> Result<(), RuntimeError> {
-        let id = format!("{process}/{key}");
-        let mut headers = Vec::new();
-        if let Some(tp) = traceparent {
-            headers.push(("traceparent".to_string(), tp.into_bytes()));
-        }
-        let r = Outgoing {
-            topic: self.repartition.clone(),
-            partition: Some(shard_of(&id, self.partitions)),
-            key: id.into_bytes(),
-            payload: Some(serde_json::to_vec(&body).unwrap_or_default()),
-            headers,
-        };
-        self.send(r)
-    }
-
-    fn dead_letter(&mut self, m: &Incoming, kind: &str, reason: &str) -> Result<(), RuntimeError> {
-        warn!(topic = %m.topic, partition = m.partition, offset = m.offset, reason, "dead letter");
-        bump(&self.stats.dead_letters);
-        let mut headers = m.headers.clone();
-        headers.extend([
-            ("baton.dlq.kind".to_string(), kind.as_bytes().to_vec()),
-            ("baton.dlq.reason".to_string(), reason.as_bytes().to_vec()),
-            ("baton.dlq.topic".to_string(), m.topic.as_bytes().to_vec()),
-            (
-                "baton.dlq.partition".to_string(),
-                m.partition.to_string().into_bytes(),
-            ),
-            (
-                "baton.dlq.offset".to_string(),
-                m.offset.to_string().into_bytes(),
-            ),
-            (
-                "baton.version".to_string(),
-                env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
-            ),
-        ]);
-        let r = Outgoing {
-            topic: self.cfg.topics.dead_letters(),
-            partition: None,
-            key: m.key.clone().unwrap_or_default(),
-            payload: m.payload.clone(),
-            headers,
-        };
-        self.send(r)
-    }
-
-    /// A record on a shard: an event, a call, or a called instance's end.
-    fn handle_shard_record(&mut self, m: Incoming) -> Result<(), RuntimeError> {
-        let p = m.partition;
-        if !self.shards.contains_key(&p) {
-            self.restore(p)?;
-        }
-        self.consumed(&m)?;
-        if let Some(s) = self.shards.get_mut(&p) {
-            s.position = m.offset + 1;
-        }
-        let body: Json = match m.payload.as_deref().map(serde_json::from_slice::<Json>) {
-            Some(Ok(b)) => b,
-            _ => {
-                return self.dead_letter(
-                    &m,
-                    "undecodable",
-                    "repartition record is not baton's JSON",
-                );
-            }
-        };
-        let process = body["process"].as_str().unwrap_or_default().to_string();
-        let key = body["key"].as_str().unwrap_or_default().to_string();
-        let input = match body["input"].as_str() {
-            Some("event") => match event_from_json(&body["event"]) {
-                Some(e) => Input::Event(e),
-                None => {
-                    return self.dead_letter(
-                        &m,
-                        "undecodable",
-                        "repartition record has no valid event",
+                // A correlation that fails for one process is not an error when another
+                // process took the event; only an event no process could take is dead.
+                if routed == 0 && !failures.is_empty() {
+                    out.push(ctx.dead_letter(&m, "correlation", &failures.join("; ")));
+                } else if routed == 0 {
+                    let reason = format!(
+                        "no process starts on or correlates events of type {}",
+                        event.kind
+                    );
+                    out.push(ctx.dead_letter(&m, "no-process", &reason));
+                } else if !failures.is_empty() {
+                    debug!(
+                        ?failures,
+                        "processes that could not correlate an event another process took"
                     );
                 }
-            },
-            Some("call") => {
-                let parent = ParentRef {
-                    process: body["parent"]["process"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    key: body["parent"]["key"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    version: body["parent"]["version"].as_u64().unwrap_or(0) as u32,
-                };
-                let vars: Vars = serde_json::from_value(body["vars"].clone()).unwrap_or_default();
-                Input::Call { parent, vars }
-            }
-            Some("timer") => {
-                let timer = body["timer"].as_str().unwrap_or_default().to_string();
-                let due = body["due"].as_u64().unwrap_or(0);
-                let id = format!("{process}/{key}");
-                if let Some(s) = self.shards.get_mut(&p) {
-                    s.in_flight.remove(&(due, id.clone(), timer.clone()));
-                }
-                if timer.contains("/timeout/") {
-                    bump(&self.stats.timeouts);
-                }
-                if timer == RETENTION_TIMER {
-                    return self.expire(p, &id);
-                }
-                return self.step(
-                    p,
-                    &process,
-                    &key,
-                    &Input::Timer(timer),
-                    Some(due),
-                    None,
-                    Some(&m),
-                );
-            }
-            _ => return self.dead_letter(&m, "undecodable", "repartition record of unknown kind"),
-        };
-        let tp = cloudevents::traceparent(&m.headers);
-        self.step(p, &process, &key, &input, None, tp.as_deref(), Some(&m))
-    }
-
-    /// Writes due timers to their shard's partition; they fire when read back,
-    /// so that every state change has a position (see the module docs).
-    fn fire_timers(&mut self) -> Result<(), RuntimeError> {
-        let now = now_ms();
-        let owned: Vec<i32> = self.shards.keys().copied().collect();
-        for p in owned {
-            loop {
-                let due = self
-                    .shards
-                    .get_mut(&p)
-                    .and_then(|s| s.timers.first().filter(|t| t.0 <= now).cloned());
-                let Some(timer) = due else { break };
-                if let Some(s) = self.shards.get_mut(&p) {
-                    s.timers.remove(&timer);
-                    if !s.in_flight.insert(timer.clone()) {
-                        continue;
-                    }
-                }
-                let (at, id, timer_id) = timer;
-                let Some((process, key)) = id.split_once('/') else {
-                    continue;
-                };
-                let body = json!({ "input": "timer", "process": process, "key": key, "timer": timer_id, "due": at });
-                let r = Outgoing {
-                    topic: self.repartition.clone(),
-                    partition: Some(p),
-                    key: id.clone().into_bytes(),
-                    payload: Some(serde_json::to_vec(&body).unwrap_or_default()),
-                    headers: Vec::new(),
-                };
-                self.send(r)?;
             }
         }
-        Ok(())
-    }
-
-    /// An ended instance's retention passed: forget it and tombstone its changelog key.
-    fn expire(&mut self, p: i32, id: &str) -> Result<(), RuntimeError> {
-        let position = self.shards.get(&p).map_or(0, |s| s.position.max(0) as u64);
-        self.prepare_shard(p, position)?;
-        if let Some(s) = self.shards.get_mut(&p) {
-            s.instances.remove(id);
-        }
-        let r = Outgoing {
-            topic: self.changelog.clone(),
-            partition: Some(p),
-            key: id.as_bytes().to_vec(),
-            payload: None,
-            headers: Vec::new(),
-        };
-        self.send(r)
-    }
-
-    /// Runs one engine step for an instance and carries out its effects.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &mut self,
-        p: i32,
-        process: &str,
-        key: &str,
-        input: &Input,
-        at: Option<Millis>,
-        traceparent: Option<&str>,
-        source: Option<&Incoming>,
-    ) -> Result<(), RuntimeError> {
-        let id = format!("{process}/{key}");
-        let position = self.shards.get(&p).map_or(0, |s| s.position.max(0) as u64);
-        self.prepare_shard(p, position)?;
-        let Some(shard) = self.shards.get_mut(&p) else {
-            return Ok(());
-        };
-        let existing_version = shard.instances.get(&id).map(|i| i.version);
-        let def = match existing_version {
-            Some(v) => self.registry.get(process, v),
-            None => self.registry.latest(process),
-        }
-        .cloned();
-        let Some(def) = def else {
-            let reason =
-                format!("process {process} (version {existing_version:?}) is not deployed here");
-            return match source {
-                Some(m) => self.dead_letter(m, "no-definition", &reason),
-                None => Ok(()),
-            };
-        };
-        let now = match (at, input) {
-            (Some(t), _) => t,
-            (None, Input::Event(e)) if e.time > 0 => e.time,
-            _ => now_ms(),
-        };
-        let inst = shard
-            .instances
-            .entry(id.clone())
-            .or_insert_with(|| Instance::new(&def.process, def.version, key));
-        let was_pending = inst.status == Status::Pending;
-        let effects = engine::apply(&def, inst, input, now);
-        let status = inst.status;
-        let snapshot = wire::encode_changelog(position, inst);
-        if was_pending && status == Status::Active {
-            bump(&self.stats.started);
-        }
-        let mut out = Vec::new();
-        let mut discard = false;
-        let mut ended_at = None;
-        for fx in effects {
-            match fx {
-                Effect::Command(c) => {
-                    bump(&self.stats.commands);
-                    match c.purpose {
-                        engine::Purpose::Compensation => bump(&self.stats.compensations),
-                        engine::Purpose::Escalation => bump(&self.stats.escalations),
-                        _ if c.attempt > 1 => bump(&self.stats.retries),
-                        _ => {}
-                    }
-                    let (headers, payload) =
-                        cloudevents::encode_command(&c, process, now, traceparent);
-                    out.push(Outgoing {
-                        topic: c.topic.clone(),
-                        partition: None,
-                        key: c.key.clone().into_bytes(),
-                        payload: Some(payload),
-                        headers,
-                    });
-                }
-                Effect::ScheduleTimer(t) => {
-                    if let Some(s) = self.shards.get_mut(&p) {
-                        s.timers.insert((t.due, id.clone(), t.id));
-                    }
-                }
-                Effect::CancelTimer(t) => {
-                    if let Some(s) = self.shards.get_mut(&p) {
-                        s.timers.retain(|(_, i, tid)| !(i == &id && tid == &t));
-                    }
-                }
-                Effect::Audit(a) => {
-                    let body = json!({
-                        "at": engine::format_rfc3339(a.at), "process": a.process, "version": a.version,
-                        "key": a.key, "cause": format!("{:?}", a.cause), "before": a.before,
-                        "after": a.after, "status": a.status.as_str(),
-                    });
-                    out.push(Outgoing {
-                        topic: self.cfg.topics.audit(),
-                        partition: Some(p),
-                        key: id.clone().into_bytes(),
-                        payload: Some(serde_json::to_vec(&body).unwrap_or_default()),
-                        headers: Vec::new(),
-                    });
-                }
-                Effect::IncidentRaised {
-                    id: n,
-                    step,
-                    reason,
-                } => {
-                    bump(&self.stats.incidents);
-                    warn!(instance = %id, incident = n, step, reason, "incident raised");
-                }
-                Effect::IncidentResolved {
-                    id: n, resolution, ..
-                } => {
-                    info!(instance = %id, incident = n, resolution, "incident resolved");
-                }
-                Effect::VariablesChanged(_) => {}
-                Effect::StartProcess {
-                    process: child,
-                    key: ckey,
-                    vars,
-                    parent,
-                } => {
-                    let body = json!({
-                        "input": "call", "process": child, "key": ckey, "vars": vars,
-                        "parent": { "process": parent.process, "key": parent.key, "version": parent.version },
-                    });
-                    self.forward(&child, &ckey, body, traceparent.map(str::to_string))?;
-                }
-                Effect::Ended { status, parent } => {
-                    match status {
-                        Status::Completed => bump(&self.stats.completed),
-                        Status::Failed => bump(&self.stats.failed),
-                        Status::Cancelled => bump(&self.stats.cancelled),
-                        _ => {}
-                    }
-                    ended_at = Some(now);
-                    if let Some(parent) = parent {
-                        let vars = self
-                            .shards
-                            .get(&p)
-                            .and_then(|s| s.instances.get(&id))
-                            .map(|i| i.vars.clone())
-                            .unwrap_or_default();
-                        let ev = Event::child_ended(process, key, status, &vars, now);
-                        let body = json!({ "input": "event", "process": parent.process, "key": parent.key, "event": event_json(&ev) });
-                        self.forward(
-                            &parent.process,
-                            &parent.key,
-                            body,
-                            traceparent.map(str::to_string),
-                        )?;
-                    }
-                }
-                Effect::Discard => discard = true,
-                Effect::Rejected { event, reason } => {
-                    let event_id = event.id.clone();
-                    if reason == Rejection::Duplicate {
-                        debug!(instance = %id, event_id, "duplicate event ignored");
-                        continue;
-                    }
-                    bump(&self.stats.dead_letters);
-                    info!(instance = %id, event_id, %reason, "event rejected");
-                    // Where the event first entered baton, when the record says.
-                    let origin = source
-                        .and_then(|m| m.payload.as_deref())
-                        .and_then(|p| serde_json::from_slice::<Json>(p).ok())
-                        .filter(|b| b["event"]["id"].as_str() == Some(event_id.as_str()))
-                        .map(|b| b["origin"].clone())
-                        .unwrap_or(Json::Null);
-                    let mut headers = vec![
-                        (
-                            "content-type".to_string(),
-                            b"application/cloudevents+json".to_vec(),
-                        ),
-                        ("baton.dlq.kind".to_string(), b"rejected".to_vec()),
-                        (
-                            "baton.dlq.reason".to_string(),
-                            format!("instance {id}: event {event_id}: {reason}").into_bytes(),
-                        ),
-                        ("baton.dlq.instance".to_string(), id.clone().into_bytes()),
-                        (
-                            "baton.version".to_string(),
-                            env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
-                        ),
-                    ];
-                    for (field, header) in [
-                        ("topic", "baton.dlq.topic"),
-                        ("partition", "baton.dlq.partition"),
-                        ("offset", "baton.dlq.offset"),
-                    ] {
-                        match &origin[field] {
-                            Json::String(v) => {
-                                headers.push((header.to_string(), v.clone().into_bytes()))
-                            }
-                            Json::Number(v) => {
-                                headers.push((header.to_string(), v.to_string().into_bytes()))
-                            }
-                            _ => {}
-                        }
-                    }
-                    out.push(Outgoing {
-                        topic: self.cfg.topics.dead_letters(),
-                        partition: None,
-                        key: id.clone().into_bytes(),
-                        payload: Some(cloudevents::structured(
-                            &event.id,
-                            &event.kind,
-                            &event.source,
-                            event.time,
-                            &event.data,
-                        )),
-                        headers,
-                    });
-                }
-            }
-        }
-        if let Some(at) = ended_at
-            && let Some(s) = self.shards.get_mut(&p)
-        {
-            let due = at.saturating_add(self.cfg.runtime.retention.as_millis() as u64);
-            s.timers
-                .insert((due, id.clone(), RETENTION_TIMER.to_string()));
-        }
-        if discard && let Some(s) = self.shards.get_mut(&p) {
-            s.instances.remove(&id);
-        }
-        out.push(Outgoing {
-            topic: self.changelog.clone(),
-            partition: Some(p),
-            key: id.into_bytes(),
-            payload: if discard { None } else { Some(snapshot) },
-            headers: Vec::new(),
-        });
         for r in out {
             self.send(r)?;
         }
         Ok(())
     }
-}
 
-fn event_json(e: &Event) -> Json {
-    json!({ "id": e.id, "type": e.kind, "source": e.source, "time": e.time, "data": e.data })
-}
-
-fn event_from_json(v: &Json) -> Option<Event> {
-    Some(Event {
-        id: v["id"].as_str()?.to_string(),
-        kind: v["type"].as_str()?.to_string(),
-        source: v["source"].as_str().unwrap_or_default().to_string(),
-        time: v["time"].as_u64().unwrap_or(0),
-        data: v["data"].clone(),
-    })
+    /// Writes due timers to their shards' partitions (they fire when read back).
+    fn fire_timers(&mut self) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        let ctx = ctx(&self.registry, &self.cfg, self.partitions, &self.stats);
+        let mut out = Vec::new();
+        for (p, s) in self.shards.iter_mut() {
+            shard::due_timers(s, *p, now, &ctx, &mut out);
+        }
+        for r in out {
+            self.send(r)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,464 @@
+//! One shard: the instances of one repartition partition, their timers, and
+//! how a record on the shard's partition becomes engine steps and records to
+//! write. Shards never touch Kafka themselves: they return the records, so
+//! the runtime can process several shards in parallel and write their
+//! results into one transaction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+
+use serde_json::{Value as Json, json};
+use tracing::{debug, info, warn};
+
+use super::{Stats, bump, now_ms, shard_of};
+use crate::config::Topics;
+use crate::engine::{
+    self, Effect, Event, Input, Instance, Millis, ParentRef, Registry, Rejection, Status, Vars,
+};
+use crate::kafka::{Incoming, Outgoing};
+use crate::wire::{self, cloudevents};
+
+/// Timer id of the expiry of an ended instance's retention.
+pub(super) const RETENTION_TIMER: &str = "__retention__";
+
+/// The state a baton process holds for one shard it owns.
+pub(super) struct Shard {
+    pub instances: HashMap<String, Instance>,
+    pub timers: BTreeSet<(Millis, String, String)>,
+    /// Next offset of the shard's repartition partition.
+    pub position: i64,
+    /// Timers already written as timer records (not fired twice while in flight).
+    pub in_flight: BTreeSet<(Millis, String, String)>,
+    /// Keys whose latest changelog record came from an uncommitted transaction.
+    pub repair: Vec<String>,
+}
+
+impl Shard {
+    pub fn add_timers(&mut self, id: &str, inst: &Instance, retention: Millis) {
+        for t in &inst.timers {
+            self.timers.insert((t.due, id.to_string(), t.id.clone()));
+        }
+        if inst.status.is_ended() {
+            let due = inst.updated_at.saturating_add(retention);
+            self.timers
+                .insert((due, id.to_string(), RETENTION_TIMER.to_string()));
+        }
+    }
+}
+
+/// What shard processing reads, shared by all shards.
+pub(super) struct Ctx<'a> {
+    pub registry: &'a Registry,
+    pub topics: &'a Topics,
+    pub retention: Millis,
+    pub partitions: i32,
+    pub stats: &'a Stats,
+}
+
+impl Ctx<'_> {
+    /// A record that re-keys `body` onto the shard of `<process>/<key>`.
+    pub fn forward(
+        &self,
+        process: &str,
+        key: &str,
+        body: &Json,
+        traceparent: Option<&str>,
+    ) -> Outgoing {
+        let id = format!("{process}/{key}");
+        let mut headers = Vec::new();
+        if let Some(tp) = traceparent {
+            headers.push(("traceparent".to_string(), tp.as_bytes().to_vec()));
+        }
+        Outgoing {
+            topic: self.topics.repartition(),
+            partition: Some(shard_of(&id, self.partitions)),
+            key: id.into_bytes(),
+            payload: Some(serde_json::to_vec(body).unwrap_or_default()),
+            headers,
+        }
+    }
+
+    /// The dead-letter record of an input record, with the reason in headers.
+    pub fn dead_letter(&self, m: &Incoming, kind: &str, reason: &str) -> Outgoing {
+        warn!(topic = %m.topic, partition = m.partition, offset = m.offset, reason, "dead letter");
+        bump(&self.stats.dead_letters);
+        let mut headers = m.headers.clone();
+        headers.extend([
+            ("baton.dlq.kind".to_string(), kind.as_bytes().to_vec()),
+            ("baton.dlq.reason".to_string(), reason.as_bytes().to_vec()),
+            ("baton.dlq.topic".to_string(), m.topic.as_bytes().to_vec()),
+            (
+                "baton.dlq.partition".to_string(),
+                m.partition.to_string().into_bytes(),
+            ),
+            (
+                "baton.dlq.offset".to_string(),
+                m.offset.to_string().into_bytes(),
+            ),
+            (
+                "baton.version".to_string(),
+                env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+            ),
+        ]);
+        Outgoing {
+            topic: self.topics.dead_letters(),
+            partition: None,
+            key: m.key.clone().unwrap_or_default(),
+            payload: m.payload.clone(),
+            headers,
+        }
+    }
+
+    fn changelog(&self, p: i32, id: &str, payload: Option<Vec<u8>>) -> Outgoing {
+        Outgoing {
+            topic: self.topics.changelog(),
+            partition: Some(p),
+            key: id.as_bytes().to_vec(),
+            payload,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// The event as baton's own records carry it.
+pub(super) fn event_json(e: &Event) -> Json {
+    json!({ "id": e.id, "type": e.kind, "source": e.source, "time": e.time, "data": e.data })
+}
+
+fn event_from_json(v: &Json) -> Option<Event> {
+    Some(Event {
+        id: v["id"].as_str()?.to_string(),
+        kind: v["type"].as_str()?.to_string(),
+        source: v["source"].as_str().unwrap_or_default().to_string(),
+        time: v["time"].as_u64().unwrap_or(0),
+        data: v["data"].clone(),
+    })
+}
+
+/// The records that write the shard's due timers to its partition; they fire
+/// when read back, so every state change has a position.
+pub(super) fn due_timers(
+    shard: &mut Shard,
+    p: i32,
+    now: Millis,
+    ctx: &Ctx<'_>,
+    out: &mut Vec<Outgoing>,
+) {
+    while let Some(timer) = shard.timers.first().filter(|t| t.0 <= now).cloned() {
+        shard.timers.remove(&timer);
+        if !shard.in_flight.insert(timer.clone()) {
+            continue;
+        }
+        let (at, id, timer_id) = timer;
+        let Some((process, key)) = id.split_once('/') else {
+            continue;
+        };
+        let body = json!({ "input": "timer", "process": process, "key": key, "timer": timer_id, "due": at });
+        let mut r = ctx.forward(process, key, &body, None);
+        r.partition = Some(p);
+        out.push(r);
+    }
+}
+
+/// Processes one record of the shard's partition.
+pub(super) fn handle(
+    shard: &mut Shard,
+    p: i32,
+    m: &Incoming,
+    ctx: &Ctx<'_>,
+    out: &mut Vec<Outgoing>,
+) {
+    shard.position = m.offset + 1;
+    let body: Json = match m.payload.as_deref().map(serde_json::from_slice::<Json>) {
+        Some(Ok(b)) => b,
+        _ => {
+            return out.push(ctx.dead_letter(
+                m,
+                "undecodable",
+                "repartition record is not baton's JSON",
+            ));
+        }
+    };
+    let process = body["process"].as_str().unwrap_or_default().to_string();
+    let key = body["key"].as_str().unwrap_or_default().to_string();
+    let input = match body["input"].as_str() {
+        Some("event") => match event_from_json(&body["event"]) {
+            Some(e) => Input::Event(e),
+            None => {
+                return out.push(ctx.dead_letter(
+                    m,
+                    "undecodable",
+                    "repartition record has no valid event",
+                ));
+            }
+        },
+        Some("call") => {
+            let parent = ParentRef {
+                process: body["parent"]["process"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                key: body["parent"]["key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                version: body["parent"]["version"].as_u64().unwrap_or(0) as u32,
+            };
+            let vars: Vars = serde_json::from_value(body["vars"].clone()).unwrap_or_default();
+            Input::Call { parent, vars }
+        }
+        Some("timer") => {
+            let timer = body["timer"].as_str().unwrap_or_default().to_string();
+            let due = body["due"].as_u64().unwrap_or(0);
+            let id = format!("{process}/{key}");
+            shard.in_flight.remove(&(due, id.clone(), timer.clone()));
+            if timer.contains("/timeout/") {
+                bump(&ctx.stats.timeouts);
+            }
+            if timer == RETENTION_TIMER {
+                // The ended instance's retention passed: forget it, tombstone its key.
+                shard.instances.remove(&id);
+                return out.push(ctx.changelog(p, &id, None));
+            }
+            return step(
+                shard,
+                p,
+                &process,
+                &key,
+                &Input::Timer(timer),
+                Some(due),
+                None,
+                m,
+                ctx,
+                out,
+            );
+        }
+        _ => {
+            return out.push(ctx.dead_letter(
+                m,
+                "undecodable",
+                "repartition record of unknown kind",
+            ));
+        }
+    };
+    let tp = cloudevents::traceparent(&m.headers);
+    step(
+        shard,
+        p,
+        &process,
+        &key,
+        &input,
+        None,
+        tp.as_deref(),
+        m,
+        ctx,
+        out,
+    );
+}
+
+fn count(stats: &Stats, status: Status) {
+    let c: &AtomicU64 = match status {
+        Status::Completed => &stats.completed,
+        Status::Failed => &stats.failed,
+        Status::Cancelled => &stats.cancelled,
+        _ => return,
+    };
+    bump(c);
+}
+
+/// Runs one engine step for an instance and turns its effects into records.
+#[allow(clippy::too_many_arguments)]
+fn step(
+    shard: &mut Shard,
+    p: i32,
+    process: &str,
+    key: &str,
+    input: &Input,
+    at: Option<Millis>,
+    traceparent: Option<&str>,
+    source: &Incoming,
+    ctx: &Ctx<'_>,
+    out: &mut Vec<Outgoing>,
+) {
+    let id = format!("{process}/{key}");
+    let position = shard.position.max(0) as u64;
+    let existing_version = shard.instances.get(&id).map(|i| i.version);
+    let def = match existing_version {
+        Some(v) => ctx.registry.get(process, v),
+        None => ctx.registry.latest(process),
+    }
+    .cloned();
+    let Some(def) = def else {
+        let reason =
+            format!("process {process} (version {existing_version:?}) is not deployed here");
+        return out.push(ctx.dead_letter(source, "no-definition", &reason));
+    };
+    let now = match (at, input) {
+        (Some(t), _) => t,
+        (None, Input::Event(e)) if e.time > 0 => e.time,
+        _ => now_ms(),
+    };
+    let inst = shard
+        .instances
+        .entry(id.clone())
+        .or_insert_with(|| Instance::new(&def.process, def.version, key));
+    let was_pending = inst.status == Status::Pending;
+    let effects = engine::apply(&def, inst, input, now);
+    if was_pending && inst.status == Status::Active {
+        bump(&ctx.stats.started);
+    }
+    let snapshot = wire::encode_changelog(position, inst);
+    let vars = inst.vars.clone();
+    let mut discard = false;
+    for fx in effects {
+        match fx {
+            Effect::Command(c) => {
+                bump(&ctx.stats.commands);
+                match c.purpose {
+                    engine::Purpose::Compensation => bump(&ctx.stats.compensations),
+                    engine::Purpose::Escalation => bump(&ctx.stats.escalations),
+                    _ if c.attempt > 1 => bump(&ctx.stats.retries),
+                    _ => {}
+                }
+                let (headers, payload) = cloudevents::encode_command(&c, process, now, traceparent);
+                out.push(Outgoing {
+                    topic: c.topic.clone(),
+                    partition: None,
+                    key: c.key.clone().into_bytes(),
+                    payload: Some(payload),
+                    headers,
+                });
+            }
+            Effect::ScheduleTimer(t) => {
+                shard.timers.insert((t.due, id.clone(), t.id));
+            }
+            Effect::CancelTimer(t) => {
+                shard.timers.retain(|(_, i, tid)| !(i == &id && tid == &t));
+            }
+            Effect::Audit(a) => {
+                let body = json!({
+                    "at": engine::format_rfc3339(a.at), "process": a.process, "version": a.version,
+                    "key": a.key, "cause": format!("{:?}", a.cause), "before": a.before,
+                    "after": a.after, "status": a.status.as_str(),
+                });
+                out.push(Outgoing {
+                    topic: ctx.topics.audit(),
+                    partition: Some(p),
+                    key: id.clone().into_bytes(),
+                    payload: Some(serde_json::to_vec(&body).unwrap_or_default()),
+                    headers: Vec::new(),
+                });
+            }
+            Effect::IncidentRaised {
+                id: n,
+                step,
+                reason,
+            } => {
+                bump(&ctx.stats.incidents);
+                warn!(instance = %id, incident = n, step, reason, "incident raised");
+            }
+            Effect::IncidentResolved {
+                id: n, resolution, ..
+            } => {
+                info!(instance = %id, incident = n, resolution, "incident resolved");
+            }
+            Effect::VariablesChanged(_) => {}
+            Effect::StartProcess {
+                process: child,
+                key: ckey,
+                vars,
+                parent,
+            } => {
+                let body = json!({
+                    "input": "call", "process": child, "key": ckey, "vars": vars,
+                    "parent": { "process": parent.process, "key": parent.key, "version": parent.version },
+                });
+                out.push(ctx.forward(&child, &ckey, &body, traceparent));
+            }
+            Effect::Ended { status, parent } => {
+                count(ctx.stats, status);
+                let due = now.saturating_add(ctx.retention);
+                shard
+                    .timers
+                    .insert((due, id.clone(), RETENTION_TIMER.to_string()));
+                if let Some(parent) = parent {
+                    let ev = Event::child_ended(process, key, status, &vars, now);
+                    let body = json!({ "input": "event", "process": parent.process, "key": parent.key, "event": event_json(&ev) });
+                    out.push(ctx.forward(&parent.process, &parent.key, &body, traceparent));
+                }
+            }
+            Effect::Discard => discard = true,
+            Effect::Rejected { event, reason } => {
+                if reason == Rejection::Duplicate {
+                    debug!(instance = %id, event_id = %event.id, "duplicate event ignored");
+                    continue;
+                }
+                out.push(rejected(&id, &event, &reason, source, ctx));
+            }
+        }
+    }
+    if discard {
+        shard.instances.remove(&id);
+    }
+    out.push(ctx.changelog(p, &id, if discard { None } else { Some(snapshot) }));
+}
+
+/// The dead-letter record of an event an instance did not use.
+fn rejected(
+    id: &str,
+    event: &Event,
+    reason: &Rejection,
+    source: &Incoming,
+    ctx: &Ctx<'_>,
+) -> Outgoing {
+    bump(&ctx.stats.dead_letters);
+    info!(instance = %id, event_id = %event.id, %reason, "event rejected");
+    // Where the event first entered baton, when the record says.
+    let origin = source
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_slice::<Json>(p).ok())
+        .filter(|b| b["event"]["id"].as_str() == Some(event.id.as_str()))
+        .map(|b| b["origin"].clone())
+        .unwrap_or(Json::Null);
+    let mut headers = vec![
+        (
+            "content-type".to_string(),
+            b"application/cloudevents+json".to_vec(),
+        ),
+        ("baton.dlq.kind".to_string(), b"rejected".to_vec()),
+        (
+            "baton.dlq.reason".to_string(),
+            format!("instance {id}: event {}: {reason}", event.id).into_bytes(),
+        ),
+        ("baton.dlq.instance".to_string(), id.as_bytes().to_vec()),
+        (
+            "baton.version".to_string(),
+            env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+        ),
+    ];
+    for (field, header) in [
+        ("topic", "baton.dlq.topic"),
+        ("partition", "baton.dlq.partition"),
+        ("offset", "baton.dlq.offset"),
+    ] {
+        match &origin[field] {
+            Json::String(v) => headers.push((header.to_string(), v.clone().into_bytes())),
+            Json::Number(v) => headers.push((header.to_string(), v.to_string().into_bytes())),
+            _ => {}
+        }
+    }
+    Outgoing {
+        topic: ctx.topics.dead_letters(),
+        partition: None,
+        key: id.as_bytes().to_vec(),
+        payload: Some(cloudevents::structured(
+            &event.id,
+            &event.kind,
+            &event.source,
+            event.time,
+            &event.data,
+        )),
+        headers,
+    }
+}
