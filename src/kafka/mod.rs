@@ -230,6 +230,23 @@ impl Consumer {
             }))
     }
 
+    /// Stops fetching a partition until [`Consumer::resume`].
+    pub fn pause(&self, topic: &str, partition: i32) -> Result<(), KafkaFailure> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        self.inner
+            .pause(&tpl)
+            .map_err(fail(format!("pause {topic}/{partition}")))
+    }
+
+    pub fn resume(&self, topic: &str, partition: i32) -> Result<(), KafkaFailure> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        self.inner
+            .resume(&tpl)
+            .map_err(fail(format!("resume {topic}/{partition}")))
+    }
+
     /// Moves the read position of a partition.
     pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaFailure> {
         let mut tpl = TopicPartitionList::new();

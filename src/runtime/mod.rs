@@ -112,6 +112,7 @@ pub struct Runtime {
     producer: Arc<Producer>,
     txn: Arc<Mutex<Txn>>,
     shards: HashMap<i32, shard::Shard>,
+    restoring: HashMap<i32, Restoring>,
     inputs: Vec<String>,
     repartition: String,
     changelog: String,
@@ -132,6 +133,86 @@ fn ctx<'a>(
         partitions,
         stats,
     }
+}
+
+/// A shard being restored in the background, and records that arrived for it meanwhile.
+struct Restoring {
+    rx: std::sync::mpsc::Receiver<Result<shard::Shard, RuntimeError>>,
+    held: Vec<Incoming>,
+}
+
+/// Reads shard `p`'s changelog partition to its end and rebuilds its
+/// instances, honouring the position guard (`committed` is the committed
+/// offset of the shard's repartition partition).
+fn rebuild(
+    cfg: &Config,
+    p: i32,
+    committed: Option<(i64, String)>,
+    stats: &Stats,
+) -> Result<shard::Shard, RuntimeError> {
+    let started = Instant::now();
+    // Snapshots up to this position belong to committed transactions.
+    let valid_until = committed.as_ref().map_or(0, |(o, _)| (*o).max(0) as u64);
+    let records = kafka::read_partition(cfg, &cfg.topics.changelog(), p)?;
+    let mut latest: HashMap<String, Option<Instance>> = HashMap::new();
+    let mut repair: BTreeSet<String> = BTreeSet::new();
+    let count = records.len();
+    for r in records {
+        let Some(key) = r
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        match r.payload.as_deref() {
+            None => {
+                latest.insert(key.clone(), None);
+                repair.remove(&key);
+            }
+            Some(bytes) => match wire::decode_changelog(bytes) {
+                Ok((position, inst)) if position <= valid_until => {
+                    latest.insert(key.clone(), Some(inst));
+                    repair.remove(&key);
+                }
+                Ok(_) => {
+                    repair.insert(key);
+                }
+                Err(e) => {
+                    warn!(partition = p, offset = r.offset, error = %e, "unreadable changelog record skipped")
+                }
+            },
+        }
+    }
+    let retention = cfg.runtime.retention.as_millis() as u64;
+    let mut shard = shard::Shard {
+        instances: HashMap::new(),
+        timers: BTreeSet::new(),
+        position: committed.map_or(-1, |(o, _)| o),
+        in_flight: BTreeSet::new(),
+        repair: repair.into_iter().collect(),
+    };
+    for (key, inst) in latest {
+        if let Some(inst) = inst {
+            shard.add_timers(&key, &inst, retention);
+            shard.instances.insert(key, inst);
+        }
+    }
+    let ms = started.elapsed().as_millis() as u64;
+    info!(
+        partition = p,
+        records = count,
+        instances = shard.instances.len(),
+        repaired = shard.repair.len(),
+        ms,
+        "shard restored"
+    );
+    stats
+        .restored_instances
+        .fetch_add(shard.instances.len() as u64, Ordering::Relaxed);
+    stats.restore_ms.fetch_add(ms, Ordering::Relaxed);
+    Ok(shard)
 }
 
 /// Every topic named in a definition's commands.
@@ -211,6 +292,7 @@ impl Runtime {
             producer,
             txn,
             shards: HashMap::new(),
+            restoring: HashMap::new(),
             stats,
         })
     }
@@ -230,8 +312,12 @@ impl Runtime {
     /// Records that arrived within the poll wait, up to the batch limit; those
     /// of partitions revoked meanwhile are left to their next owner.
     fn poll_batch(&mut self) -> Result<Vec<Incoming>, RuntimeError> {
-        let mut batch: Vec<Incoming> = Vec::new();
-        let mut wait = self.poll_wait();
+        let mut batch: Vec<Incoming> = self.finish_restores()?;
+        let mut wait = if batch.is_empty() {
+            self.poll_wait()
+        } else {
+            Duration::ZERO
+        };
         while batch.len() < self.cfg.runtime.max_batch {
             match self.consumer.poll(wait) {
                 Some(Ok(m)) => batch.push(m),
@@ -260,15 +346,20 @@ impl Runtime {
         let mut by_shard: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
         for m in batch {
             if m.topic == self.repartition {
+                if !self.shards.contains_key(&m.partition) {
+                    // Not ready yet: held (not consumed) until its restore ends.
+                    self.start_restore(m.partition)?;
+                    if let Some(r) = self.restoring.get_mut(&m.partition) {
+                        r.held.push(m);
+                    }
+                    continue;
+                }
                 by_shard.entry(m.partition).or_default().push(m);
             } else {
                 self.handle_input(m)?;
             }
         }
         for (&p, records) in &by_shard {
-            if !self.shards.contains_key(&p) {
-                self.restore(p)?;
-            }
             if let Some(first) = records.first() {
                 self.prepare_shard(p, (first.offset + 1) as u64)?;
             }
@@ -349,6 +440,7 @@ impl Runtime {
         let r = self.consumer.take_rebalances();
         for (topic, p) in &r.revoked {
             if *topic == self.repartition {
+                self.restoring.remove(p);
                 self.shards.remove(p);
                 self.stats
                     .shards
@@ -358,88 +450,72 @@ impl Runtime {
         }
         for (topic, p) in r.assigned {
             if topic == self.repartition {
-                self.restore(p)?;
+                self.start_restore(p)?;
             }
         }
         Ok(r.revoked)
     }
 
-    /// Rebuilds shard `p` from its changelog partition, honouring the position guard.
+    /// Rebuilds shard `p` now (used after a failed transaction).
     fn restore(&mut self, p: i32) -> Result<(), RuntimeError> {
-        let started = Instant::now();
+        self.restoring.remove(&p);
         let committed = self.consumer.committed(&self.repartition, p)?;
-        // Snapshots up to this position belong to committed transactions.
-        let valid_until = committed.as_ref().map_or(0, |(o, _)| (*o).max(0) as u64);
-        debug!(
-            partition = p,
-            valid_until, "committed position of the shard"
+        let shard = rebuild(&self.cfg, p, committed, &self.stats)?;
+        self.install(p, shard);
+        Ok(())
+    }
+
+    /// Starts rebuilding shard `p` on a thread of its own; the partition is
+    /// paused meanwhile, so the other shards keep going.
+    fn start_restore(&mut self, p: i32) -> Result<(), RuntimeError> {
+        if self.restoring.contains_key(&p) || self.shards.contains_key(&p) {
+            return Ok(());
+        }
+        let committed = self.consumer.committed(&self.repartition, p)?;
+        self.consumer.pause(&self.repartition, p)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cfg = self.cfg.clone();
+        let stats = self.stats.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(rebuild(&cfg, p, committed, &stats));
+        });
+        self.restoring.insert(
+            p,
+            Restoring {
+                rx,
+                held: Vec::new(),
+            },
         );
-        let records = kafka::read_partition(&self.cfg, &self.changelog, p)?;
-        let mut latest: HashMap<String, Option<Instance>> = HashMap::new();
-        let mut repair: BTreeSet<String> = BTreeSet::new();
-        let count = records.len();
-        for r in records {
-            let Some(key) = r
-                .key
-                .as_deref()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .map(str::to_string)
-            else {
+        Ok(())
+    }
+
+    /// Installs shards whose restore finished; returns the records held for them.
+    fn finish_restores(&mut self) -> Result<Vec<Incoming>, RuntimeError> {
+        let mut ready = Vec::new();
+        let pending: Vec<i32> = self.restoring.keys().copied().collect();
+        for p in pending {
+            let result = match self.restoring.get(&p).map(|r| r.rx.try_recv()) {
+                Some(Ok(result)) => result,
+                Some(Err(std::sync::mpsc::TryRecvError::Empty)) | None => continue,
+                Some(Err(std::sync::mpsc::TryRecvError::Disconnected)) => Err(RuntimeError::Setup(
+                    format!("the restore of shard {p} stopped"),
+                )),
+            };
+            let Some(r) = self.restoring.remove(&p) else {
                 continue;
             };
-            match r.payload.as_deref() {
-                None => {
-                    latest.insert(key.clone(), None);
-                    repair.remove(&key);
-                }
-                Some(bytes) => match wire::decode_changelog(bytes) {
-                    Ok((position, inst)) => {
-                        if position <= valid_until {
-                            latest.insert(key.clone(), Some(inst));
-                            repair.remove(&key);
-                        } else {
-                            repair.insert(key);
-                        }
-                    }
-                    Err(e) => {
-                        warn!(partition = p, offset = r.offset, error = %e, "unreadable changelog record skipped")
-                    }
-                },
-            }
+            self.install(p, result?);
+            self.consumer.resume(&self.repartition, p)?;
+            ready.extend(r.held);
         }
-        let retention = self.cfg.runtime.retention.as_millis() as u64;
-        let mut shard = shard::Shard {
-            instances: HashMap::new(),
-            timers: BTreeSet::new(),
-            position: committed.map_or(-1, |(o, _)| o),
-            in_flight: BTreeSet::new(),
-            repair: repair.into_iter().collect(),
-        };
-        for (key, inst) in latest {
-            if let Some(inst) = inst {
-                shard.add_timers(&key, &inst, retention);
-                shard.instances.insert(key, inst);
-            }
-        }
-        info!(
-            partition = p,
-            records = count,
-            instances = shard.instances.len(),
-            repaired = shard.repair.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "shard restored"
-        );
-        self.stats
-            .restored_instances
-            .fetch_add(shard.instances.len() as u64, Ordering::Relaxed);
-        self.stats
-            .restore_ms
-            .fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(ready)
+    }
+
+    fn install(&mut self, p: i32, shard: shard::Shard) {
         self.shards.insert(p, shard);
         self.stats
             .shards
             .store(self.shards.len() as u64, Ordering::Relaxed);
-        Ok(())
     }
 
     /// A transaction failed: state and positions go back to what was committed.
