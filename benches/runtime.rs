@@ -2,7 +2,8 @@
 //! domain event to command, and the time to restore the instances it left.
 //!
 //! `cargo bench --bench runtime` runs 20 000 orders (`BATON_BENCH_ORDERS`
-//! overrides); under `cargo test` it runs 200 as a smoke check.
+//! overrides; `BATON_BENCH_COMMIT_INTERVAL_MS` and `BATON_BENCH_MAX_BATCH`
+//! override the batching); under `cargo test` it runs 200 as a smoke check.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -22,7 +23,12 @@ use serde_json::json;
 
 const INPUT: &str = "orders.events";
 
+fn env(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn config(bootstrap: &str, group: &str) -> Config {
+    let defaults = config::Runtime::default();
     Config {
         kafka: config::Kafka {
             bootstrap_servers: bootstrap.to_string(),
@@ -39,7 +45,10 @@ fn config(bootstrap: &str, group: &str) -> Config {
         definitions: config::Definitions { paths: Vec::new() },
         runtime: config::Runtime {
             instance_id: Some("bench".into()),
-            ..Default::default()
+            commit_interval: env("BATON_BENCH_COMMIT_INTERVAL_MS")
+                .map_or(defaults.commit_interval, Duration::from_millis),
+            max_batch: env("BATON_BENCH_MAX_BATCH").map_or(defaults.max_batch, |n| n as usize),
+            ..defaults
         },
         events: Default::default(),
     }
@@ -87,6 +96,7 @@ fn main() {
     }
     producer.flush().expect("flush");
 
+    let (cfg_interval, cfg_batch) = (cfg.runtime.commit_interval, cfg.runtime.max_batch);
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = Runtime::new(cfg.clone(), registry(), stats.clone()).expect("runtime");
@@ -111,9 +121,11 @@ fn main() {
     handle.join().expect("runtime thread").expect("runtime");
     assert_eq!(seen, orders, "every order produced its reserve command");
     println!(
-        "runtime: {orders} orders, event → command in {elapsed:.1} s: {:.0} events/s ({} transactions)",
+        "runtime: {orders} orders, event → command in {elapsed:.1} s: {:.0} events/s ({} transactions; commit interval {:?}, max batch {})",
         orders as f64 / elapsed,
-        stats.transactions.load(Ordering::Relaxed)
+        stats.transactions.load(Ordering::Relaxed),
+        cfg_interval,
+        cfg_batch
     );
 
     // A second process restores the instances the first one left.
