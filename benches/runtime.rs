@@ -8,7 +8,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,42 +15,27 @@ use std::time::{Duration, Instant};
 use baton::config::{self, Config};
 use baton::dsl;
 use baton::engine::Registry;
-use baton::kafka::{self, Outgoing, PlainConsumer, PlainProducer};
+use baton::kafka::{self, PlainConsumer, PlainProducer};
 use baton::runtime::{Runtime, Stats};
-use baton::wire::cloudevents;
-use serde_json::json;
 
-const INPUT: &str = "orders.events";
+use support::orders::INPUT;
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 fn config(bootstrap: &str, group: &str) -> Config {
+    // Production batching defaults unless the environment says otherwise.
     let defaults = config::Runtime::default();
-    Config {
-        kafka: config::Kafka {
-            bootstrap_servers: bootstrap.to_string(),
-            group_id: group.to_string(),
-            input_topics: vec![INPUT.to_string()],
-            options: BTreeMap::new(),
-        },
-        topics: config::Topics {
-            prefix: format!("{group}.baton"),
-            partitions: 2,
-            replication_factor: 1,
-            create: true,
-        },
-        definitions: config::Definitions { paths: Vec::new() },
-        runtime: config::Runtime {
-            instance_id: Some("bench".into()),
-            commit_interval: env("BATON_BENCH_COMMIT_INTERVAL_MS")
-                .map_or(defaults.commit_interval, Duration::from_millis),
-            max_batch: env("BATON_BENCH_MAX_BATCH").map_or(defaults.max_batch, |n| n as usize),
-            ..defaults
-        },
-        events: Default::default(),
-    }
+    let mut cfg = support::orders::config(bootstrap, group, "bench");
+    cfg.runtime = config::Runtime {
+        instance_id: Some("bench".into()),
+        commit_interval: env("BATON_BENCH_COMMIT_INTERVAL_MS")
+            .map_or(defaults.commit_interval, Duration::from_millis),
+        max_batch: env("BATON_BENCH_MAX_BATCH").map_or(defaults.max_batch, |n| n as usize),
+        ..defaults
+    };
+    cfg
 }
 
 fn registry() -> Registry {
@@ -76,23 +60,7 @@ fn main() {
     // Load first: the events are waiting when baton starts.
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     for n in 0..orders {
-        let id = format!("placed-{n}");
-        let data = json!({"orderId": format!("o-{n}"), "customerId": "c", "total": 100, "lines": [], "address": "x"});
-        producer
-            .send(&Outgoing {
-                topic: INPUT.into(),
-                partition: None,
-                key: id.clone().into_bytes(),
-                payload: Some(cloudevents::structured(
-                    &id,
-                    "com.acme.order.placed",
-                    "bench",
-                    0,
-                    &data,
-                )),
-                headers: Vec::new(),
-            })
-            .expect("send");
+        producer.send(&support::orders::placed(n)).expect("send");
     }
     producer.flush().expect("flush");
 

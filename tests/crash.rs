@@ -8,20 +8,16 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use baton::config::{self, Config};
-use baton::kafka::{self, Outgoing, PlainConsumer, PlainProducer};
-use baton::wire::cloudevents;
-use serde_json::{Value, json};
+use baton::kafka::{self, Outgoing, PlainProducer};
+use support::orders::{COMMANDS, INPUT, placed, services};
 use support::{Broker, eventually, oracle, unique};
 
-const INPUT: &str = "orders.events";
-const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
 const PARTITIONS: i32 = 2;
-const ORDERS: u32 = 30;
+const ORDERS: u64 = 30;
 
 fn write_config(dir: &std::path::Path, bootstrap: &str, group: &str) -> std::path::PathBuf {
     let examples =
@@ -67,73 +63,6 @@ fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("baton starts")
-}
-
-fn header(m: &baton::kafka::Incoming, name: &str) -> Option<String> {
-    m.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
-}
-
-/// Simulated services: answer each command id once.
-fn services(bootstrap: &str) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
-    let consumer = PlainConsumer::new(bootstrap, &unique("services"), &topics).expect("consumer");
-    let producer = PlainProducer::new(bootstrap).expect("producer");
-    let st = stop.clone();
-    std::thread::spawn(move || {
-        let mut answered = BTreeSet::new();
-        while !st.load(Ordering::Relaxed) {
-            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let (Some(kind), Some(id)) = (header(&m, "ce_type"), header(&m, "ce_id")) else {
-                continue;
-            };
-            if !answered.insert(id.clone()) {
-                continue;
-            }
-            let data: Value = m
-                .payload
-                .as_deref()
-                .and_then(|p| serde_json::from_slice(p).ok())
-                .unwrap_or(Value::Null);
-            let order = data["order"].clone();
-            let reply = match kind.as_str() {
-                "com.acme.inventory.reserve" => (
-                    "com.acme.inventory.reserved",
-                    json!({"orderId": order, "reservationId": "r"}),
-                ),
-                "com.acme.payment.charge" => (
-                    "com.acme.payment.charged",
-                    json!({"orderId": order, "paymentId": "p"}),
-                ),
-                "com.acme.shipment.create" => (
-                    "com.acme.shipment.created",
-                    json!({"orderRef": order, "trackingId": "t"}),
-                ),
-                "com.acme.invoice.create" => (
-                    "com.acme.invoice.created",
-                    json!({"orderId": order, "invoiceId": "i"}),
-                ),
-                _ => continue,
-            };
-            let eid = format!("{id}/reply");
-            let _ = producer.send(&Outgoing {
-                topic: INPUT.into(),
-                partition: None,
-                key: eid.clone().into_bytes(),
-                payload: Some(cloudevents::structured(
-                    &eid, reply.0, "services", 0, &reply.1,
-                )),
-                headers: Vec::new(),
-            });
-            let _ = producer.flush();
-        }
-    });
-    stop
 }
 
 /// Committed command ids per type, read through the oracle.
@@ -200,23 +129,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
         let until = Instant::now() + Duration::from_millis(1500 + next(3000));
         while Instant::now() < until {
             if sent < ORDERS {
-                let id = format!("placed-{sent}");
-                let data = json!({"orderId": format!("o-{sent}"), "customerId": "c", "total": 100, "lines": [], "address": "x"});
-                producer
-                    .send(&Outgoing {
-                        topic: INPUT.into(),
-                        partition: None,
-                        key: id.clone().into_bytes(),
-                        payload: Some(cloudevents::structured(
-                            &id,
-                            "com.acme.order.placed",
-                            "test",
-                            0,
-                            &data,
-                        )),
-                        headers: Vec::new(),
-                    })
-                    .expect("send");
+                producer.send(&placed(sent)).expect("send");
                 producer.flush().expect("flush");
                 sent += 1;
             }
@@ -228,23 +141,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
         child = start(&config_path, &log);
     }
     while sent < ORDERS {
-        let id = format!("placed-{sent}");
-        let data = json!({"orderId": format!("o-{sent}"), "customerId": "c", "total": 100, "lines": [], "address": "x"});
-        producer
-            .send(&Outgoing {
-                topic: INPUT.into(),
-                partition: None,
-                key: id.clone().into_bytes(),
-                payload: Some(cloudevents::structured(
-                    &id,
-                    "com.acme.order.placed",
-                    "test",
-                    0,
-                    &data,
-                )),
-                headers: Vec::new(),
-            })
-            .expect("send");
+        producer.send(&placed(sent)).expect("send");
         sent += 1;
     }
     producer.flush().expect("flush");
@@ -267,7 +164,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
             .get("com.acme.invoice.create")
             .map(|v| v.iter().collect())
             .unwrap_or_default();
-        (invoiced.len() as u32 >= ORDERS).then_some(c)
+        (invoiced.len() as u64 >= ORDERS).then_some(c)
     });
     services.store(true, Ordering::Relaxed);
     let _ = child.kill();

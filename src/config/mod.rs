@@ -2,7 +2,8 @@
 //!
 //! Unknown keys are rejected, durations are human (`100ms`, `7d`), and the
 //! `[kafka.options]` table passes any librdkafka option through (SASL, TLS…).
-//! An override names its key path with `__` between levels:
+//! An override names its key path with `__` between levels (a variable
+//! without `__` is not an override):
 //! `BATON_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `BATON_RUNTIME__MAX_BATCH=500`.
 
 use std::collections::BTreeMap;
@@ -160,9 +161,11 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        // Only `BATON_<SECTION>__<KEY>` names a key: other BATON_* variables
+        // (tooling, tests) are none of the configuration's business.
         let overrides: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("BATON_"))
+            .filter(|(k, _)| k.starts_with("BATON_") && k.contains("__"))
             .collect();
         let config: Config = if overrides.is_empty() {
             toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -332,6 +335,7 @@ paths = ["examples"]
                 "SASL_SSL".to_string(),
             ),
             ("PATH".to_string(), "/bin".to_string()),
+            ("BATON_NISSHI".to_string(), "/usr/bin/nisshi".to_string()),
         ];
         let c = Config::load("baton.toml", MINIMAL, env).expect("valid");
         assert_eq!(c.kafka.bootstrap_servers, "broker:9093");

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod orders;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

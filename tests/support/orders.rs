@@ -1,0 +1,132 @@
+//! Order-to-cash around a real broker: configuration, order events, and
+//! simulated ERP, payment provider and warehouse that answer every command.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use baton::config::{self, Config};
+use baton::kafka::{Incoming, Outgoing, PlainConsumer, PlainProducer};
+use baton::wire::cloudevents;
+use serde_json::{Value, json};
+
+use super::unique;
+
+/// The topic the orders and the services' answers go to.
+pub const INPUT: &str = "orders.events";
+/// The topics order-to-cash sends its commands to.
+pub const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
+
+/// A configuration for tests: two shards, short commit interval and session.
+pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
+    Config {
+        kafka: config::Kafka {
+            bootstrap_servers: bootstrap.to_string(),
+            group_id: group.to_string(),
+            input_topics: vec![INPUT.to_string()],
+            options: BTreeMap::new(),
+        },
+        topics: config::Topics {
+            prefix: format!("{group}.baton"),
+            partitions: 2,
+            replication_factor: 1,
+            create: true,
+        },
+        definitions: config::Definitions { paths: Vec::new() },
+        runtime: config::Runtime {
+            instance_id: Some(instance.to_string()),
+            commit_interval: Duration::from_millis(50),
+            max_batch: 200,
+            retention: Duration::from_secs(3600),
+            session_timeout: Duration::from_secs(6),
+        },
+        events: Default::default(),
+    }
+}
+
+/// The `order.placed` event of order `o-<n>`.
+pub fn placed(n: u64) -> Outgoing {
+    let id = format!("placed-{n}");
+    let data = json!({"orderId": format!("o-{n}"), "customerId": "c-1", "total": 100 + n, "lines": [{"sku": "A", "qty": 1}], "address": "1 Main St"});
+    Outgoing {
+        topic: INPUT.into(),
+        partition: None,
+        key: id.clone().into_bytes(),
+        payload: Some(cloudevents::structured(
+            &id,
+            "com.acme.order.placed",
+            "test",
+            0,
+            &data,
+        )),
+        headers: Vec::new(),
+    }
+}
+
+/// A header of a record, as text.
+pub fn header(m: &Incoming, name: &str) -> Option<String> {
+    m.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+}
+
+/// Simulated services: every command succeeds, and each command id is answered once.
+pub fn services(bootstrap: &str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
+    let consumer =
+        PlainConsumer::new(bootstrap, &unique("services"), &topics).expect("services consumer");
+    let producer = PlainProducer::new(bootstrap).expect("services producer");
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        let mut answered = BTreeSet::new();
+        while !st.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let (Some(kind), Some(id)) = (header(&m, "ce_type"), header(&m, "ce_id")) else {
+                continue;
+            };
+            if !answered.insert(id.clone()) {
+                continue;
+            }
+            let data: Value = m
+                .payload
+                .as_deref()
+                .and_then(|p| serde_json::from_slice(p).ok())
+                .unwrap_or(Value::Null);
+            let order = data["order"].clone();
+            let (kind, data) = match kind.as_str() {
+                "com.acme.inventory.reserve" => (
+                    "com.acme.inventory.reserved",
+                    json!({"orderId": order, "reservationId": "r"}),
+                ),
+                "com.acme.payment.charge" => (
+                    "com.acme.payment.charged",
+                    json!({"orderId": order, "paymentId": "p"}),
+                ),
+                "com.acme.shipment.create" => (
+                    "com.acme.shipment.created",
+                    json!({"orderRef": order, "trackingId": "t"}),
+                ),
+                "com.acme.invoice.create" => (
+                    "com.acme.invoice.created",
+                    json!({"orderId": order, "invoiceId": "i"}),
+                ),
+                _ => continue,
+            };
+            let eid = format!("{id}/reply");
+            let _ = producer.send(&Outgoing {
+                topic: INPUT.into(),
+                partition: None,
+                key: eid.clone().into_bytes(),
+                payload: Some(cloudevents::structured(&eid, kind, "services", 0, &data)),
+                headers: Vec::new(),
+            });
+            let _ = producer.flush();
+        }
+    });
+    stop
+}
