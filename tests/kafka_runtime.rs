@@ -153,23 +153,8 @@ fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
         let dead = v.iter().filter(|m| m.topic == dlq).count();
         (invoices >= 5 && dead >= 2).then_some(v)
     });
-    // Every command exactly once (read_committed; this run aborts nothing): each
-    // order's first attempt is there, and no command id appears twice (a slow
-    // answer may add a retry, which is a new attempt with a new id).
-    for kind in [
-        "com.acme.inventory.reserve",
-        "com.acme.payment.charge",
-        "com.acme.shipment.create",
-        "com.acme.invoice.create",
-    ] {
-        let ids = ids_of(&all, kind);
-        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "{kind} duplicated: {ids:?}");
-        for n in 0..5 {
-            let first = format!("order-to-cash/o-{n}/{}/1", kind_step(kind));
-            assert!(ids.contains(&first), "{kind}: {first} missing in {ids:?}");
-        }
-    }
+    // read_committed; this run aborts nothing.
+    assert_each_command_once(&all, 5);
     let reasons: Vec<String> = all
         .iter()
         .filter(|m| m.topic == dlq)
@@ -196,6 +181,26 @@ fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
     stop_collector.store(true, Ordering::Relaxed);
     services.store(true, Ordering::Relaxed);
     runtime.stop();
+}
+
+/// Every order `o-0`…`o-<orders-1>` got the first attempt of every command,
+/// and no command id appears twice (a slow answer may add a retry: a new
+/// attempt with a new id).
+fn assert_each_command_once(all: &[Incoming], orders: u64) {
+    for kind in [
+        "com.acme.inventory.reserve",
+        "com.acme.payment.charge",
+        "com.acme.shipment.create",
+        "com.acme.invoice.create",
+    ] {
+        let ids = ids_of(all, kind);
+        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{kind} duplicated: {ids:?}");
+        for n in 0..orders {
+            let first = format!("order-to-cash/o-{n}/{}/1", kind_step(kind));
+            assert!(ids.contains(&first), "{kind}: {first} missing in {ids:?}");
+        }
+    }
 }
 
 fn kind_step(kind: &str) -> &'static str {
@@ -312,25 +317,7 @@ fn two_processes_split_the_shards_and_one_takes_over_when_the_other_stops() {
         let v = seen.lock().ok()?.clone();
         (orders_with(&v, "com.acme.invoice.create") >= 12).then_some(v)
     });
-    // No command twice (a late answer may cause a retry: a new attempt, a new id),
-    // and every order went through every step.
-    for kind in [
-        "com.acme.inventory.reserve",
-        "com.acme.payment.charge",
-        "com.acme.shipment.create",
-        "com.acme.invoice.create",
-    ] {
-        let ids = ids_of(&all, kind);
-        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "{kind} duplicated: {ids:?}");
-        for n in 0..12 {
-            let prefix = format!("order-to-cash/o-{n}/");
-            assert!(
-                ids.iter().any(|i| i.starts_with(&prefix)),
-                "{kind} missing for o-{n}: {ids:?}"
-            );
-        }
-    }
+    assert_each_command_once(&all, 12);
     stop_collector.store(true, Ordering::Relaxed);
     services.store(true, Ordering::Relaxed);
     b.stop();
