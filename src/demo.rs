@@ -167,6 +167,12 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             session_timeout: Duration::from_secs(6),
         },
         events: Default::default(),
+        telemetry: Default::default(),
+        log: Default::default(),
+        admin: config::Admin {
+            enabled: false,
+            ..Default::default()
+        },
     };
     let commands: Vec<String> = runtime::command_topics(&registry).into_iter().collect();
     for t in commands.iter().chain([EVENTS.to_string()].iter()) {

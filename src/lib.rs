@@ -4,11 +4,18 @@
 //!
 //! - [`engine`]: the pure, deterministic state machine (`step`).
 //! - [`dsl`]: process definitions in YAML, parsed and validated into the engine's model.
-//! - [`wire`]: protobuf snapshots of instance state.
+//! - [`wire`]: protobuf snapshots of instance state, CloudEvents in and out.
+//! - [`config`]: `baton.toml` with environment overrides.
+//! - [`kafka`]: the only place that knows rdkafka.
+//! - [`runtime`]: consume → step → produce, exactly once, sharded by partition.
+//! - [`telemetry`]: traces (OTLP), Prometheus metrics, logs.
+//! - [`admin`]: the admin HTTP port (`/healthz`, `/readyz`, `/metrics`).
+//! - [`demo`]: the embedded demo on an in-process Kafka.
 //! - [`simulate`]: runs definitions in memory on a virtual clock (`baton simulate`).
 //! - [`diagram`]: Mermaid flowcharts of definitions (`baton graph`).
 //! - [`cli`]: the command line.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -18,4 +25,5 @@ pub mod engine;
 pub mod kafka;
 pub mod runtime;
 pub mod simulate;
+pub mod telemetry;
 pub mod wire;

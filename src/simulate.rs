@@ -174,6 +174,8 @@ impl Simulation {
         let mut follow_ups = Vec::new();
         for fx in effects {
             match fx {
+                // The audit's before/after positions already show the steps.
+                Effect::Entered(_) => {}
                 Effect::Command(c) => {
                     let label = match c.purpose {
                         Purpose::Task => "command",

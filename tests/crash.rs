@@ -41,6 +41,8 @@ paths = ["{}"]
 instance_id = "crash-1"
 commit_interval = "50ms"
 session_timeout = "6s"
+[admin]
+listen = "127.0.0.1:0"
 "#,
         examples.display()
     );

@@ -44,7 +44,7 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "baton.toml")]
         config: PathBuf,
-        /// Log as JSON lines instead of text.
+        /// Log as JSON lines instead of text (same as `log.format = "json"`).
         #[arg(long)]
         json_logs: bool,
     },
@@ -87,19 +87,6 @@ enum Cmd {
         #[arg(long)]
         file: Option<PathBuf>,
     },
-}
-
-fn init_logs(json: bool, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 /// Definition files named by the configuration (directories give their `*.yaml`).
@@ -220,13 +207,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Run { config, json_logs } => {
-            init_logs(json_logs, "info,rdkafka=warn");
             let text = read(&config)?;
-            let cfg = crate::config::Config::load(
+            let mut cfg = crate::config::Config::load(
                 &config.display().to_string(),
                 &text,
                 std::env::vars(),
             )?;
+            if json_logs {
+                cfg.log.format = crate::config::LogFormat::Json;
+            }
+            crate::telemetry::init_logs(&cfg.log);
             let files = definition_files(&cfg.definitions.paths)?;
             let Some(registry) = load(&files)? else {
                 return Ok(ExitCode::from(1));
@@ -261,10 +251,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     flag.store(true, Ordering::Relaxed);
                 }
             });
+            let traces = crate::telemetry::init_traces(&cfg.telemetry, &cfg.instance_id())
+                .context("cannot set up trace export")?;
             let stats = Arc::new(crate::runtime::Stats::default());
-            let runtime = crate::runtime::Runtime::new(cfg, registry, stats)
+            let admin_cfg = cfg.admin.clone();
+            let group = cfg.kafka.group_id.clone();
+            let mut runtime = crate::runtime::Runtime::new(cfg, registry, stats.clone())
                 .context("cannot start the runtime")?;
-            runtime.run(stop).context("the runtime stopped")?;
+            if let Some(t) = &traces {
+                runtime = runtime.with_tracer(t.tracer(&group));
+            }
+            let admin = if admin_cfg.enabled {
+                Some(crate::admin::serve(
+                    admin_cfg.listen,
+                    stats.metrics.clone(),
+                    runtime.health(),
+                    admin_cfg.stall_after,
+                )?)
+            } else {
+                None
+            };
+            let result = runtime.run(stop).context("the runtime stopped");
+            drop(admin);
+            if let Some(t) = traces {
+                t.shutdown();
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo {
@@ -273,7 +285,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             decline_rate,
             silence_rate,
         } => {
-            init_logs(false, "error");
+            crate::telemetry::init_logs(&crate::config::Log {
+                level: "error".into(),
+                ..Default::default()
+            });
             let opts = crate::demo::Options {
                 seconds,
                 rate,

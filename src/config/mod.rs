@@ -24,6 +24,12 @@ pub struct Config {
     pub runtime: Runtime,
     #[serde(default)]
     pub events: Events,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub admin: Admin,
 }
 
 /// Connection and consumer group.
@@ -143,6 +149,94 @@ impl Default for Events {
     }
 }
 
+/// Traces exported over OTLP. Off unless an endpoint is given here or in the
+/// standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+/// variables (which the OpenTelemetry SDK reads, with the other `OTEL_*` ones).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// Collector address, e.g. `http://collector:4318` (HTTP) or `http://collector:4317` (gRPC).
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (default: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`).
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME` wins).
+    pub service_name: String,
+    /// Share of new traces recorded (0.0–1.0); traces that arrive sampled stay sampled.
+    pub sample_ratio: f64,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            service_name: "baton".to_string(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+/// OTLP transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (`RUST_LOG` wins), e.g. `info,baton=debug`.
+    pub level: String,
+    /// Log event payloads at debug level. Off by default: payloads carry business data.
+    pub payloads: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info,rdkafka=warn".to_string(),
+            payloads: false,
+        }
+    }
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The admin HTTP port: `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub enabled: bool,
+    /// Address and port to listen on (port 0 picks a free one and logs it).
+    pub listen: std::net::SocketAddr,
+    /// `/healthz` fails when the processing loop has not turned for this long.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
+            stall_after: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -215,6 +309,12 @@ impl Config {
         }
         if self.runtime.max_batch == 0 {
             p.push("runtime.max_batch: must be at least 1".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            p.push("telemetry.sample_ratio: must be between 0.0 and 1.0".to_string());
+        }
+        if self.admin.stall_after.is_zero() {
+            p.push("admin.stall_after: must be longer than zero".to_string());
         }
         if self.runtime.commit_interval.is_zero() {
             p.push("runtime.commit_interval: must be longer than zero".to_string());

@@ -64,6 +64,9 @@ pub struct Instance {
     pub transitions: u64,
     pub started_at: Millis,
     pub updated_at: Millis,
+    /// W3C `traceparent` of the span that started the instance. Opaque to the
+    /// engine: the runtime sets it so later inputs can join the instance's trace.
+    pub trace: Option<String>,
 }
 
 /// How many event ids an instance remembers for deduplication.
@@ -93,6 +96,7 @@ impl Instance {
             transitions: 0,
             started_at: 0,
             updated_at: 0,
+            trace: None,
         }
     }
 

@@ -537,6 +537,7 @@ impl Machine<'_> {
         tok.visit = visit;
         tok.attempt = 1;
         tok.phase = Phase::Awaiting;
+        self.fx.push(Effect::Entered(s));
         let def = self.def;
         match &def.steps[s].kind {
             StepKind::Task(_) => self.start_task(tid),

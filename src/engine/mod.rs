@@ -169,6 +169,9 @@ impl std::fmt::Display for Rejection {
 /// What the caller of [`step`] must carry out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// The flow entered a step (by index in the definition); effects that
+    /// follow, up to the next `Entered`, were caused by entering it.
+    Entered(StepIdx),
     Command(Command),
     ScheduleTimer(Timer),
     CancelTimer(String),

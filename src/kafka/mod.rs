@@ -3,6 +3,7 @@
 //! a changelog partition for restore.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,13 +109,35 @@ pub struct Rebalances {
 /// Called on revocation, before partitions are released: it must finish the open transaction.
 pub type RevokeHook = Box<dyn Fn(&BaseConsumer<GroupContext>) + Send + Sync>;
 
-/// Consumer context: records rebalances and lets the runtime commit before a revocation.
+/// Records behind per partition, as librdkafka's statistics last reported it.
+pub type Lag = Arc<Mutex<BTreeMap<(String, i32), i64>>>;
+
+/// Consumer context: records rebalances and lets the runtime commit before a
+/// revocation; keeps the consumer lag from librdkafka's statistics.
 pub struct GroupContext {
     pub events: Arc<Mutex<Rebalances>>,
     pub on_revoke: Mutex<Option<RevokeHook>>,
+    /// Assignments received so far (0: the group has not been joined yet).
+    pub assignments: AtomicU64,
+    pub lag: Lag,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = BTreeMap::new();
+        for (topic, t) in statistics.topics {
+            for (p, part) in t.partitions {
+                // -1 is librdkafka's unassigned placeholder; a negative lag is unknown.
+                if p >= 0 && part.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), p), part.consumer_lag);
+                }
+            }
+        }
+        if let Ok(mut l) = self.lag.lock() {
+            *l = lag;
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -135,6 +158,9 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assignments.fetch_add(1, Ordering::Relaxed);
+        }
         if let Rebalance::Assign(tpl) = rebalance
             && let Ok(mut ev) = self.events.lock()
         {
@@ -159,6 +185,8 @@ impl Consumer {
         let ctx = GroupContext {
             events: rebalances.clone(),
             on_revoke: Mutex::new(None),
+            assignments: AtomicU64::new(0),
+            lag: Lag::default(),
         };
         let session = cfg.runtime.session_timeout.as_millis().to_string();
         let strategy = cfg
@@ -166,7 +194,12 @@ impl Consumer {
             .options
             .get("partition.assignment.strategy")
             .map_or("cooperative-sticky", String::as_str);
-        let inner: BaseConsumer<GroupContext> = base(cfg)
+        let mut client = base(cfg);
+        if !cfg.kafka.options.contains_key("statistics.interval.ms") {
+            // The lag metric comes from these statistics.
+            client.set("statistics.interval.ms", "5000");
+        }
+        let inner: BaseConsumer<GroupContext> = client
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -201,6 +234,21 @@ impl Consumer {
         self.inner
             .poll(timeout)
             .map(|r| r.map(|m| Incoming::from(&m)).map_err(fail("poll")))
+    }
+
+    /// Whether the consumer has received an assignment from the group yet.
+    pub fn joined(&self) -> bool {
+        self.inner.context().assignments.load(Ordering::Relaxed) > 0
+    }
+
+    /// Consumer lag per partition, as of librdkafka's last statistics.
+    pub fn lag(&self) -> BTreeMap<(String, i32), i64> {
+        self.inner
+            .context()
+            .lag
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     pub fn take_rebalances(&self) -> Rebalances {

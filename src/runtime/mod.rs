@@ -19,9 +19,12 @@
 //! ignores timers that are no longer pending.
 
 mod shard;
+mod stats;
+
+pub use stats::Stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +34,8 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::engine::{self, Instance, Millis, Registry};
 use crate::kafka::{self, Consumer, Incoming, KafkaFailure, Offsets, Outgoing, Producer};
+use crate::telemetry::metrics::Holdings;
+use crate::telemetry::{Health, Tracer};
 use crate::wire::{self, cloudevents};
 
 /// Why the runtime stopped.
@@ -40,36 +45,6 @@ pub enum RuntimeError {
     Kafka(#[from] KafkaFailure),
     #[error("{0}")]
     Setup(String),
-}
-
-/// Counters the runtime keeps (the demo's summary reads them).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub events: AtomicU64,
-    pub commands: AtomicU64,
-    pub compensations: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub transactions: AtomicU64,
-    pub started: AtomicU64,
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub incidents: AtomicU64,
-    /// Step timeouts that fired.
-    pub timeouts: AtomicU64,
-    /// Commands re-sent by a retry.
-    pub retries: AtomicU64,
-    /// Commands sent because an `expect` watchdog fired.
-    pub escalations: AtomicU64,
-    /// Shards this process owns now.
-    pub shards: AtomicU64,
-    /// Instances restored from the changelog, and how long restores took.
-    pub restored_instances: AtomicU64,
-    pub restore_ms: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Wall clock in epoch milliseconds (the runtime's, never the engine's).
@@ -118,13 +93,23 @@ pub struct Runtime {
     changelog: String,
     partitions: i32,
     stats: Arc<Stats>,
+    health: Arc<Health>,
+    tracer: Tracer,
+    /// When the gauges (holdings, lag) were last refreshed.
+    gauges_at: Instant,
+    /// The consumer has had its first assignment.
+    joined: bool,
 }
+
+/// How often gauges that need a walk over the instances are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 
 fn ctx<'a>(
     registry: &'a Registry,
     cfg: &'a Config,
     partitions: i32,
     stats: &'a Stats,
+    tracer: &'a Tracer,
 ) -> shard::Ctx<'a> {
     shard::Ctx {
         registry,
@@ -132,6 +117,8 @@ fn ctx<'a>(
         retention: cfg.runtime.retention.as_millis() as u64,
         partitions,
         stats,
+        tracer,
+        log_payloads: cfg.log.payloads,
     }
 }
 
@@ -199,7 +186,8 @@ fn rebuild(
             shard.instances.insert(key, inst);
         }
     }
-    let ms = started.elapsed().as_millis() as u64;
+    let took = started.elapsed();
+    let ms = took.as_millis() as u64;
     info!(
         partition = p,
         records = count,
@@ -208,10 +196,7 @@ fn rebuild(
         ms,
         "shard restored"
     );
-    stats
-        .restored_instances
-        .fetch_add(shard.instances.len() as u64, Ordering::Relaxed);
-    stats.restore_ms.fetch_add(ms, Ordering::Relaxed);
+    stats.restored(count as u64, shard.instances.len() as u64, took);
     Ok(shard)
 }
 
@@ -280,6 +265,8 @@ impl Runtime {
                 t.ended_by_hook = Some(ok);
             }));
         }
+        let health = Arc::new(Health::default());
+        health.update(|r| r.producer = true);
         info!(transactional_id, partitions = n, "baton runtime ready");
         Ok(Runtime {
             inputs: cfg.kafka.input_topics.clone(),
@@ -294,19 +281,87 @@ impl Runtime {
             shards: HashMap::new(),
             restoring: HashMap::new(),
             stats,
+            health,
+            tracer: Tracer::disabled(),
+            gauges_at: Instant::now(),
+            joined: false,
         })
+    }
+
+    /// Records spans through `tracer` (tracing is off otherwise).
+    pub fn with_tracer(mut self, tracer: Tracer) -> Runtime {
+        self.tracer = tracer;
+        self
+    }
+
+    /// What `/healthz` and `/readyz` report about this runtime.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// Runs until `stop` is set; the transaction in flight is committed first.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
         while !stop.load(Ordering::Relaxed) {
+            self.health.beat();
             let batch = self.poll_batch()?;
             self.process(batch)?;
             self.fire_timers()?;
             self.maybe_commit(false)?;
+            self.refresh_gauges(false);
         }
+        self.health.update(|r| r.stopping = true);
         self.maybe_commit(true)?;
         Ok(())
+    }
+
+    /// Readiness as the shards stand now.
+    fn refresh_readiness(&mut self) {
+        let joined = self.consumer.joined();
+        self.joined = joined;
+        let mut shards: Vec<i32> = self.shards.keys().copied().collect();
+        let mut restoring: Vec<i32> = self.restoring.keys().copied().collect();
+        shards.sort_unstable();
+        restoring.sort_unstable();
+        self.stats
+            .shards
+            .store(shards.len() as u64, Ordering::Relaxed);
+        let m = &self.stats.metrics;
+        m.shards_owned.set(shards.len() as i64);
+        m.shards_restoring.set(restoring.len() as i64);
+        self.health.update(|r| {
+            r.joined = joined;
+            r.shards = shards;
+            r.restoring = restoring;
+        });
+    }
+
+    /// Gauges that need a walk over the instances, at most every [`GAUGE_INTERVAL`].
+    fn refresh_gauges(&mut self, now: bool) {
+        if !now && self.gauges_at.elapsed() < GAUGE_INTERVAL {
+            return;
+        }
+        self.gauges_at = Instant::now();
+        self.refresh_readiness();
+        let mut h = Holdings::default();
+        for s in self.shards.values() {
+            h.timers += s.timers.len() as i64;
+            for inst in s.instances.values() {
+                *h.instances
+                    .entry((inst.process.clone(), inst.status.as_str().to_string()))
+                    .or_default() += 1;
+                if !inst.incidents.is_empty() {
+                    *h.incidents.entry(inst.process.clone()).or_default() +=
+                        inst.incidents.len() as i64;
+                }
+            }
+        }
+        let processes: Vec<String> = self
+            .registry
+            .latest_all()
+            .map(|d| d.process.clone())
+            .collect();
+        self.stats.metrics.set_holdings(&processes, &h);
+        self.stats.metrics.set_lag(&self.consumer.lag());
     }
 
     /// Records that arrived within the poll wait, up to the batch limit; those
@@ -367,7 +422,13 @@ impl Runtime {
                 self.consumed(m)?;
             }
         }
-        let ctx = ctx(&self.registry, &self.cfg, self.partitions, &self.stats);
+        let ctx = ctx(
+            &self.registry,
+            &self.cfg,
+            self.partitions,
+            &self.stats,
+            &self.tracer,
+        );
         let mut outputs: Vec<Vec<Outgoing>> = Vec::new();
         let mut work: Vec<(i32, &mut shard::Shard, &Vec<Incoming>)> = self
             .shards
@@ -412,7 +473,13 @@ impl Runtime {
     }
 
     fn ctx(&self) -> shard::Ctx<'_> {
-        ctx(&self.registry, &self.cfg, self.partitions, &self.stats)
+        ctx(
+            &self.registry,
+            &self.cfg,
+            self.partitions,
+            &self.stats,
+            &self.tracer,
+        )
     }
 
     fn poll_wait(&self) -> Duration {
@@ -442,16 +509,17 @@ impl Runtime {
             if *topic == self.repartition {
                 self.restoring.remove(p);
                 self.shards.remove(p);
-                self.stats
-                    .shards
-                    .store(self.shards.len() as u64, Ordering::Relaxed);
                 info!(partition = p, "shard released");
             }
         }
+        let changed = !r.revoked.is_empty() || !r.assigned.is_empty();
         for (topic, p) in r.assigned {
             if topic == self.repartition {
                 self.start_restore(p)?;
             }
+        }
+        if changed || (!self.joined && self.consumer.joined()) {
+            self.refresh_readiness();
         }
         Ok(r.revoked)
     }
@@ -507,15 +575,13 @@ impl Runtime {
             self.install(p, result?);
             self.consumer.resume(&self.repartition, p)?;
             ready.extend(r.held);
+            self.refresh_readiness();
         }
         Ok(ready)
     }
 
     fn install(&mut self, p: i32, shard: shard::Shard) {
         self.shards.insert(p, shard);
-        self.stats
-            .shards
-            .store(self.shards.len() as u64, Ordering::Relaxed);
     }
 
     /// A transaction failed: state and positions go back to what was committed.
@@ -548,7 +614,7 @@ impl Runtime {
                 "transaction committed"
             );
         }
-        bump(&self.stats.transactions);
+        self.stats.transaction(true);
         if let Ok(mut t) = self.txn.lock() {
             *t = Txn::default();
         }
@@ -588,12 +654,20 @@ impl Runtime {
             if !(force || old || t.events >= self.cfg.runtime.max_batch) {
                 return Ok(());
             }
+            self.stats.metrics.batch_events.observe(t.events as f64);
             t.offsets.clone()
         };
-        match self.producer.commit(&self.consumer.inner, &offsets) {
+        let started = Instant::now();
+        let result = self.producer.commit(&self.consumer.inner, &offsets);
+        self.stats
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(()) => self.committed(),
             Err(e) => {
                 warn!(error = %e, "commit failed");
+                self.stats.transaction(false);
                 let _ = self.producer.abort();
                 self.recover()?;
             }
@@ -651,8 +725,9 @@ impl Runtime {
 
     /// A domain event: decode, find its processes, and forward it to their shards.
     fn handle_input(&mut self, m: Incoming) -> Result<(), RuntimeError> {
-        bump(&self.stats.events);
+        self.stats.event_consumed(&m.topic);
         self.consumed(&m)?;
+        let mut span = self.tracer.input(&m);
         let plain = cloudevents::PlainJson {
             type_field: self.cfg.events.type_field.clone(),
             id_field: self.cfg.events.id_field.clone(),
@@ -668,8 +743,18 @@ impl Runtime {
         let mut out = Vec::new();
         let ctx = self.ctx();
         match cloudevents::decode(&rec, &plain) {
-            Err(e) => out.push(ctx.dead_letter(&m, "undecodable", &e.to_string())),
+            Err(e) => {
+                span.error(&e.to_string());
+                out.push(ctx.dead_letter(&m, "undecodable", &e.to_string()))
+            }
             Ok(event) => {
+                span.set("messaging.message.id", event.id.clone());
+                span.set("cloudevents.event_id", event.id.clone());
+                span.set("cloudevents.event_type", event.kind.clone());
+                span.set("cloudevents.event_source", event.source.clone());
+                if self.cfg.log.payloads {
+                    debug!(topic = %m.topic, partition = m.partition, offset = m.offset, event_id = %event.id, kind = %event.kind, data = %event.data, "event consumed");
+                }
                 let mut routed = 0;
                 let mut failures = Vec::new();
                 for def in self.registry.latest_all() {
@@ -678,8 +763,20 @@ impl Runtime {
                             routed += 1;
                             let origin = json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
                             let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": shard::event_json(&event), "origin": origin });
-                            let tp = cloudevents::traceparent(&m.headers);
-                            out.push(ctx.forward(&def.process, &r.key, &body, tp.as_deref()));
+                            span.event(
+                                "routed",
+                                vec![
+                                    opentelemetry::KeyValue::new(
+                                        "baton.process",
+                                        def.process.clone(),
+                                    ),
+                                    opentelemetry::KeyValue::new(
+                                        "baton.instance.key",
+                                        r.key.clone(),
+                                    ),
+                                ],
+                            );
+                            out.push(ctx.forward(&def.process, &r.key, &body, span.headers()));
                         }
                         Ok(None) => {}
                         Err(e) => failures
@@ -689,12 +786,14 @@ impl Runtime {
                 // A correlation that fails for one process is not an error when another
                 // process took the event; only an event no process could take is dead.
                 if routed == 0 && !failures.is_empty() {
+                    span.error(&failures.join("; "));
                     out.push(ctx.dead_letter(&m, "correlation", &failures.join("; ")));
                 } else if routed == 0 {
                     let reason = format!(
                         "no process starts on or correlates events of type {}",
                         event.kind
                     );
+                    span.error(&reason);
                     out.push(ctx.dead_letter(&m, "no-process", &reason));
                 } else if !failures.is_empty() {
                     debug!(
@@ -713,7 +812,13 @@ impl Runtime {
     /// Writes due timers to their shards' partitions (they fire when read back).
     fn fire_timers(&mut self) -> Result<(), RuntimeError> {
         let now = now_ms();
-        let ctx = ctx(&self.registry, &self.cfg, self.partitions, &self.stats);
+        let ctx = ctx(
+            &self.registry,
+            &self.cfg,
+            self.partitions,
+            &self.stats,
+            &self.tracer,
+        );
         let mut out = Vec::new();
         for (p, s) in self.shards.iter_mut() {
             shard::due_timers(s, *p, now, &ctx, &mut out);

@@ -5,17 +5,20 @@
 //! results into one transaction.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use serde_json::{Value as Json, json};
 use tracing::{debug, info, warn};
 
-use super::{Stats, bump, now_ms, shard_of};
+use super::stats::bump;
+use super::{Stats, now_ms, shard_of};
 use crate::config::Topics;
 use crate::engine::{
-    self, Effect, Event, Input, Instance, Millis, ParentRef, Registry, Rejection, Status, Vars,
+    self, Effect, Event, Input, Instance, Millis, ParentRef, Purpose, Registry, Rejection, Vars,
 };
 use crate::kafka::{Incoming, Outgoing};
+use crate::telemetry::{Span, Tracer};
 use crate::wire::{self, cloudevents};
 
 /// Timer id of the expiry of an ended instance's retention.
@@ -53,22 +56,22 @@ pub(super) struct Ctx<'a> {
     pub retention: Millis,
     pub partitions: i32,
     pub stats: &'a Stats,
+    pub tracer: &'a Tracer,
+    /// Log event payloads (debug level); off unless configured.
+    pub log_payloads: bool,
 }
 
 impl Ctx<'_> {
-    /// A record that re-keys `body` onto the shard of `<process>/<key>`.
+    /// A record that re-keys `body` onto the shard of `<process>/<key>`;
+    /// `headers` carry the trace context.
     pub fn forward(
         &self,
         process: &str,
         key: &str,
         body: &Json,
-        traceparent: Option<&str>,
+        headers: Vec<(String, Vec<u8>)>,
     ) -> Outgoing {
         let id = format!("{process}/{key}");
-        let mut headers = Vec::new();
-        if let Some(tp) = traceparent {
-            headers.push(("traceparent".to_string(), tp.as_bytes().to_vec()));
-        }
         Outgoing {
             topic: self.topics.repartition(),
             partition: Some(shard_of(&id, self.partitions)),
@@ -81,7 +84,7 @@ impl Ctx<'_> {
     /// The dead-letter record of an input record, with the reason in headers.
     pub fn dead_letter(&self, m: &Incoming, kind: &str, reason: &str) -> Outgoing {
         warn!(topic = %m.topic, partition = m.partition, offset = m.offset, reason, "dead letter");
-        bump(&self.stats.dead_letters);
+        self.stats.dead_letter(kind);
         let mut headers = m.headers.clone();
         headers.extend([
             ("baton.dlq.kind".to_string(), kind.as_bytes().to_vec()),
@@ -154,7 +157,7 @@ pub(super) fn due_timers(
             continue;
         };
         let body = json!({ "input": "timer", "process": process, "key": key, "timer": timer_id, "due": at });
-        let mut r = ctx.forward(process, key, &body, None);
+        let mut r = ctx.forward(process, key, &body, Vec::new());
         r.partition = Some(p);
         out.push(r);
     }
@@ -181,6 +184,17 @@ pub(super) fn handle(
     };
     let process = body["process"].as_str().unwrap_or_default().to_string();
     let key = body["key"].as_str().unwrap_or_default().to_string();
+    let instance_trace = shard
+        .instances
+        .get(&format!("{process}/{key}"))
+        .and_then(|i| i.trace.as_deref());
+    let mut span = ctx.tracer.shard(m, instance_trace);
+    span.set("baton.process", process.clone());
+    span.set("baton.instance.key", key.clone());
+    span.set(
+        "baton.input",
+        body["input"].as_str().unwrap_or("unknown").to_string(),
+    );
     let input = match body["input"].as_str() {
         Some("event") => match event_from_json(&body["event"]) {
             Some(e) => Input::Event(e),
@@ -220,6 +234,7 @@ pub(super) fn handle(
                 shard.instances.remove(&id);
                 return out.push(ctx.changelog(p, &id, None));
             }
+            span.set("baton.timer", timer.clone());
             return step(
                 shard,
                 p,
@@ -227,7 +242,7 @@ pub(super) fn handle(
                 &key,
                 &Input::Timer(timer),
                 Some(due),
-                None,
+                span,
                 m,
                 ctx,
                 out,
@@ -241,29 +256,25 @@ pub(super) fn handle(
             ));
         }
     };
-    let tp = cloudevents::traceparent(&m.headers);
-    step(
-        shard,
-        p,
-        &process,
-        &key,
-        &input,
-        None,
-        tp.as_deref(),
-        m,
-        ctx,
-        out,
-    );
+    if let Input::Event(e) = &input {
+        span.set("messaging.message.id", e.id.clone());
+        span.set("cloudevents.event_id", e.id.clone());
+        span.set("cloudevents.event_type", e.kind.clone());
+        if ctx.log_payloads {
+            debug!(instance = %format!("{process}/{key}"), event_id = %e.id, kind = %e.kind, data = %e.data, "event delivered");
+        }
+    }
+    step(shard, p, &process, &key, &input, None, span, m, ctx, out);
 }
 
-fn count(stats: &Stats, status: Status) {
-    let c: &AtomicU64 = match status {
-        Status::Completed => &stats.completed,
-        Status::Failed => &stats.failed,
-        Status::Cancelled => &stats.cancelled,
-        _ => return,
-    };
-    bump(c);
+/// What kind of command a command is, for metrics and spans.
+fn command_kind(c: &engine::Command) -> &'static str {
+    match c.purpose {
+        Purpose::Compensation => "compensation",
+        Purpose::Escalation => "escalation",
+        Purpose::Task | Purpose::Manual if c.attempt > 1 => "retry",
+        Purpose::Task | Purpose::Manual => "task",
+    }
 }
 
 /// Runs one engine step for an instance and turns its effects into records.
@@ -275,7 +286,7 @@ fn step(
     key: &str,
     input: &Input,
     at: Option<Millis>,
-    traceparent: Option<&str>,
+    mut span: Span,
     source: &Incoming,
     ctx: &Ctx<'_>,
     out: &mut Vec<Outgoing>,
@@ -291,8 +302,10 @@ fn step(
     let Some(def) = def else {
         let reason =
             format!("process {process} (version {existing_version:?}) is not deployed here");
+        span.error(&reason);
         return out.push(ctx.dead_letter(source, "no-definition", &reason));
     };
+    span.set("baton.process.version", i64::from(def.version));
     let now = match (at, input) {
         (Some(t), _) => t,
         (None, Input::Event(e)) if e.time > 0 => e.time,
@@ -302,25 +315,67 @@ fn step(
         .instances
         .entry(id.clone())
         .or_insert_with(|| Instance::new(&def.process, def.version, key));
-    let was_pending = inst.status == Status::Pending;
+    let was_pending = inst.status == engine::Status::Pending;
+    let transitions = inst.transitions;
     let effects = engine::apply(&def, inst, input, now);
-    if was_pending && inst.status == Status::Active {
-        bump(&ctx.stats.started);
+    if was_pending && inst.status == engine::Status::Active {
+        ctx.stats.started(process);
     }
+    ctx.stats
+        .transitions(process, inst.transitions.saturating_sub(transitions));
+    if inst.trace.is_none() {
+        // The instance's trace: inputs without a trace context join it later.
+        inst.trace = span.traceparent();
+    }
+    span.set("baton.instance.status", inst.status.as_str());
     let snapshot = wire::encode_changelog(position, inst);
     let vars = inst.vars.clone();
+    let version = i64::from(def.version);
     let mut discard = false;
+    let mut compensating = false;
+    // Effects after an `Entered` belong to that step: its span is their parent.
+    let mut step_span: Option<Span> = None;
     for fx in effects {
         match fx {
+            Effect::Entered(idx) => {
+                let name = def.steps.get(idx).map_or("?", |s| s.id.as_str());
+                step_span = Some(span.child(
+                    || format!("step {name}"),
+                    SpanKind::Internal,
+                    || {
+                        vec![
+                            KeyValue::new("baton.process", process.to_string()),
+                            KeyValue::new("baton.process.version", version),
+                            KeyValue::new("baton.instance.key", key.to_string()),
+                            KeyValue::new("baton.step", name.to_string()),
+                        ]
+                    },
+                ));
+            }
             Effect::Command(c) => {
-                bump(&ctx.stats.commands);
-                match c.purpose {
-                    engine::Purpose::Compensation => bump(&ctx.stats.compensations),
-                    engine::Purpose::Escalation => bump(&ctx.stats.escalations),
-                    _ if c.attempt > 1 => bump(&ctx.stats.retries),
-                    _ => {}
-                }
-                let (headers, payload) = cloudevents::encode_command(&c, process, now, traceparent);
+                ctx.stats.command(process, c.purpose, c.attempt);
+                compensating |= c.purpose == Purpose::Compensation;
+                let kind = command_kind(&c);
+                let send = step_span.as_ref().unwrap_or(&span).child(
+                    || format!("send {}", c.topic),
+                    SpanKind::Producer,
+                    || {
+                        vec![
+                            KeyValue::new("messaging.system", "kafka"),
+                            KeyValue::new("messaging.operation.type", "send"),
+                            KeyValue::new("messaging.operation.name", "send"),
+                            KeyValue::new("messaging.destination.name", c.topic.clone()),
+                            KeyValue::new("messaging.message.id", c.id.clone()),
+                            KeyValue::new("cloudevents.event_id", c.id.clone()),
+                            KeyValue::new("cloudevents.event_type", c.kind.clone()),
+                            KeyValue::new("baton.process", process.to_string()),
+                            KeyValue::new("baton.instance.key", key.to_string()),
+                            KeyValue::new("baton.command.kind", kind),
+                        ]
+                    },
+                );
+                let (headers, payload) =
+                    cloudevents::encode_command(&c, process, now, send.headers());
                 out.push(Outgoing {
                     topic: c.topic.clone(),
                     partition: None,
@@ -336,6 +391,10 @@ fn step(
                 shard.timers.retain(|(_, i, tid)| !(i == &id && tid == &t));
             }
             Effect::Audit(a) => {
+                if !a.before.is_empty() {
+                    // The step(s) the input found the instance at.
+                    span.set("baton.step", a.before.join(","));
+                }
                 let body = json!({
                     "at": engine::format_rfc3339(a.at), "process": a.process, "version": a.version,
                     "key": a.key, "cause": format!("{:?}", a.cause), "before": a.before,
@@ -354,7 +413,15 @@ fn step(
                 step,
                 reason,
             } => {
-                bump(&ctx.stats.incidents);
+                ctx.stats.incident(process);
+                span.error(&format!("incident {n} at step {step}: {reason}"));
+                span.event(
+                    "incident raised",
+                    vec![
+                        KeyValue::new("baton.step", step.clone()),
+                        KeyValue::new("baton.incident.reason", reason.clone()),
+                    ],
+                );
                 warn!(instance = %id, incident = n, step, reason, "incident raised");
             }
             Effect::IncidentResolved {
@@ -373,10 +440,15 @@ fn step(
                     "input": "call", "process": child, "key": ckey, "vars": vars,
                     "parent": { "process": parent.process, "key": parent.key, "version": parent.version },
                 });
-                out.push(ctx.forward(&child, &ckey, &body, traceparent));
+                let trace = step_span.as_ref().unwrap_or(&span).headers();
+                out.push(ctx.forward(&child, &ckey, &body, trace));
             }
             Effect::Ended { status, parent } => {
-                count(ctx.stats, status);
+                ctx.stats.ended(process, status);
+                span.event(
+                    "instance ended",
+                    vec![KeyValue::new("baton.instance.status", status.as_str())],
+                );
                 let due = now.saturating_add(ctx.retention);
                 shard
                     .timers
@@ -384,7 +456,7 @@ fn step(
                 if let Some(parent) = parent {
                     let ev = Event::child_ended(process, key, status, &vars, now);
                     let body = json!({ "input": "event", "process": parent.process, "key": parent.key, "event": event_json(&ev) });
-                    out.push(ctx.forward(&parent.process, &parent.key, &body, traceparent));
+                    out.push(ctx.forward(&parent.process, &parent.key, &body, span.headers()));
                 }
             }
             Effect::Discard => discard = true,
@@ -393,9 +465,20 @@ fn step(
                     debug!(instance = %id, event_id = %event.id, "duplicate event ignored");
                     continue;
                 }
+                span.event(
+                    "event rejected",
+                    vec![
+                        KeyValue::new("cloudevents.event_id", event.id.clone()),
+                        KeyValue::new("baton.reason", reason.to_string()),
+                    ],
+                );
                 out.push(rejected(&id, &event, &reason, source, ctx));
             }
         }
+    }
+    drop(step_span);
+    if compensating {
+        ctx.stats.compensated(process);
     }
     if discard {
         shard.instances.remove(&id);
@@ -411,7 +494,7 @@ fn rejected(
     source: &Incoming,
     ctx: &Ctx<'_>,
 ) -> Outgoing {
-    bump(&ctx.stats.dead_letters);
+    ctx.stats.dead_letter("rejected");
     info!(instance = %id, event_id = %event.id, %reason, "event rejected");
     // Where the event first entered baton, when the record says.
     let origin = source

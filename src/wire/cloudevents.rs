@@ -147,12 +147,13 @@ pub fn decode(r: &Record<'_>, plain: &PlainJson) -> Result<Event, DecodeError> {
     })
 }
 
-/// Headers and payload of a command, as a binary-mode CloudEvent.
+/// Headers and payload of a command, as a binary-mode CloudEvent; `trace`
+/// holds the W3C trace headers (`traceparent`, `tracestate`) to carry.
 pub fn encode_command(
     c: &Command,
     process: &str,
     time: Millis,
-    traceparent: Option<&str>,
+    trace: Vec<(String, Vec<u8>)>,
 ) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
     let mut headers = vec![
         ("ce_specversion".to_string(), b"1.0".to_vec()),
@@ -166,9 +167,7 @@ pub fn encode_command(
         ("ce_subject".to_string(), c.key.clone().into_bytes()),
         ("content-type".to_string(), b"application/json".to_vec()),
     ];
-    if let Some(tp) = traceparent {
-        headers.push(("traceparent".to_string(), tp.as_bytes().to_vec()));
-    }
+    headers.extend(trace);
     let payload = serde_json::to_vec(&c.data).unwrap_or_else(|_| b"null".to_vec());
     (headers, payload)
 }
@@ -310,7 +309,12 @@ mod tests {
             purpose: crate::engine::Purpose::Task,
         };
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (headers, payload) = encode_command(&c, "p", 1_000, Some(tp));
+        let (headers, payload) = encode_command(
+            &c,
+            "p",
+            1_000,
+            vec![("traceparent".to_string(), tp.as_bytes().to_vec())],
+        );
         let back = decode(&rec(&headers, Some(&payload)), &plain()).expect("round trip");
         assert_eq!(
             (back.id.as_str(), back.kind.as_str(), back.source.as_str()),

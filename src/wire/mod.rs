@@ -182,6 +182,7 @@ fn to_proto(i: &Instance) -> pb::InstanceSnapshot {
         transitions: i.transitions,
         started_at: i.started_at,
         updated_at: i.updated_at,
+        trace: i.trace.clone().unwrap_or_default(),
     }
 }
 
@@ -326,6 +327,7 @@ fn from_proto(s: pb::InstanceSnapshot) -> Result<Instance, WireError> {
         transitions: s.transitions,
         started_at: s.started_at,
         updated_at: s.updated_at,
+        trace: (!s.trace.is_empty()).then_some(s.trace),
     })
 }
 

@@ -42,6 +42,12 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
             session_timeout: Duration::from_secs(6),
         },
         events: Default::default(),
+        telemetry: Default::default(),
+        log: Default::default(),
+        admin: config::Admin {
+            enabled: false,
+            ..Default::default()
+        },
     }
 }
 

@@ -1,0 +1,161 @@
+//! The admin HTTP port: `/healthz` (the process is alive and its loop turns),
+//! `/readyz` (every assigned shard restored, producer usable) and `/metrics`
+//! (Prometheus). It serves on a thread of its own and only reads shared state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::telemetry::{Health, Metrics, metrics};
+
+/// The admin port could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "admin port {addr}: {source} (set admin.listen to a free address, or admin.enabled = false)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin port: {0}")]
+    Start(std::io::Error),
+}
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stall_after: Duration,
+}
+
+/// A running admin server; it stops when dropped.
+pub struct Admin {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Admin {
+    /// The address it listens on (the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts serving on `listen`. Binding happens before it returns, so a port
+/// in use is reported here.
+pub fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stall_after: Duration,
+) -> Result<Admin, AdminError> {
+    let listener = std::net::TcpListener::bind(listen).map_err(|source| AdminError::Bind {
+        addr: listen,
+        source,
+    })?;
+    listener.set_nonblocking(true).map_err(AdminError::Start)?;
+    let addr = listener.local_addr().map_err(AdminError::Start)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AdminError::Start)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(Shared {
+        metrics,
+        health,
+        stall_after,
+    });
+    let thread = std::thread::Builder::new()
+        .name("baton-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin port cannot serve");
+                        return;
+                    }
+                };
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "admin port stopped");
+                }
+            });
+        })
+        .map_err(AdminError::Start)?;
+    tracing::info!(%addr, "admin port: /healthz /readyz /metrics");
+    Ok(Admin {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(shared)
+}
+
+async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
+    let since = s.health.since_beat();
+    if since > s.stall_after {
+        let body = format!(
+            "stalled: the processing loop has not turned for {}s\n",
+            since.as_secs()
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    } else {
+        (StatusCode::OK, "ok\n".to_string())
+    }
+}
+
+async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
+    let r = s.health.readiness();
+    let code = if r.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = serde_json::to_value(&r).unwrap_or_default();
+    body["ready"] = r.ready().into();
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        s.metrics.encode(),
+    )
+}

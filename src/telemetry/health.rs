@@ -1,0 +1,73 @@
+//! What `/healthz` and `/readyz` report. The runtime updates it as it goes;
+//! the admin port reads it.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Readiness facts, as the runtime last saw them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Readiness {
+    /// The consumer has received its first assignment from the group.
+    pub joined: bool,
+    /// The transactional producer is initialised and its last transaction did not fail unrecovered.
+    pub producer: bool,
+    /// Shards owned and restored.
+    pub shards: Vec<i32>,
+    /// Shards assigned but still restoring from the changelog.
+    pub restoring: Vec<i32>,
+    /// The runtime is shutting down.
+    pub stopping: bool,
+}
+
+impl Readiness {
+    /// Ready to process: joined, producer usable, every assigned shard restored.
+    pub fn ready(&self) -> bool {
+        self.joined && self.producer && self.restoring.is_empty() && !self.stopping
+    }
+}
+
+/// Shared between the runtime and the admin port.
+#[derive(Debug)]
+pub struct Health {
+    readiness: Mutex<Readiness>,
+    /// When the processing loop last turned.
+    beat: Mutex<Instant>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            readiness: Mutex::new(Readiness::default()),
+            beat: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Health {
+    pub fn update(&self, f: impl FnOnce(&mut Readiness)) {
+        if let Ok(mut r) = self.readiness.lock() {
+            f(&mut r);
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The processing loop is turning.
+    pub fn beat(&self) {
+        if let Ok(mut b) = self.beat.lock() {
+            *b = Instant::now();
+        }
+    }
+
+    /// How long ago the processing loop last turned.
+    pub fn since_beat(&self) -> Duration {
+        self.beat
+            .lock()
+            .map(|b| b.elapsed())
+            .unwrap_or(Duration::MAX)
+    }
+}
