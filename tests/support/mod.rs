@@ -5,8 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod oracle;
 pub mod orders;
+pub mod otlp;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

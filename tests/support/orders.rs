@@ -78,8 +78,43 @@ pub fn header(m: &Incoming, name: &str) -> Option<String> {
         .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
 }
 
+/// Kafka headers, as records carry them.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// How the simulated services answer.
+pub struct Behaviour {
+    /// The trace headers of the answer to a command for `order`, given the
+    /// command's own (`traceparent`); by default the command's are passed on,
+    /// as a service instrumented with OpenTelemetry does.
+    pub trace: fn(order: &str, command: &Headers) -> Headers,
+    /// The warehouse also reports the shipment delivered (the order then completes).
+    pub deliver: bool,
+}
+
+fn propagate(_: &str, command: &Headers) -> Headers {
+    command
+        .iter()
+        .filter(|(k, _)| k == "traceparent" || k == "tracestate")
+        .cloned()
+        .collect()
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            trace: propagate,
+            deliver: false,
+        }
+    }
+}
+
 /// Simulated services: every command succeeds, and each command id is answered once.
 pub fn services(bootstrap: &str) -> Arc<AtomicBool> {
+    services_with(bootstrap, Behaviour::default())
+}
+
+/// Simulated services that answer as `behaviour` says.
+pub fn services_with(bootstrap: &str, behaviour: Behaviour) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
     let consumer =
@@ -123,14 +158,31 @@ pub fn services(bootstrap: &str) -> Arc<AtomicBool> {
                 ),
                 _ => continue,
             };
-            let eid = format!("{id}/reply");
-            let _ = producer.send(&Outgoing {
-                topic: INPUT.into(),
-                partition: None,
-                key: eid.clone().into_bytes(),
-                payload: Some(cloudevents::structured(&eid, kind, "services", 0, &data)),
-                headers: Vec::new(),
-            });
+            let trace = (behaviour.trace)(order.as_str().unwrap_or_default(), &m.headers);
+            let mut answers = vec![(format!("{id}/reply"), kind, data)];
+            if behaviour.deliver && kind == "com.acme.shipment.created" {
+                answers.push((
+                    format!("{id}/delivered"),
+                    "com.acme.shipment.delivered",
+                    json!({"orderRef": order}),
+                ));
+            }
+            for (eid, kind, data) in answers {
+                let mut headers = trace.clone();
+                headers.push((
+                    "content-type".to_string(),
+                    b"application/cloudevents+json".to_vec(),
+                ));
+                // Keyed by the order, as services key their events by the
+                // business key: an order's answers stay in order.
+                let _ = producer.send(&Outgoing {
+                    topic: INPUT.into(),
+                    partition: None,
+                    key: order.as_str().unwrap_or(&eid).as_bytes().to_vec(),
+                    payload: Some(cloudevents::structured(&eid, kind, "services", 0, &data)),
+                    headers,
+                });
+            }
             let _ = producer.flush();
         }
     });
