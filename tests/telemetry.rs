@@ -562,6 +562,18 @@ fn readiness_waits_for_the_restore_and_grpc_export_works() {
         .find(|s| s.attr("messaging.message.id") == Some("placed-g-1") && s.parent.is_empty())
         .expect("the input span");
     assert_eq!(input.service, "baton-ready");
+    // Consumer lag per partition, from librdkafka's statistics.
+    eventually(30, "consumer lag gauges", || {
+        let m = metrics(admin);
+        let repartition = format!("{group}.baton.repartition");
+        (0..PARTITIONS)
+            .all(|p| {
+                m.contains_key(&format!(
+                    "baton_consumer_lag_records{{topic=\"{repartition}\",partition=\"{p}\"}}"
+                ))
+            })
+            .then_some(())
+    });
     // Payload logging was asked for: the event's data is in the debug log.
     eventually(30, "the payload in the log", || {
         std::fs::read_to_string(&log)

@@ -127,9 +127,24 @@ impl ClientContext for GroupContext {
         let mut lag = BTreeMap::new();
         for (topic, t) in statistics.topics {
             for (p, part) in t.partitions {
-                // -1 is librdkafka's unassigned placeholder; a negative lag is unknown.
-                if p >= 0 && part.consumer_lag >= 0 {
-                    lag.insert((topic.clone(), p), part.consumer_lag);
+                // librdkafka's own `consumer_lag` counts from its committed
+                // offset, which transactional commits do not update: the lag
+                // is measured from the position instead (the committed offset,
+                // or the log start, before anything was read). -1 is
+                // librdkafka's placeholder partition.
+                if p < 0 || !part.desired {
+                    continue;
+                }
+                let end = if part.ls_offset >= 0 {
+                    part.ls_offset
+                } else {
+                    part.hi_offset
+                };
+                let from = [part.app_offset, part.committed_offset, part.lo_offset]
+                    .into_iter()
+                    .find(|o| *o >= 0);
+                if let (true, Some(from)) = (end >= 0, from) {
+                    lag.insert((topic.clone(), p), (end - from).max(0));
                 }
             }
         }

@@ -346,6 +346,7 @@ mod tests {
             json!([{"sku": "A", "qty": 2, "tags": {"x": null}}]),
         );
         i.vars.insert("ratio".into(), json!(0.5));
+        i.trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         for (n, phase) in [
             Phase::Awaiting,
             Phase::Backoff,
@@ -484,6 +485,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn numbers_in_variables_survive_a_snapshot_exactly(x in any::<f64>().prop_filter("finite", |x| x.is_finite()), n in any::<i64>(), u in any::<u64>()) {
+            let mut i = rich();
+            i.vars.insert("x".into(), json!(x));
+            i.vars.insert("n".into(), json!(n));
+            i.vars.insert("u".into(), json!(u));
+            let back = decode(&encode(&i)).expect("decodes");
+            prop_assert_eq!(back.vars["x"].as_f64(), Some(x));
+            prop_assert_eq!(back.vars["n"].as_i64(), Some(n));
+            prop_assert_eq!(back.vars["u"].as_u64(), Some(u));
+        }
+
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes);
