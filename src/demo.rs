@@ -54,6 +54,10 @@ pub struct Options {
     /// Share of commands no service answers (→ timeouts, retries, escalation).
     pub silence_rate: f64,
     pub seed: u64,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here while the demo runs.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Spans of the demo's instances (off by default).
+    pub tracer: crate::telemetry::Tracer,
 }
 
 impl Default for Options {
@@ -65,6 +69,8 @@ impl Default for Options {
             decline_rate: 0.1,
             silence_rate: 0.05,
             seed: 7,
+            admin: None,
+            tracer: crate::telemetry::Tracer::disabled(),
         }
     }
 }
@@ -76,6 +82,8 @@ pub enum DemoError {
     Kafka(#[from] KafkaFailure),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("example {0}: {1}")]
     Example(String, String),
 }
@@ -190,7 +198,16 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
 
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let rt = Runtime::new(cfg, registry, stats.clone())?;
+    let rt = Runtime::new(cfg, registry, stats.clone())?.with_tracer(opts.tracer.clone());
+    let _admin = match opts.admin {
+        Some(addr) => Some(crate::admin::serve(
+            addr,
+            stats.metrics.clone(),
+            rt.health(),
+            Duration::from_secs(60),
+        )?),
+        None => None,
+    };
     let rt_stop = stop.clone();
     let runtime_thread = std::thread::spawn(move || rt.run(rt_stop));
 

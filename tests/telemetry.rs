@@ -582,3 +582,56 @@ fn readiness_waits_for_the_restore_and_grpc_export_works() {
     });
     drop(baton);
 }
+
+#[test]
+fn the_demo_serves_metrics_and_exports_traces() {
+    let receiver = Receiver::http();
+    let admin = free_addr();
+    let endpoint = receiver.endpoint();
+    let admin_arg = admin.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "demo",
+            "--seconds",
+            "2",
+            "--rate",
+            "5",
+            "--admin",
+            &admin_arg,
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baton demo starts");
+    let m = eventually(60, "the demo's instances in /metrics", || {
+        let (_, body) = get(admin, "/metrics")?;
+        let m = parse_metrics(&body).ok()?;
+        (sum(&m, "baton_instances_started_total", &[]) > 0.0).then_some(m)
+    });
+    assert!(
+        sum(
+            &m,
+            "baton_events_consumed_total",
+            &[("topic", "demo.events")]
+        ) > 0.0
+    );
+    let out = child.wait_with_output().expect("demo ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("exporting traces over OTLP"), "{stdout}");
+    // Spans were flushed before the demo exited.
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|s| s.service == "baton-demo"
+            && s.name.starts_with("step ")
+            && s.attr("baton.process").is_some()),
+        "{} spans",
+        spans.len()
+    );
+}

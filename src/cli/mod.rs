@@ -62,6 +62,9 @@ enum Cmd {
         /// Share of commands no simulated service answers (→ timeouts, retries).
         #[arg(long, default_value_t = 0.05)]
         silence_rate: f64,
+        /// Serve /healthz, /readyz and /metrics on this address while the demo runs.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Publish one event (a structured CloudEvent) to a topic.
     Send {
@@ -284,24 +287,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rate,
             decline_rate,
             silence_rate,
+            admin,
         } => {
             crate::telemetry::init_logs(&crate::config::Log {
                 level: "error".into(),
                 ..Default::default()
             });
+            // Traces when the standard OTEL_EXPORTER_OTLP_* variables ask for them.
+            let telemetry = crate::config::Telemetry {
+                service_name: "baton-demo".into(),
+                ..Default::default()
+            };
+            let traces = crate::telemetry::init_traces(&telemetry, "demo-1")
+                .context("cannot set up trace export")?;
             let opts = crate::demo::Options {
                 seconds,
                 rate,
                 decline_rate,
                 silence_rate,
+                admin,
+                tracer: traces
+                    .as_ref()
+                    .map_or_else(crate::telemetry::Tracer::disabled, |t| {
+                        t.tracer("baton-demo")
+                    }),
                 ..Default::default()
             };
+            if traces.is_some() {
+                println!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_* variables)");
+            }
+            if let Some(a) = admin {
+                println!("metrics on http://{a}/metrics");
+            }
             println!(
                 "baton demo: order-to-cash, customer-onboarding and incident-response on an in-process Kafka ({seconds}s of load at {rate}/s, then {}s to drain)",
                 opts.drain_seconds
             );
-            let summary = crate::demo::run(&opts, &mut |line| println!("{line}"))?;
-            println!("\n{}", crate::demo::render(&summary));
+            let summary = crate::demo::run(&opts, &mut |line| println!("{line}"));
+            if let Some(t) = traces {
+                t.shutdown();
+            }
+            println!("\n{}", crate::demo::render(&summary?));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Send {

@@ -32,6 +32,15 @@ pub struct Tracer {
     group: String,
 }
 
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("enabled", &self.enabled())
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
 impl Tracer {
     /// A tracer recording through `tracer`; `group` is the consumer group.
     pub fn new(tracer: SdkTracer, group: &str) -> Tracer {
