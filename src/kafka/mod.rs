@@ -337,11 +337,20 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(cfg: &Config, transactional_id: &str) -> Result<Producer, KafkaFailure> {
-        let inner: ThreadedProducer<DefaultProducerContext> = base(cfg)
+        let mut client = base(cfg);
+        // Tuning the user did not set gets baton's defaults. A linger of a
+        // few milliseconds made librdkafka's broker thread spin while
+        // acknowledgements were outstanding (4 s of CPU per 20 000 events
+        // against 1 s at 20 ms, same throughput); the commit flushes anyway,
+        // so the linger adds no latency.
+        for (key, default) in [("linger.ms", "20"), ("transaction.timeout.ms", "60000")] {
+            if !cfg.kafka.options.contains_key(key) {
+                client.set(key, default);
+            }
+        }
+        let inner: ThreadedProducer<DefaultProducerContext> = client
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
-            .set("transaction.timeout.ms", "60000")
-            .set("linger.ms", "5")
             .create()
             .map_err(fail("create transactional producer"))?;
         inner

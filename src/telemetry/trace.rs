@@ -11,7 +11,7 @@
 //! context of their own (timers, events from systems that do not propagate
 //! one) join that trace, and inputs from another trace link to it.
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
 };
@@ -159,14 +159,6 @@ impl Extractor for Headers<'_> {
     }
 }
 
-struct Collect(Vec<(String, Vec<u8>)>);
-
-impl Injector for Collect {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.push((key.to_string(), value.into_bytes()));
-    }
-}
-
 fn extract(headers: &[(String, Vec<u8>)]) -> Context {
     TraceContextPropagator::new().extract(&Headers(headers))
 }
@@ -177,12 +169,24 @@ pub fn parse_traceparent(value: &str) -> SpanContext {
     extract(&headers).span().span_context().clone()
 }
 
+/// The W3C `traceparent` of a span context.
+fn traceparent_of(sc: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    )
+}
+
 /// The W3C trace headers (`traceparent`, `tracestate`) of a span context.
 fn inject(sc: &SpanContext) -> Vec<(String, Vec<u8>)> {
-    let mut out = Collect(Vec::new());
-    let cx = Context::new().with_remote_span_context(sc.clone());
-    TraceContextPropagator::new().inject_context(&cx, &mut out);
-    out.0
+    let mut out = vec![("traceparent".to_string(), traceparent_of(sc).into_bytes())];
+    let state = sc.trace_state().header();
+    if !state.is_empty() {
+        out.push(("tracestate".to_string(), state.into_bytes()));
+    }
+    out
 }
 
 /// One span, or nothing when tracing is off. Ends when dropped.
@@ -299,10 +303,7 @@ impl Span {
     pub fn traceparent(&self) -> Option<String> {
         match &self.kind {
             Kind::Passthrough(_) => None,
-            Kind::Recording(r) => inject(r.span.span_context())
-                .into_iter()
-                .find(|(k, _)| k == "traceparent")
-                .and_then(|(_, v)| String::from_utf8(v).ok()),
+            Kind::Recording(r) => Some(traceparent_of(r.span.span_context())),
         }
     }
 }
@@ -355,7 +356,13 @@ mod tests {
             .with_simple_exporter(exporter.clone())
             .build();
         let t = Tracer::new(provider.tracer("test"), "g");
-        let m = record("in", vec![("traceparent".into(), TP.as_bytes().to_vec())]);
+        let m = record(
+            "in",
+            vec![
+                ("traceparent".into(), TP.as_bytes().to_vec()),
+                ("tracestate".into(), b"vendor=abc".to_vec()),
+            ],
+        );
         let out = {
             let s = t.input(&m);
             s.headers()
@@ -374,6 +381,7 @@ mod tests {
                 .any(|kv| kv.key.as_str() == "messaging.kafka.offset" && kv.value == 42.into())
         );
         let tp = header(&out, "traceparent").expect("injected");
+        assert_eq!(header(&out, "tracestate"), Some("vendor=abc"));
         assert_eq!(parse_traceparent(tp).span_id(), span.span_context.span_id());
         assert_eq!(header(&out, ORIGIN_HEADER), None);
     }
