@@ -173,6 +173,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             max_batch: 500,
             retention: Duration::from_secs(3600),
             session_timeout: Duration::from_secs(6),
+            in_place: false,
         },
         events: Default::default(),
         telemetry: Default::default(),

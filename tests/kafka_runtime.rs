@@ -183,6 +183,53 @@ fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
     runtime.stop();
 }
 
+#[test]
+fn events_keyed_by_their_instance_are_processed_in_place() {
+    let broker = Broker::start();
+    let group = unique("inplace");
+    let mut cfg = config(&broker.bootstrap, &group, "a");
+    cfg.runtime.in_place = true;
+    create_input(&cfg);
+    let runtime = Running::start(cfg.clone());
+    let services = services(&broker.bootstrap);
+    let (seen, stop_collector) = collector(&broker.bootstrap, &COMMANDS);
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    const ORDERS: u64 = 8;
+    for n in 0..ORDERS {
+        // Keyed by the order, with Kafka's default partitioner, as a CRM would.
+        let mut r = placed(n);
+        r.key = format!("o-{n}").into_bytes();
+        producer.send(&r).expect("send");
+    }
+    producer.flush().expect("flush");
+    let all = eventually(120, "every order invoiced", || {
+        let v = seen.lock().ok()?.clone();
+        (orders_with(&v, "com.acme.invoice.create") >= ORDERS as usize).then_some(v)
+    });
+    assert_each_command_once(&all, ORDERS);
+    // The services key their answers by order too: none of the five events
+    // of an order (placed and four answers) took the hop.
+    eventually(60, "every answer processed", || {
+        (runtime.stats.in_place.load(Ordering::Relaxed) >= 5 * ORDERS).then_some(())
+    });
+    assert_eq!(runtime.stats.forwarded.load(Ordering::Relaxed), 0);
+    stop_collector.store(true, Ordering::Relaxed);
+    services.store(true, Ordering::Relaxed);
+    runtime.stop();
+
+    // A new process restores what was written in place and carries on.
+    let again = Running::start(cfg.clone());
+    eventually(60, "both shards restored", || {
+        (again.shards() == 2).then_some(())
+    });
+    assert_eq!(
+        again.stats.restored_instances.load(Ordering::Relaxed),
+        ORDERS,
+        "every instance restored (their snapshots name the input topic as source)"
+    );
+    again.stop();
+}
+
 /// Every order `o-0`…`o-<orders-1>` got the first attempt of every command,
 /// and no command id appears twice (a slow answer may add a retry: a new
 /// attempt with a new id).

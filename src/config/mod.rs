@@ -116,6 +116,13 @@ pub struct Runtime {
     pub retention: Duration,
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Process an input record on its own partition's shard when its
+    /// instance lives there (the input topic is keyed by the correlation key
+    /// with Kafka's default partitioner and has `topics.partitions`
+    /// partitions), instead of re-keying it through the repartition topic.
+    /// Needs the `range` assignor, which keeps input partition *p* and shard
+    /// *p* on the same process.
+    pub in_place: bool,
 }
 
 impl Default for Runtime {
@@ -126,6 +133,7 @@ impl Default for Runtime {
             max_batch: 1000,
             retention: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
+            in_place: false,
         }
     }
 }
@@ -309,6 +317,14 @@ impl Config {
         }
         if self.runtime.max_batch == 0 {
             p.push("runtime.max_batch: must be at least 1".to_string());
+        }
+        if self.runtime.in_place
+            && let Some(s) = self.kafka.options.get("partition.assignment.strategy")
+            && s != "range"
+        {
+            p.push(format!(
+                "runtime.in_place needs the range assignor (it keeps input partition p and shard p together); kafka.options.\"partition.assignment.strategy\" is \"{s}\""
+            ));
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             p.push("telemetry.sample_ratio: must be between 0.0 and 1.0".to_string());

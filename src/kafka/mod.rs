@@ -208,7 +208,14 @@ impl Consumer {
             .kafka
             .options
             .get("partition.assignment.strategy")
-            .map_or("cooperative-sticky", String::as_str);
+            .map_or(
+                if cfg.runtime.in_place {
+                    "range"
+                } else {
+                    "cooperative-sticky"
+                },
+                String::as_str,
+            );
         let mut client = base(cfg);
         if !cfg.kafka.options.contains_key("statistics.interval.ms") {
             // The lag metric comes from these statistics.
@@ -677,6 +684,9 @@ impl PlainProducer {
         let inner: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("linger.ms", "2")
+            // Kafka's default (the Java client's): keyed events land on the
+            // shard of the instance their key names.
+            .set("partitioner", "murmur2_random")
             .create()
             .map_err(fail("create producer"))?;
         Ok(PlainProducer {

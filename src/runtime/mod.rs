@@ -55,15 +55,42 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
-/// The shard an instance lives on.
+/// The shard an instance lives on: the partition Kafka's default (murmur2)
+/// partitioner picks for its correlation key, so events keyed by that key
+/// land on the instance's shard and can be processed in place.
 pub fn shard_of(instance_id: &str, partitions: i32) -> i32 {
-    // FNV-1a: stable across processes and releases.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in instance_id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    let key = instance_id
+        .split_once('/')
+        .map_or(instance_id, |(_, key)| key);
+    ((murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's murmur2 (the Java client's and Kafka Streams' default partitioner;
+/// librdkafka's `murmur2_random`).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
     }
-    (h % partitions.max(1) as u64) as i32
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
 }
 
 /// The transaction in flight, shared with the revocation hook.
@@ -99,6 +126,9 @@ pub struct Runtime {
     gauges_at: Instant,
     /// The consumer has had its first assignment.
     joined: bool,
+    /// Input records whose instance lives on their own partition's shard are
+    /// processed there, without the repartition hop.
+    in_place: bool,
 }
 
 /// How often gauges that need a walk over the instances are refreshed.
@@ -110,8 +140,10 @@ fn ctx<'a>(
     partitions: i32,
     stats: &'a Stats,
     tracer: &'a Tracer,
+    repartition: &'a str,
 ) -> shard::Ctx<'a> {
     shard::Ctx {
+        repartition,
         registry,
         topics: &cfg.topics,
         retention: cfg.runtime.retention.as_millis() as u64,
@@ -128,18 +160,22 @@ struct Restoring {
     held: Vec<Incoming>,
 }
 
+/// Committed offsets of a shard's sources: `""` is its repartition
+/// partition, other keys are input topics processed in place.
+type Committed = HashMap<String, i64>;
+
 /// Reads shard `p`'s changelog partition to its end and rebuilds its
-/// instances, honouring the position guard (`committed` is the committed
-/// offset of the shard's repartition partition).
+/// instances, honouring the position guard: a snapshot is valid when the
+/// record that wrote it is below the committed offset of its source.
 fn rebuild(
     cfg: &Config,
     p: i32,
-    committed: Option<(i64, String)>,
+    committed: Committed,
     stats: &Stats,
 ) -> Result<shard::Shard, RuntimeError> {
     let started = Instant::now();
-    // Snapshots up to this position belong to committed transactions.
-    let valid_until = committed.as_ref().map_or(0, |(o, _)| (*o).max(0) as u64);
+    // Snapshots up to these positions belong to committed transactions.
+    let valid_until = |source: &str| committed.get(source).map_or(0, |o| (*o).max(0) as u64);
     let records = kafka::read_partition(cfg, &cfg.topics.changelog(), p)?;
     let mut latest: HashMap<String, Option<Instance>> = HashMap::new();
     let mut repair: BTreeSet<String> = BTreeSet::new();
@@ -158,8 +194,8 @@ fn rebuild(
                 latest.insert(key.clone(), None);
                 repair.remove(&key);
             }
-            Some(bytes) => match wire::decode_changelog(bytes) {
-                Ok((position, inst)) if position <= valid_until => {
+            Some(bytes) => match wire::decode_changelog_at(bytes) {
+                Ok((source, position, inst)) if position <= valid_until(&source) => {
                     latest.insert(key.clone(), Some(inst));
                     repair.remove(&key);
                 }
@@ -176,7 +212,7 @@ fn rebuild(
     let mut shard = shard::Shard {
         instances: HashMap::new(),
         timers: BTreeSet::new(),
-        position: committed.map_or(-1, |(o, _)| o),
+        position: committed.get("").copied().unwrap_or(-1),
         in_flight: BTreeSet::new(),
         repair: repair.into_iter().collect(),
     };
@@ -236,6 +272,12 @@ impl Runtime {
         for c in command_topics(&registry) {
             topics.push((c, n, false));
         }
+        if cfg.runtime.in_place {
+            // Input partition p is processed as part of shard p.
+            for input in &cfg.kafka.input_topics {
+                topics.push((input.clone(), n, false));
+            }
+        }
         kafka::ensure_topics(&cfg, &topics)?;
         let transactional_id = format!("{}-{}", cfg.kafka.group_id, cfg.instance_id());
         let producer = Arc::new(Producer::new(&cfg, &transactional_id)?);
@@ -265,6 +307,7 @@ impl Runtime {
                 t.ended_by_hook = Some(ok);
             }));
         }
+        let cfg_in_place = cfg.runtime.in_place;
         let health = Arc::new(Health::default());
         health.update(|r| r.producer = true);
         info!(transactional_id, partitions = n, "baton runtime ready");
@@ -285,6 +328,7 @@ impl Runtime {
             tracer: Tracer::disabled(),
             gauges_at: Instant::now(),
             joined: false,
+            in_place: cfg_in_place,
         })
     }
 
@@ -411,12 +455,14 @@ impl Runtime {
                 }
                 by_shard.entry(m.partition).or_default().push(m);
             } else {
-                self.handle_input(m)?;
+                for local in self.handle_input(m)? {
+                    by_shard.entry(local.partition).or_default().push(local);
+                }
             }
         }
         for (&p, records) in &by_shard {
             if let Some(first) = records.first() {
-                self.prepare_shard(p, (first.offset + 1) as u64)?;
+                self.prepare_shard(p, &first.topic, (first.offset + 1) as u64)?;
             }
             for m in records {
                 self.consumed(m)?;
@@ -428,6 +474,7 @@ impl Runtime {
             self.partitions,
             &self.stats,
             &self.tracer,
+            &self.repartition,
         );
         let mut outputs: Vec<Vec<Outgoing>> = Vec::new();
         let mut work: Vec<(i32, &mut shard::Shard, &Vec<Incoming>)> = self
@@ -479,6 +526,7 @@ impl Runtime {
             self.partitions,
             &self.stats,
             &self.tracer,
+            &self.repartition,
         )
     }
 
@@ -527,7 +575,7 @@ impl Runtime {
     /// Rebuilds shard `p` now (used after a failed transaction).
     fn restore(&mut self, p: i32) -> Result<(), RuntimeError> {
         self.restoring.remove(&p);
-        let committed = self.consumer.committed(&self.repartition, p)?;
+        let committed = self.committed_sources(p)?;
         let shard = rebuild(&self.cfg, p, committed, &self.stats)?;
         self.install(p, shard);
         Ok(())
@@ -539,8 +587,13 @@ impl Runtime {
         if self.restoring.contains_key(&p) || self.shards.contains_key(&p) {
             return Ok(());
         }
-        let committed = self.consumer.committed(&self.repartition, p)?;
+        let committed = self.committed_sources(p)?;
         self.consumer.pause(&self.repartition, p)?;
+        if self.in_place {
+            for input in &self.inputs {
+                self.consumer.pause(input, p)?;
+            }
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let cfg = self.cfg.clone();
         let stats = self.stats.clone();
@@ -574,10 +627,37 @@ impl Runtime {
             };
             self.install(p, result?);
             self.consumer.resume(&self.repartition, p)?;
+            if self.in_place {
+                for input in &self.inputs {
+                    self.consumer.resume(input, p)?;
+                }
+            }
             ready.extend(r.held);
             self.refresh_readiness();
         }
         Ok(ready)
+    }
+
+    /// Committed offsets of shard `p`'s sources (see [`Committed`]).
+    fn committed_sources(&self, p: i32) -> Result<Committed, RuntimeError> {
+        let mut c = Committed::new();
+        if let Some((o, _)) = self.consumer.committed(&self.repartition, p)? {
+            c.insert(String::new(), o);
+        }
+        // Also without in-place processing: snapshots written while it was on
+        // stay valid after it is turned off.
+        for input in &self.inputs {
+            match self.consumer.committed(input, p) {
+                Ok(Some((o, _))) => {
+                    c.insert(input.clone(), o);
+                }
+                Ok(None) => {}
+                // An input topic may have fewer partitions when nothing runs in place.
+                Err(e) if self.in_place => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        Ok(c)
     }
 
     fn install(&mut self, p: i32, shard: shard::Shard) {
@@ -677,7 +757,8 @@ impl Runtime {
 
     /// Opens the transaction for shard `p`; the first time, it rewrites the keys
     /// whose latest changelog record never committed (with `position`).
-    fn prepare_shard(&mut self, p: i32, position: u64) -> Result<(), RuntimeError> {
+    fn prepare_shard(&mut self, p: i32, topic: &str, position: u64) -> Result<(), RuntimeError> {
+        let source = if topic == self.repartition { "" } else { topic };
         self.begin()?;
         let fresh = self
             .txn
@@ -697,7 +778,7 @@ impl Runtime {
                 .shards
                 .get(&p)
                 .and_then(|s| s.instances.get(&key))
-                .map(|i| wire::encode_changelog(position, i));
+                .map(|i| wire::encode_changelog_at(source, position, i));
             let r = Outgoing {
                 topic: self.changelog.clone(),
                 partition: Some(p),
@@ -724,9 +805,19 @@ impl Runtime {
     }
 
     /// A domain event: decode, find its processes, and forward it to their shards.
-    fn handle_input(&mut self, m: Incoming) -> Result<(), RuntimeError> {
+    /// Returns the records to process in place on this process's shards.
+    fn handle_input(&mut self, m: Incoming) -> Result<Vec<Incoming>, RuntimeError> {
+        if self.in_place
+            && let Some(r) = self.restoring.get_mut(&m.partition)
+        {
+            // Its shard is restoring: held (not consumed) so the partition's
+            // order is kept.
+            r.held.push(m);
+            return Ok(Vec::new());
+        }
         self.stats.event_consumed(&m.topic);
         self.consumed(&m)?;
+        let mut local = Vec::new();
         let mut span = self.tracer.input(&m);
         let plain = cloudevents::PlainJson {
             type_field: self.cfg.events.type_field.clone(),
@@ -776,7 +867,26 @@ impl Runtime {
                                     ),
                                 ],
                             );
-                            out.push(ctx.forward(&def.process, &r.key, &body, span.headers()));
+                            let mut fwd = ctx.forward(&def.process, &r.key, &body, span.headers());
+                            if self.in_place
+                                && fwd.partition == Some(m.partition)
+                                && self.shards.contains_key(&m.partition)
+                            {
+                                // Same shard as the record's own partition: no hop.
+                                self.stats.routed(true);
+                                local.push(Incoming {
+                                    topic: m.topic.clone(),
+                                    partition: m.partition,
+                                    offset: m.offset,
+                                    timestamp: m.timestamp,
+                                    key: Some(std::mem::take(&mut fwd.key)),
+                                    headers: std::mem::take(&mut fwd.headers),
+                                    payload: fwd.payload.take(),
+                                });
+                            } else {
+                                self.stats.routed(false);
+                                out.push(fwd);
+                            }
                         }
                         Ok(None) => {}
                         Err(e) => failures
@@ -806,7 +916,7 @@ impl Runtime {
         for r in out {
             self.send(r)?;
         }
-        Ok(())
+        Ok(local)
     }
 
     /// Writes due timers to their shards' partitions (they fire when read back).
@@ -818,6 +928,7 @@ impl Runtime {
             self.partitions,
             &self.stats,
             &self.tracer,
+            &self.repartition,
         );
         let mut out = Vec::new();
         for (p, s) in self.shards.iter_mut() {
@@ -833,6 +944,24 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn murmur2_is_kafkas() {
+        // The Java client's test vectors (as signed 32-bit values).
+        for (key, want) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()) as i32, want, "{key}");
+        }
+    }
 
     #[test]
     fn shards_are_stable_and_in_range() {

@@ -57,6 +57,8 @@ pub(super) struct Ctx<'a> {
     pub partitions: i32,
     pub stats: &'a Stats,
     pub tracer: &'a Tracer,
+    /// The repartition topic's name (records of other topics were processed in place).
+    pub repartition: &'a str,
     /// Log event payloads (debug level); off unless configured.
     pub log_payloads: bool,
 }
@@ -171,7 +173,9 @@ pub(super) fn handle(
     ctx: &Ctx<'_>,
     out: &mut Vec<Outgoing>,
 ) {
-    shard.position = m.offset + 1;
+    if m.topic == ctx.repartition {
+        shard.position = m.offset + 1;
+    }
     let body: Json = match m.payload.as_deref().map(serde_json::from_slice::<Json>) {
         Some(Ok(b)) => b,
         _ => {
@@ -292,7 +296,13 @@ fn step(
     out: &mut Vec<Outgoing>,
 ) {
     let id = format!("{process}/{key}");
-    let position = shard.position.max(0) as u64;
+    // The position guard: where the record that causes this change sits.
+    let position = (source.offset + 1).max(0) as u64;
+    let origin = if source.topic == ctx.repartition {
+        ""
+    } else {
+        source.topic.as_str()
+    };
     let existing_version = shard.instances.get(&id).map(|i| i.version);
     let def = match existing_version {
         Some(v) => ctx.registry.get(process, v),
@@ -328,7 +338,7 @@ fn step(
         inst.trace = span.traceparent();
     }
     span.set("baton.instance.status", inst.status.as_str());
-    let snapshot = wire::encode_changelog(position, inst);
+    let snapshot = wire::encode_changelog_at(origin, position, inst);
     let vars = inst.vars.clone();
     let version = i64::from(def.version);
     let mut discard = false;

@@ -31,6 +31,10 @@ pub struct Stats {
     pub escalations: AtomicU64,
     /// Shards this process owns now.
     pub shards: AtomicU64,
+    /// Input events processed on their own partition's shard, and re-keyed
+    /// through the repartition topic.
+    pub in_place: AtomicU64,
+    pub forwarded: AtomicU64,
     /// Instances restored from the changelog, and how long restores took.
     pub restored_instances: AtomicU64,
     pub restore_ms: AtomicU64,
@@ -46,6 +50,16 @@ impl Stats {
     pub(super) fn event_consumed(&self, topic: &str) {
         bump(&self.events);
         self.metrics.event_consumed(topic);
+    }
+
+    /// An input event routed to an instance: in place or through the repartition topic.
+    pub(super) fn routed(&self, in_place: bool) {
+        bump(if in_place {
+            &self.in_place
+        } else {
+            &self.forwarded
+        });
+        self.metrics.routed(in_place);
     }
 
     pub(super) fn dead_letter(&self, kind: &str) {

@@ -47,6 +47,12 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabel {
+    /// `in_place` or `repartition`.
+    path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
 }
@@ -81,6 +87,7 @@ pub struct Holdings {
 pub struct Metrics {
     registry: Registry,
     events: Family<TopicLabel, Counter>,
+    routed: Family<PathLabel, Counter>,
     commands: Family<CommandLabels, Counter>,
     transitions: Family<ProcessLabel, Counter>,
     started: Family<ProcessLabel, Counter>,
@@ -117,6 +124,7 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             events: Family::default(),
+            routed: Family::default(),
             commands: Family::default(),
             transitions: Family::default(),
             started: Family::default(),
@@ -144,6 +152,11 @@ impl Metrics {
             "events_consumed",
             "Domain events consumed from the input topics",
             m.events.clone(),
+        );
+        r.register(
+            "events_routed",
+            "Events routed to an instance: on their own partition's shard (in_place) or re-keyed (repartition)",
+            m.routed.clone(),
         );
         r.register(
             "commands_emitted",
@@ -292,6 +305,15 @@ impl Metrics {
         self.events
             .get_or_create(&TopicLabel {
                 topic: topic.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn routed(&self, in_place: bool) {
+        let path = if in_place { "in_place" } else { "repartition" };
+        self.routed
+            .get_or_create(&PathLabel {
+                path: path.to_string(),
             })
             .inc();
     }

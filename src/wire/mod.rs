@@ -52,20 +52,34 @@ pub fn decode(bytes: &[u8]) -> Result<Instance, WireError> {
     from_proto(pb::InstanceSnapshot::decode(bytes)?)
 }
 
-/// Encodes a changelog record: the snapshot and the shard position whose processing wrote it.
+/// Encodes a changelog record: the snapshot and the position on the shard's
+/// repartition partition whose processing wrote it.
 pub fn encode_changelog(position: u64, i: &Instance) -> Vec<u8> {
+    encode_changelog_at("", position, i)
+}
+
+/// Encodes a changelog record written by a record of `source` (an input
+/// topic processed in place; empty: the repartition topic).
+pub fn encode_changelog_at(source: &str, position: u64, i: &Instance) -> Vec<u8> {
     pb::ChangelogRecord {
         position,
         instance: Some(to_proto(i)),
+        source: source.to_string(),
     }
     .encode_to_vec()
 }
 
 /// Decodes a changelog record into its position and instance.
 pub fn decode_changelog(bytes: &[u8]) -> Result<(u64, Instance), WireError> {
+    decode_changelog_at(bytes).map(|(_, position, i)| (position, i))
+}
+
+/// Decodes a changelog record into its source topic (empty: the repartition
+/// topic), position and instance.
+pub fn decode_changelog_at(bytes: &[u8]) -> Result<(String, u64, Instance), WireError> {
     let r = pb::ChangelogRecord::decode(bytes)?;
     let instance = r.instance.ok_or_else(|| bad("instance", "missing"))?;
-    Ok((r.position, from_proto(instance)?))
+    Ok((r.source, r.position, from_proto(instance)?))
 }
 
 fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
@@ -445,6 +459,11 @@ mod tests {
         let (seq, back) = decode_changelog(&bytes).expect("decodes");
         assert_eq!((seq, back), (42, rich()));
         assert!(decode_changelog(&[]).is_err());
+        let bytes = encode_changelog_at("orders.events", 7, &rich());
+        assert_eq!(
+            decode_changelog_at(&bytes).expect("decodes"),
+            ("orders.events".to_string(), 7, rich())
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
             max_batch: 200,
             retention: Duration::from_secs(3600),
             session_timeout: Duration::from_secs(6),
+            in_place: false,
         },
         events: Default::default(),
         telemetry: Default::default(),
