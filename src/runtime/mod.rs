@@ -591,7 +591,10 @@ impl Runtime {
         self.consumer.pause(&self.repartition, p)?;
         if self.in_place {
             for input in &self.inputs {
-                self.consumer.pause(input, p)?;
+                // Best effort: records that still arrive are held in memory.
+                if let Err(e) = self.consumer.pause(input, p) {
+                    debug!(topic = %input, partition = p, error = %e, "input partition not paused");
+                }
             }
         }
         let (tx, rx) = std::sync::mpsc::channel();
@@ -629,7 +632,9 @@ impl Runtime {
             self.consumer.resume(&self.repartition, p)?;
             if self.in_place {
                 for input in &self.inputs {
-                    self.consumer.resume(input, p)?;
+                    if let Err(e) = self.consumer.resume(input, p) {
+                        debug!(topic = %input, partition = p, error = %e, "input partition not resumed");
+                    }
                 }
             }
             ready.extend(r.held);
