@@ -675,6 +675,12 @@ impl Runtime {
         if let Ok(mut t) = self.txn.lock() {
             *t = Txn::default();
         }
+        // Input records held for shards still restoring are read again from
+        // the committed offsets the inputs are rewound to below.
+        let repartition = self.repartition.clone();
+        for r in self.restoring.values_mut() {
+            r.held.retain(|m| m.topic == repartition);
+        }
         let owned: Vec<i32> = self.shards.keys().copied().collect();
         for p in owned {
             self.restore(p)?;
