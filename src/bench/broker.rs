@@ -65,8 +65,8 @@ impl Broker {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let log_path = dir.join("broker.log");
-        let log =
-            std::fs::File::create(&log_path).map_err(io(format!("create {}", log_path.display())))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(io(format!("create {}", log_path.display())))?;
         let log2 = log.try_clone().map_err(io("broker log"))?;
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)

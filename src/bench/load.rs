@@ -19,7 +19,7 @@ use crate::runtime::{now_ms, shard_of};
 use crate::wire::{self, cloudevents};
 
 /// The topics order-to-cash sends its commands to.
-const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
+pub const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
 
 fn event(topic: &str, order: &str, id: &str, kind: &str, data: &Value) -> Outgoing {
     Outgoing {
@@ -140,15 +140,13 @@ pub struct Services {
 }
 
 impl Services {
+    /// Answers what `consumer` (subscribed to [`COMMANDS`]) reads, on `input`.
     pub fn start(
-        bootstrap: &str,
+        consumer: PlainConsumer,
+        producer: PlainProducer,
         input: &str,
         tracker: Arc<Tracker>,
-    ) -> Result<Services, BenchError> {
-        let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
-        let group = format!("{input}.services");
-        let consumer = PlainConsumer::new(bootstrap, &group, &topics)?;
-        let producer = PlainProducer::new(bootstrap)?;
+    ) -> Services {
         let stop = Arc::new(AtomicBool::new(false));
         let input = input.to_string();
         let flag = stop.clone();
@@ -216,7 +214,7 @@ impl Services {
                 }
             }
         });
-        Ok(Services { stop, thread })
+        Services { stop, thread }
     }
 
     pub fn stop(self) {
@@ -235,13 +233,17 @@ pub struct Seeder {
 }
 
 impl Seeder {
-    pub fn new(bootstrap: &str, changelog: &str, partitions: i32) -> Result<Seeder, BenchError> {
+    pub fn new(
+        producer: PlainProducer,
+        changelog: &str,
+        partitions: i32,
+    ) -> Result<Seeder, BenchError> {
         let def = registry()?
             .latest("order-to-cash")
             .cloned()
             .ok_or_else(|| BenchError::Worker("order-to-cash is not deployed".into()))?;
         Ok(Seeder {
-            producer: PlainProducer::new(bootstrap)?,
+            producer,
             changelog: changelog.to_string(),
             partitions,
             def,
@@ -249,7 +251,11 @@ impl Seeder {
     }
 
     /// Writes instances `s-<n>` for every `n` in `range`.
-    pub fn write(&self, range: Range<u64>, progress: &mut dyn FnMut(u64)) -> Result<(), BenchError> {
+    pub fn write(
+        &self,
+        range: Range<u64>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BenchError> {
         // Timers (the reservation's timeout) fall due long after the run, so
         // restored instances stay idle.
         let now = now_ms() + 86_400_000;

@@ -25,6 +25,7 @@ mod load;
 pub mod report;
 pub mod worker;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -91,6 +92,8 @@ pub struct Options {
     pub session_timeout: Duration,
     /// The `baton` executable that runs the measured processes.
     pub exe: PathBuf,
+    /// librdkafka options for every client (security settings of a real cluster).
+    pub kafka_options: BTreeMap<String, String>,
 }
 
 impl Options {
@@ -109,6 +112,7 @@ impl Options {
             max_batch: rt.max_batch,
             session_timeout: Duration::from_secs(6),
             exe,
+            kafka_options: BTreeMap::new(),
         }
     }
 
@@ -160,10 +164,21 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report,
         Some(b) => broker::Broker::External(b.clone()),
         None => broker::Broker::start()?,
     };
+    let mut options = opts.kafka_options.clone();
+    if matches!(broker, broker::Broker::Started { .. }) {
+        // The test broker answers an empty fetch only after sleeping half of
+        // the wait the client allows (librdkafka: 500 ms), so each consumer
+        // hop would add up to 250 ms. Apache Kafka answers as soon as a record
+        // arrives; a short wait gives nisshi the same behaviour.
+        options
+            .entry("fetch.wait.max.ms".into())
+            .or_insert_with(|| "10".into());
+    }
     let bench = Bench {
         opts,
         bootstrap: broker.bootstrap(),
         run_id,
+        options,
     };
 
     let baseline = bench.baseline(progress)?;
@@ -207,6 +222,8 @@ struct Bench<'a> {
     opts: &'a Options,
     bootstrap: String,
     run_id: String,
+    /// librdkafka options of every consumer: the user's plus fetch tuning.
+    options: BTreeMap<String, String>,
 }
 
 impl Bench<'_> {
@@ -223,7 +240,41 @@ impl Bench<'_> {
             commit_interval_ms: self.opts.commit_interval.as_millis() as u64,
             max_batch: self.opts.max_batch,
             session_timeout_ms: self.opts.session_timeout.as_millis() as u64,
+            options: self.options.clone(),
         }
+    }
+
+    fn producer(&self) -> Result<kafka::PlainProducer, BenchError> {
+        Ok(kafka::PlainProducer::with_options(
+            &self.bootstrap,
+            &self.opts.kafka_options,
+        )?)
+    }
+
+    /// Starts the simulated services of a baton phase; its command topics are
+    /// created first so they subscribe to topics that exist.
+    fn services(
+        &self,
+        spec: &WorkerSpec,
+        tracker: Arc<load::Tracker>,
+    ) -> Result<load::Services, BenchError> {
+        let mut topics = vec![(spec.input.clone(), spec.partitions, false)];
+        for t in crate::runtime::command_topics(&worker::registry()?) {
+            topics.push((t, spec.partitions, false));
+        }
+        kafka::ensure_topics(&spec.config(), &topics)?;
+        let consumer = kafka::PlainConsumer::with_options(
+            &self.bootstrap,
+            &format!("{}.services", spec.group),
+            &load::COMMANDS.map(String::from),
+            &self.options,
+        )?;
+        Ok(load::Services::start(
+            consumer,
+            self.producer()?,
+            &spec.input,
+            tracker,
+        ))
     }
 
     fn spawn(&self, phase: &str, spec: &WorkerSpec) -> Result<Worker, BenchError> {
@@ -247,7 +298,7 @@ impl Bench<'_> {
             total,
         });
         // The same events baton sees, in the same mix, waiting before the clock starts.
-        let producer = kafka::PlainProducer::new(&self.bootstrap)?;
+        let producer = self.producer()?;
         for n in 0..self.opts.orders {
             for r in load::lifecycle(&spec.input, &format!("b-{n}"), n) {
                 load::send(&producer, &r)?;
@@ -283,9 +334,9 @@ impl Bench<'_> {
             total: 0,
         });
         let tracker = Arc::new(load::Tracker::default());
-        let services = load::Services::start(&self.bootstrap, &spec.input, tracker.clone())?;
+        let services = self.services(&spec, tracker.clone())?;
         let worker = self.spawn("full", &spec)?;
-        let producer = kafka::PlainProducer::new(&self.bootstrap)?;
+        let producer = self.producer()?;
         let warm = self.warm_up(&worker, &producer, &spec, "f", &tracker, progress)?;
 
         progress(Progress::Phase {
@@ -329,9 +380,9 @@ impl Bench<'_> {
             total: 0,
         });
         let tracker = Arc::new(load::Tracker::default());
-        let services = load::Services::start(&self.bootstrap, &spec.input, tracker.clone())?;
+        let services = self.services(&spec, tracker.clone())?;
         let worker = self.spawn("half", &spec)?;
-        let producer = kafka::PlainProducer::new(&self.bootstrap)?;
+        let producer = self.producer()?;
         let warm = self.warm_up(&worker, &producer, &spec, "h", &tracker, progress)?;
 
         progress(Progress::Phase {
@@ -388,7 +439,9 @@ impl Bench<'_> {
             load::send(producer, &load::placed(&spec.input, &id, n))?;
         }
         producer.flush()?;
-        worker.wait_for(STALL, progress, |s| (s.completed, s.completed >= WARMUP_ORDERS))
+        worker.wait_for(STALL, progress, |s| {
+            (s.completed, s.completed >= WARMUP_ORDERS)
+        })
     }
 
     /// Restore and idle memory at every size, on one changelog that grows.
@@ -410,7 +463,7 @@ impl Bench<'_> {
                 (base.input.clone(), base.partitions, false),
             ],
         )?;
-        let seeder = load::Seeder::new(&self.bootstrap, &changelog, base.partitions)?;
+        let seeder = load::Seeder::new(self.producer()?, &changelog, base.partitions)?;
         let mut written = 0;
         let mut runs = Vec::new();
         let mut empty_rss = 0;

@@ -102,7 +102,13 @@ impl Throughput {
     pub fn between(samples: &[Sample], start: &Sample, end: &Sample) -> Throughput {
         let events = end.events.saturating_sub(start.events);
         let seconds = end.t_ms.saturating_sub(start.t_ms) as f64 / 1000.0;
-        let per_s = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+        let per_s = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         let commands = end.commands.saturating_sub(start.commands);
         let window: Vec<&Sample> = samples
             .iter()
@@ -435,7 +441,13 @@ fn latency_chart(h: &Latency, path: &Path) -> Result<(), BenchError> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let top = h.histogram.last().map_or(1.0, |b| b.to_ms).max(1.0);
-    let most = h.histogram.iter().map(|b| b.count).max().unwrap_or(1).max(1);
+    let most = h
+        .histogram
+        .iter()
+        .map(|b| b.count)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
@@ -495,7 +507,10 @@ fn throughput_chart(base: &Throughput, full: &Throughput, path: &Path) -> Result
         ("baton, order-to-cash", full, BLUE),
     ] {
         chart
-            .draw_series(LineSeries::new(t.series.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                t.series.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| fail(e.to_string()))?
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));

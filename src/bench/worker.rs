@@ -54,6 +54,9 @@ pub struct WorkerSpec {
     pub commit_interval_ms: u64,
     pub max_batch: usize,
     pub session_timeout_ms: u64,
+    /// librdkafka options for every client.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 impl WorkerSpec {
@@ -64,7 +67,7 @@ impl WorkerSpec {
                 bootstrap_servers: self.bootstrap.clone(),
                 group_id: self.group.clone(),
                 input_topics: vec![self.input.clone()],
-                options: BTreeMap::new(),
+                options: self.options.clone(),
             },
             topics: config::Topics {
                 prefix: self.prefix.clone(),
@@ -393,11 +396,7 @@ impl Worker {
                 tail(&self.log)
             )));
         }
-        Ok(self
-            .samples
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default())
+        Ok(self.samples.lock().map(|v| v.clone()).unwrap_or_default())
     }
 }
 

@@ -95,6 +95,9 @@ enum Cmd {
         /// Most events per transaction.
         #[arg(long)]
         max_batch: Option<usize>,
+        /// A librdkafka option for every client, as KEY=VALUE (repeatable; e.g. security settings).
+        #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+        kafka_options: Vec<String>,
         /// Internal: run one measured process from this spec.
         #[arg(long, hide = true)]
         worker: Option<PathBuf>,
@@ -336,6 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             partitions,
             commit_interval,
             max_batch,
+            kafka_options,
             worker,
         } => {
             if let Some(spec) = worker {
@@ -359,6 +363,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             opts.partitions = partitions.unwrap_or(opts.partitions);
             opts.commit_interval = commit_interval.unwrap_or(opts.commit_interval);
             opts.max_batch = max_batch.unwrap_or(opts.max_batch);
+            for kv in kafka_options {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--kafka-option {kv}: expected KEY=VALUE"))?;
+                opts.kafka_options.insert(k.to_string(), v.to_string());
+            }
             let report = bench_with_progress(&opts)?;
             println!("{}", report.table());
             println!("written to {}", opts.out.display());
@@ -405,14 +415,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn bench_with_progress(opts: &crate::bench::Options) -> Result<crate::bench::Report> {
     use indicatif::{ProgressBar, ProgressStyle};
     let bar = ProgressBar::new(0);
-    let counted = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg} {wide_bar} {pos}/{len}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let counted =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg} {wide_bar} {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     let open = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg} {pos}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let report = crate::bench::run(opts, &mut |p| match p {
         crate::bench::Progress::Phase { name, total } => {
-            bar.set_style(if total > 0 { counted.clone() } else { open.clone() });
+            bar.set_style(if total > 0 {
+                counted.clone()
+            } else {
+                open.clone()
+            });
             bar.set_length(total);
             bar.set_position(0);
             bar.set_message(name);
