@@ -524,3 +524,32 @@ fn throughput_chart(base: &Throughput, full: &Throughput, path: &Path) -> Result
     root.present().map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_histogram_cover_every_value() {
+        let ms: Vec<f64> = (1..=1000).map(f64::from).collect();
+        let l = Latency::of(ms, 10.0);
+        assert_eq!(l.commands, 1000);
+        assert_eq!(
+            (l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms),
+            (500.0, 950.0, 990.0, 1000.0)
+        );
+        assert_eq!(l.histogram.iter().map(|b| b.count).sum::<u64>(), 1000);
+        assert!(
+            Latency::of(Vec::new(), 1.0)
+                .histogram
+                .iter()
+                .all(|b| b.count == 0)
+        );
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(1_234_567.4), "1 234 567");
+        assert_eq!(thousands(999.0), "999");
+    }
+}
