@@ -92,7 +92,7 @@ impl WorkerSpec {
 pub struct Sample {
     /// Milliseconds since the process started.
     pub t_ms: u64,
-    /// Domain events consumed (passthrough: records passed through).
+    /// Domain events consumed (passthrough: records passed through and committed).
     pub events: u64,
     pub commands: u64,
     pub completed: u64,
@@ -236,7 +236,6 @@ fn passthrough(spec: &WorkerSpec, stats: &Stats, stop: &AtomicBool) -> Result<()
             })?;
             offsets.insert((m.topic, m.partition), (m.offset + 1, String::new()));
             in_txn += 1;
-            stats.events.fetch_add(1, Ordering::Relaxed);
         }
         // Rebalance notices are not needed here; drop them so they do not pile up.
         consumer.take_rebalances();
@@ -244,6 +243,9 @@ fn passthrough(spec: &WorkerSpec, stats: &Stats, stop: &AtomicBool) -> Result<()
             && (s.elapsed() >= interval || in_txn >= spec.max_batch)
         {
             producer.commit(&consumer.inner, &offsets)?;
+            // Counted once committed: a passed-through event exists for
+            // read_committed consumers only from here on.
+            stats.events.fetch_add(in_txn as u64, Ordering::Relaxed);
             stats.transactions.fetch_add(1, Ordering::Relaxed);
             open = None;
             offsets.clear();
