@@ -624,32 +624,6 @@ impl PlainProducer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn security_options_are_supported_by_this_build() {
-        // librdkafka rejects options its build lacks (e.g. TLS without OpenSSL).
-        for (protocol, mechanism) in [
-            ("SSL", None),
-            ("SASL_SSL", Some("SCRAM-SHA-512")),
-            ("SASL_SSL", Some("PLAIN")),
-        ] {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", "127.0.0.1:1")
-                .set("security.protocol", protocol);
-            if let Some(m) = mechanism {
-                c.set("sasl.mechanism", m)
-                    .set("sasl.username", "u")
-                    .set("sasl.password", "p");
-            }
-            let made: Result<rdkafka::producer::BaseProducer, _> = c.create();
-            assert!(made.is_ok(), "{protocol} {mechanism:?}: {:?}", made.err());
-        }
-    }
-}
-
 impl PlainConsumer {
     /// A plain consumer with extra librdkafka options (security settings,
     /// fetch tuning) applied over the defaults of [`PlainConsumer::new`].
@@ -694,5 +668,31 @@ impl PlainProducer {
         Ok(PlainProducer {
             inner: Producer { inner },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_options_are_supported_by_this_build() {
+        // librdkafka rejects options its build lacks (e.g. TLS without OpenSSL).
+        for (protocol, mechanism) in [
+            ("SSL", None),
+            ("SASL_SSL", Some("SCRAM-SHA-512")),
+            ("SASL_SSL", Some("PLAIN")),
+        ] {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", "127.0.0.1:1")
+                .set("security.protocol", protocol);
+            if let Some(m) = mechanism {
+                c.set("sasl.mechanism", m)
+                    .set("sasl.username", "u")
+                    .set("sasl.password", "p");
+            }
+            let made: Result<rdkafka::producer::BaseProducer, _> = c.create();
+            assert!(made.is_ok(), "{protocol} {mechanism:?}: {:?}", made.err());
+        }
     }
 }
