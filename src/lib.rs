@@ -13,9 +13,11 @@
 //! - [`demo`]: the embedded demo on an in-process Kafka.
 //! - [`simulate`]: runs definitions in memory on a virtual clock (`baton simulate`).
 //! - [`diagram`]: Mermaid flowcharts of definitions (`baton graph`).
+//! - [`bench`]: `baton bench`, end-to-end figures as ratios against a baseline.
 //! - [`cli`]: the command line.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

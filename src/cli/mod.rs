@@ -66,6 +66,49 @@ enum Cmd {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Measure throughput, latency, restore and memory against a baseline (see the README's "Performance").
+    Bench {
+        /// A Kafka to measure against (default: start the test broker, nisshi).
+        #[arg(long)]
+        bootstrap_servers: Option<String>,
+        /// Where the report, JSON and charts go.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// A small smoke run (hundreds of orders, thousands of instances).
+        #[arg(long)]
+        quick: bool,
+        /// Orders at full speed (six events, four commands each).
+        #[arg(long)]
+        orders: Option<u64>,
+        /// Seconds of paced load at half of the full-speed rate.
+        #[arg(long)]
+        latency_seconds: Option<u64>,
+        /// Instances in the changelog for the restore comparison.
+        #[arg(long)]
+        restore_instances: Option<u64>,
+        /// Instance counts at which idle memory is measured (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        memory_instances: Option<Vec<u64>>,
+        /// Partitions of every topic (shards).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Commit interval of baton and the baseline (e.g. 100ms).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        commit_interval: Option<std::time::Duration>,
+        /// Most events per transaction.
+        #[arg(long)]
+        max_batch: Option<usize>,
+        /// Run baton re-keying every event through the repartition topic
+        /// (default: `runtime.in_place`, as the load is keyed by order).
+        #[arg(long)]
+        no_in_place: bool,
+        /// A librdkafka option for every client, as KEY=VALUE (repeatable; e.g. security settings).
+        #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+        kafka_options: Vec<String>,
+        /// Internal: run one measured process from this spec.
+        #[arg(long, hide = true)]
+        worker: Option<PathBuf>,
+    },
     /// Publish one event (a structured CloudEvent) to a topic.
     Send {
         #[arg(long, default_value = "localhost:9092")]
@@ -330,6 +373,60 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("\n{}", crate::demo::render(&summary?));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Bench {
+            bootstrap_servers,
+            out,
+            quick,
+            orders,
+            latency_seconds,
+            restore_instances,
+            memory_instances,
+            partitions,
+            commit_interval,
+            max_batch,
+            no_in_place,
+            kafka_options,
+            worker,
+        } => {
+            if let Some(spec) = worker {
+                crate::telemetry::init_logs(&crate::config::Log {
+                    level: "warn,rdkafka=error".into(),
+                    ..Default::default()
+                });
+                crate::bench::worker::serve(&spec).context("benchmark worker")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            crate::telemetry::init_logs(&crate::config::Log {
+                level: "error".into(),
+                ..Default::default()
+            });
+            let exe = std::env::current_exe().context("cannot find the baton executable")?;
+            let mut opts = if quick {
+                crate::bench::Options::quick(exe)
+            } else {
+                crate::bench::Options::full(exe)
+            };
+            opts.bootstrap_servers = bootstrap_servers;
+            opts.out = out;
+            opts.orders = orders.unwrap_or(opts.orders);
+            opts.latency_seconds = latency_seconds.unwrap_or(opts.latency_seconds);
+            opts.restore_instances = restore_instances.unwrap_or(opts.restore_instances);
+            opts.memory_instances = memory_instances.unwrap_or(opts.memory_instances);
+            opts.partitions = partitions.unwrap_or(opts.partitions);
+            opts.commit_interval = commit_interval.unwrap_or(opts.commit_interval);
+            opts.max_batch = max_batch.unwrap_or(opts.max_batch);
+            opts.in_place = !no_in_place;
+            for kv in kafka_options {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--kafka-option {kv}: expected KEY=VALUE"))?;
+                opts.kafka_options.insert(k.to_string(), v.to_string());
+            }
+            let report = bench_with_progress(&opts)?;
+            println!("{}", report.table());
+            println!("written to {}", opts.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Send {
             brokers,
             topic,
@@ -365,4 +462,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `baton bench` with a progress bar on stderr.
+fn bench_with_progress(opts: &crate::bench::Options) -> Result<crate::bench::Report> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::new(0);
+    let counted =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg} {wide_bar} {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let open = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg} {pos}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = crate::bench::run(opts, &mut |p| match p {
+        crate::bench::Progress::Phase { name, total } => {
+            bar.set_style(if total > 0 {
+                counted.clone()
+            } else {
+                open.clone()
+            });
+            bar.set_length(total);
+            bar.set_position(0);
+            bar.set_message(name);
+        }
+        crate::bench::Progress::Step { done } => bar.set_position(done),
+    });
+    bar.finish_and_clear();
+    report.context("baton bench")
 }

@@ -706,6 +706,55 @@ impl PlainProducer {
     }
 }
 
+impl PlainConsumer {
+    /// A plain consumer with extra librdkafka options (security settings,
+    /// fetch tuning) applied over the defaults of [`PlainConsumer::new`].
+    pub fn with_options(
+        bootstrap: &str,
+        group: &str,
+        topics: &[String],
+        options: &BTreeMap<String, String>,
+    ) -> Result<PlainConsumer, KafkaFailure> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("topic.metadata.refresh.interval.ms", "1000");
+        for (k, v) in options {
+            c.set(k, v);
+        }
+        let inner: BaseConsumer = c.create().map_err(fail("create consumer"))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        inner.subscribe(&names).map_err(fail("subscribe"))?;
+        Ok(PlainConsumer { inner })
+    }
+}
+
+impl PlainProducer {
+    /// A plain producer with extra librdkafka options applied over the
+    /// defaults of [`PlainProducer::new`].
+    pub fn with_options(
+        bootstrap: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<PlainProducer, KafkaFailure> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "2")
+            .set("partitioner", "murmur2_random");
+        for (k, v) in options {
+            c.set(k, v);
+        }
+        let inner: ThreadedProducer<DefaultProducerContext> =
+            c.create().map_err(fail("create producer"))?;
+        Ok(PlainProducer {
+            inner: Producer { inner },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

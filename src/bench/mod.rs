@@ -1,0 +1,542 @@
+//! `baton bench`: end-to-end figures measured as ratios within one run.
+//!
+//! Absolute numbers on a shared machine are noise; ratios against a baseline
+//! measured in the same run, on the same broker, are not. The phases:
+//!
+//! 1. **baseline**: a raw consume → produce passthrough with baton's
+//!    transactional settings and batching, the best any exactly-once
+//!    processor could do on this broker;
+//! 2. **full speed**: baton with the order-to-cash example, orders waiting and
+//!    simulated ERP, payment provider and warehouse answering every command;
+//! 3. **half load**: orders paced at half of the full-speed rate, for
+//!    event → command latency;
+//! 4. **state**: instances written to a changelog, restored by a fresh baton
+//!    process, compared with a raw read of the same partitions, and the
+//!    resident memory each idle instance costs.
+//!
+//! The measured process (baseline or baton) runs as a child process of its
+//! own ([`worker`]), so its CPU time and resident memory are its own and not
+//! the load generator's. This module owns orchestration and figures; it
+//! reaches Kafka only through [`crate::kafka`], and it never prints: progress
+//! goes through a callback, the report is data ([`report`]).
+
+mod broker;
+mod load;
+pub mod report;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::config;
+use crate::kafka::{self, KafkaFailure};
+use crate::runtime::RuntimeError;
+
+pub use broker::find_nisshi;
+pub use report::Report;
+use report::{Latency, StateRun, Throughput};
+use worker::{Mode, Sample, Worker, WorkerSpec};
+
+/// Why a benchmark run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("the test broker: {0}")]
+    Broker(String),
+    #[error("the measured process: {0}")]
+    Worker(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Stalled(String),
+    #[error("chart {file}: {reason}")]
+    Chart { file: String, reason: String },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+    let what = what.into();
+    move |source| BenchError::Io { what, source }
+}
+
+/// Sizes and settings of a run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A Kafka to use; `None` starts the test broker (nisshi).
+    pub bootstrap_servers: Option<String>,
+    /// Where the report, charts and the measured processes' logs go.
+    pub out: PathBuf,
+    /// Orders (six domain events and four commands each) at full speed; the
+    /// baseline passes the same number of events through.
+    pub orders: u64,
+    /// How long orders are paced at half of the full-speed rate.
+    pub latency_seconds: u64,
+    /// Instances in the changelog for the restore comparison.
+    pub restore_instances: u64,
+    /// Instance counts at which idle memory is measured.
+    pub memory_instances: Vec<u64>,
+    /// Partitions of every topic (and so shards).
+    pub partitions: i32,
+    pub commit_interval: Duration,
+    pub max_batch: usize,
+    /// Run baton with `runtime.in_place` (the load is keyed by order with
+    /// Kafka's default partitioner, the case in-place processing is for).
+    pub in_place: bool,
+    /// Consumer group session timeout of the measured processes.
+    pub session_timeout: Duration,
+    /// The `baton` executable that runs the measured processes.
+    pub exe: PathBuf,
+    /// librdkafka options for every client (security settings of a real cluster).
+    pub kafka_options: BTreeMap<String, String>,
+}
+
+impl Options {
+    /// The full run, with production batching defaults.
+    pub fn full(exe: PathBuf) -> Options {
+        let rt = config::Runtime::default();
+        Options {
+            bootstrap_servers: None,
+            out: PathBuf::from("bench-results"),
+            orders: 20_000,
+            latency_seconds: 30,
+            restore_instances: 1_000_000,
+            memory_instances: vec![100_000, 1_000_000],
+            partitions: 2,
+            commit_interval: rt.commit_interval,
+            max_batch: rt.max_batch,
+            in_place: true,
+            session_timeout: Duration::from_secs(6),
+            exe,
+            kafka_options: BTreeMap::new(),
+        }
+    }
+
+    /// A smoke run that takes well under a minute.
+    pub fn quick(exe: PathBuf) -> Options {
+        Options {
+            orders: 300,
+            latency_seconds: 4,
+            restore_instances: 2_000,
+            memory_instances: vec![1_000, 2_000],
+            ..Options::full(exe)
+        }
+    }
+}
+
+/// What a run is doing, for a progress display.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A phase starts; `total` is the count its steps go up to (0: unknown).
+    Phase { name: String, total: u64 },
+    /// How far the current phase is.
+    Step { done: u64 },
+}
+
+/// Events per order: placed, reserved, charged, shipment created, invoice created, delivered.
+pub const EVENTS_PER_ORDER: u64 = 6;
+/// Commands per order: reserve, charge, create shipment, create invoice.
+pub const COMMANDS_PER_ORDER: u64 = 4;
+/// Orders that run before each measured window, so group joins and topic
+/// metadata are settled when the clock starts.
+const WARMUP_ORDERS: u64 = 10;
+/// A phase fails when its counters do not move for this long.
+const STALL: Duration = Duration::from_secs(120);
+
+/// Runs every phase and writes the report, its JSON and charts to `opts.out`.
+pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report, BenchError> {
+    std::fs::create_dir_all(&opts.out).map_err(io(format!("create {}", opts.out.display())))?;
+    let started = Instant::now();
+    let run_id = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        crate::runtime::now_ms() % 1_000_000_000
+    );
+    progress(Progress::Phase {
+        name: "starting the broker".into(),
+        total: 0,
+    });
+    let broker = match &opts.bootstrap_servers {
+        Some(b) => broker::Broker::External(b.clone()),
+        None => broker::Broker::start()?,
+    };
+    let mut options = opts.kafka_options.clone();
+    if matches!(broker, broker::Broker::Started { .. }) {
+        // The test broker answers an empty fetch only after sleeping half of
+        // the wait the client allows (librdkafka: 500 ms), so each consumer
+        // hop would add up to 250 ms. Apache Kafka answers as soon as a record
+        // arrives; a short wait gives nisshi the same behaviour.
+        options
+            .entry("fetch.wait.max.ms".into())
+            .or_insert_with(|| "10".into());
+    }
+    let bench = Bench {
+        opts,
+        bootstrap: broker.bootstrap(),
+        run_id,
+        options,
+    };
+
+    let baseline = bench.baseline(progress)?;
+    let full = bench.full_speed(progress)?;
+    let half = bench.half_load(progress, full.events_per_s)?;
+    let (empty_rss, state) = bench.state(progress)?;
+
+    let report = Report {
+        baton_version: env!("CARGO_PKG_VERSION").to_string(),
+        machine: report::Machine::this(),
+        broker: broker.describe(),
+        settings: report::Settings {
+            partitions: opts.partitions,
+            commit_interval_ms: opts.commit_interval.as_millis() as u64,
+            max_batch: opts.max_batch,
+            in_place: opts.in_place,
+            orders: opts.orders,
+            latency_seconds: opts.latency_seconds,
+        },
+        ratio: ratio(full.events_per_s, baseline.events_per_s),
+        baseline,
+        full,
+        half,
+        empty_rss_bytes: empty_rss,
+        restore_instances: opts.restore_instances,
+        state,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    progress(Progress::Phase {
+        name: "writing the report".into(),
+        total: 0,
+    });
+    report.write(&opts.out)?;
+    Ok(report)
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+struct Bench<'a> {
+    opts: &'a Options,
+    bootstrap: String,
+    run_id: String,
+    /// librdkafka options of every consumer: the user's plus fetch tuning.
+    options: BTreeMap<String, String>,
+}
+
+impl Bench<'_> {
+    fn spec(&self, phase: &str, mode: Mode) -> WorkerSpec {
+        let prefix = format!("{}.{phase}", self.run_id);
+        WorkerSpec {
+            mode,
+            bootstrap: self.bootstrap.clone(),
+            group: prefix.clone(),
+            input: format!("{prefix}.orders"),
+            output: format!("{prefix}.out"),
+            prefix,
+            partitions: self.opts.partitions,
+            commit_interval_ms: self.opts.commit_interval.as_millis() as u64,
+            max_batch: self.opts.max_batch,
+            in_place: self.opts.in_place,
+            session_timeout_ms: self.opts.session_timeout.as_millis() as u64,
+            options: self.options.clone(),
+        }
+    }
+
+    fn producer(&self) -> Result<kafka::PlainProducer, BenchError> {
+        Ok(kafka::PlainProducer::with_options(
+            &self.bootstrap,
+            &self.opts.kafka_options,
+        )?)
+    }
+
+    /// Starts the simulated services of a baton phase; its command topics are
+    /// created first so they subscribe to topics that exist.
+    fn services(
+        &self,
+        spec: &WorkerSpec,
+        tracker: Arc<load::Tracker>,
+    ) -> Result<load::Services, BenchError> {
+        let mut topics = vec![(spec.input.clone(), spec.partitions, false)];
+        for t in crate::runtime::command_topics(&worker::registry()?) {
+            topics.push((t, spec.partitions, false));
+        }
+        kafka::ensure_topics(&spec.config(), &topics)?;
+        let consumer = kafka::PlainConsumer::with_options(
+            &self.bootstrap,
+            &format!("{}.services", spec.group),
+            &load::COMMANDS.map(String::from),
+            &self.options,
+        )?;
+        Ok(load::Services::start(
+            consumer,
+            self.producer()?,
+            &spec.input,
+            tracker,
+        ))
+    }
+
+    fn spawn(&self, phase: &str, spec: &WorkerSpec) -> Result<Worker, BenchError> {
+        Worker::spawn(&self.opts.exe, spec, &self.opts.out, phase)
+    }
+
+    /// Raw transactional passthrough of as many events as the baton phase handles.
+    fn baseline(&self, progress: &mut dyn FnMut(Progress)) -> Result<Throughput, BenchError> {
+        let total = self.opts.orders * EVENTS_PER_ORDER;
+        let spec = self.spec("baseline", Mode::Passthrough);
+        let cfg = spec.config();
+        kafka::ensure_topics(
+            &cfg,
+            &[
+                (spec.input.clone(), spec.partitions, false),
+                (spec.output.clone(), spec.partitions, false),
+            ],
+        )?;
+        progress(Progress::Phase {
+            name: "baseline: loading events".into(),
+            total,
+        });
+        // The same events baton sees, in the same mix, waiting before the clock starts.
+        let producer = self.producer()?;
+        for n in 0..self.opts.orders {
+            for r in load::lifecycle(&spec.input, &format!("b-{n}"), n) {
+                load::send(&producer, &r)?;
+            }
+            if n % 1000 == 0 {
+                progress(Progress::Step {
+                    done: n * EVENTS_PER_ORDER,
+                });
+            }
+        }
+        producer.flush()?;
+        progress(Progress::Phase {
+            name: "baseline: raw transactional passthrough".into(),
+            total,
+        });
+        let worker = self.spawn("baseline", &spec)?;
+        let end = worker.wait_for(STALL, progress, |s| (s.events, s.events >= total))?;
+        let samples = worker.stop()?;
+        let start = first_moving(&samples, 0);
+        Ok(Throughput::between(&samples, &start, &end))
+    }
+
+    /// baton on order-to-cash with simulated services, as fast as it goes.
+    fn full_speed(&self, progress: &mut dyn FnMut(Progress)) -> Result<Throughput, BenchError> {
+        let total = self.opts.orders;
+        let spec = self.spec("full", Mode::Baton);
+        kafka::ensure_topics(
+            &spec.config(),
+            &[(spec.input.clone(), spec.partitions, false)],
+        )?;
+        progress(Progress::Phase {
+            name: "baton at full speed: joining".into(),
+            total: 0,
+        });
+        let tracker = Arc::new(load::Tracker::default());
+        let services = self.services(&spec, tracker.clone())?;
+        let worker = self.spawn("full", &spec)?;
+        let producer = self.producer()?;
+        let warm = self.warm_up(&worker, &producer, &spec, "f", &tracker, progress)?;
+
+        progress(Progress::Phase {
+            name: "baton at full speed: order-to-cash".into(),
+            total,
+        });
+        tracker.record.store(true, Ordering::Relaxed);
+        for n in 0..total {
+            let id = format!("f-{n}");
+            tracker.sent(&id);
+            load::send(&producer, &load::placed(&spec.input, &id, n))?;
+        }
+        producer.flush()?;
+        let end = worker.wait_for(STALL, progress, |s| {
+            let done = s.completed.saturating_sub(warm.completed);
+            (done, done >= total)
+        })?;
+        let samples = worker.stop()?;
+        services.stop();
+        let start = first_moving(&samples, warm.events);
+        let mut t = Throughput::between(&samples, &start, &end);
+        t.latency = Some(Latency::of(tracker.take_latencies(), 0.0));
+        Ok(t)
+    }
+
+    /// baton at half of the full-speed event rate: latency.
+    fn half_load(
+        &self,
+        progress: &mut dyn FnMut(Progress),
+        full_events_per_s: f64,
+    ) -> Result<Latency, BenchError> {
+        let rate = (full_events_per_s / EVENTS_PER_ORDER as f64 / 2.0).max(1.0);
+        let orders = ((rate * self.opts.latency_seconds as f64) as u64).max(1);
+        let spec = self.spec("half", Mode::Baton);
+        kafka::ensure_topics(
+            &spec.config(),
+            &[(spec.input.clone(), spec.partitions, false)],
+        )?;
+        progress(Progress::Phase {
+            name: "baton at half load: joining".into(),
+            total: 0,
+        });
+        let tracker = Arc::new(load::Tracker::default());
+        let services = self.services(&spec, tracker.clone())?;
+        let worker = self.spawn("half", &spec)?;
+        let producer = self.producer()?;
+        let warm = self.warm_up(&worker, &producer, &spec, "h", &tracker, progress)?;
+
+        progress(Progress::Phase {
+            name: format!("baton at half load: {rate:.0} orders/s"),
+            total: orders,
+        });
+        tracker.record.store(true, Ordering::Relaxed);
+        let paced = Instant::now();
+        for n in 0..orders {
+            // Paced by the schedule, not by sleeps between sends, so the rate
+            // holds even when a send is slow.
+            let due = paced + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let id = format!("h-{n}");
+            tracker.sent(&id);
+            load::send(&producer, &load::placed(&spec.input, &id, n))?;
+            if n % 50 == 0 {
+                progress(Progress::Step { done: n });
+            }
+        }
+        producer.flush()?;
+        let end = worker.wait_for(STALL, progress, |s| {
+            let done = s.completed.saturating_sub(warm.completed);
+            (done, done >= orders)
+        })?;
+        let samples = worker.stop()?;
+        services.stop();
+        let start = first_moving(&samples, warm.events);
+        let t = Throughput::between(&samples, &start, &end);
+        let mut latency = Latency::of(tracker.take_latencies(), rate);
+        latency.orders = orders;
+        latency.events_per_s = t.events_per_s;
+        latency.cpu_ms_per_1000_events = t.cpu_ms_per_1000_events;
+        latency.rss_peak_bytes = t.rss_peak_bytes;
+        Ok(latency)
+    }
+
+    /// Orders that run to completion before the clock starts; returns the
+    /// sample that saw them done.
+    fn warm_up(
+        &self,
+        worker: &Worker,
+        producer: &kafka::PlainProducer,
+        spec: &WorkerSpec,
+        tag: &str,
+        tracker: &load::Tracker,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Sample, BenchError> {
+        for n in 0..WARMUP_ORDERS {
+            let id = format!("{tag}-w-{n}");
+            tracker.sent(&id);
+            load::send(producer, &load::placed(&spec.input, &id, n))?;
+        }
+        producer.flush()?;
+        worker.wait_for(STALL, progress, |s| {
+            (s.completed, s.completed >= WARMUP_ORDERS)
+        })
+    }
+
+    /// Restore and idle memory at every size, on one changelog that grows.
+    fn state(
+        &self,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(u64, Vec<StateRun>), BenchError> {
+        let mut sizes = self.opts.memory_instances.clone();
+        sizes.push(self.opts.restore_instances);
+        sizes.sort_unstable();
+        sizes.dedup();
+        let base = self.spec("state", Mode::Baton);
+        let cfg = base.config();
+        let changelog = cfg.topics.changelog();
+        kafka::ensure_topics(
+            &cfg,
+            &[
+                (changelog.clone(), base.partitions, true),
+                (base.input.clone(), base.partitions, false),
+            ],
+        )?;
+        let seeder = load::Seeder::new(self.producer()?, &changelog, base.partitions)?;
+        let mut written = 0;
+        let mut runs = Vec::new();
+        let mut empty_rss = 0;
+        for size in std::iter::once(0).chain(sizes) {
+            if size > written {
+                progress(Progress::Phase {
+                    name: format!("state: writing {size} instances to the changelog"),
+                    total: size,
+                });
+                seeder.write(written..size, &mut |done| {
+                    progress(Progress::Step { done });
+                })?;
+                written = size;
+            }
+            progress(Progress::Phase {
+                name: format!("state: restoring {size} instances"),
+                total: size,
+            });
+            // A group of its own each time: nothing committed, a full restore.
+            let mut spec = base.clone();
+            spec.group = format!("{}-{size}", base.group);
+            let worker = self.spawn(&format!("restore-{size}"), &spec)?;
+            let partitions = spec.partitions as u64;
+            let done = worker.wait_for(STALL, progress, |s| {
+                (s.restored, s.shards >= partitions && s.restored >= size)
+            })?;
+            // Let the allocator and the clients settle before reading memory.
+            std::thread::sleep(Duration::from_secs(2));
+            let samples = worker.stop()?;
+            let idle = samples
+                .iter()
+                .rev()
+                .find(|s| s.shards >= partitions)
+                .map_or(0, |s| s.rss_bytes);
+            let peak = samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0);
+            if size == 0 {
+                empty_rss = idle;
+                continue;
+            }
+            progress(Progress::Phase {
+                name: format!("state: raw read of {size} changelog records"),
+                total: 0,
+            });
+            let raw = load::raw_read(&spec.config(), &changelog, spec.partitions)?;
+            runs.push(StateRun {
+                instances: size,
+                restored: done.restored,
+                changelog_records: raw.records,
+                changelog_bytes: raw.bytes,
+                restore_ms: done.restore_ms,
+                raw_read_ms: raw.ms,
+                ratio: ratio(raw.ms as f64, done.restore_ms.max(1) as f64),
+                instances_per_s: done.restored as f64 * 1000.0 / done.restore_ms.max(1) as f64,
+                rss_idle_bytes: idle,
+                rss_peak_bytes: peak,
+                bytes_per_instance: idle.saturating_sub(empty_rss) as f64 / size as f64,
+            });
+        }
+        Ok((empty_rss, runs))
+    }
+}
+
+/// The last sample before the counters moved past `from` (the window's start).
+fn first_moving(samples: &[Sample], from: u64) -> Sample {
+    let i = samples.iter().position(|s| s.events > from).unwrap_or(0);
+    samples
+        .get(i.saturating_sub(1))
+        .cloned()
+        .unwrap_or_default()
+}
