@@ -387,18 +387,29 @@ impl Runtime {
         self.gauges_at = Instant::now();
         self.refresh_readiness();
         let mut h = Holdings::default();
+        // Counted under borrowed names: no allocation per instance.
+        let mut instances: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut incidents: HashMap<&str, i64> = HashMap::new();
         for s in self.shards.values() {
             h.timers += s.timers.len() as i64;
             for inst in s.instances.values() {
-                *h.instances
-                    .entry((inst.process.clone(), inst.status.as_str().to_string()))
+                *instances
+                    .entry((inst.process.as_str(), inst.status.as_str()))
                     .or_default() += 1;
                 if !inst.incidents.is_empty() {
-                    *h.incidents.entry(inst.process.clone()).or_default() +=
+                    *incidents.entry(inst.process.as_str()).or_default() +=
                         inst.incidents.len() as i64;
                 }
             }
         }
+        h.instances = instances
+            .into_iter()
+            .map(|((p, st), n)| ((p.to_string(), st.to_string()), n))
+            .collect();
+        h.incidents = incidents
+            .into_iter()
+            .map(|(p, n)| (p.to_string(), n))
+            .collect();
         let processes: Vec<String> = self
             .registry
             .latest_all()

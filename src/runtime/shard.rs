@@ -188,10 +188,15 @@ pub(super) fn handle(
     };
     let process = body["process"].as_str().unwrap_or_default().to_string();
     let key = body["key"].as_str().unwrap_or_default().to_string();
-    let instance_trace = shard
-        .instances
-        .get(&format!("{process}/{key}"))
-        .and_then(|i| i.trace.as_deref());
+    // Only a recording tracer needs the instance's trace.
+    let instance_trace = if ctx.tracer.enabled() {
+        shard
+            .instances
+            .get(&format!("{process}/{key}"))
+            .and_then(|i| i.trace.as_deref())
+    } else {
+        None
+    };
     let mut span = ctx.tracer.shard(m, instance_trace);
     span.set("baton.process", process.clone());
     span.set("baton.instance.key", key.clone());

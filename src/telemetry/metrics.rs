@@ -88,6 +88,9 @@ pub struct Metrics {
     registry: Registry,
     events: Family<TopicLabel, Counter>,
     routed: Family<PathLabel, Counter>,
+    /// The two series of `routed`, looked up once (counted per event).
+    routed_in_place: Counter,
+    routed_repartition: Counter,
     commands: Family<CommandLabels, Counter>,
     transitions: Family<ProcessLabel, Counter>,
     started: Family<ProcessLabel, Counter>,
@@ -125,6 +128,8 @@ impl Metrics {
             registry: Registry::default(),
             events: Family::default(),
             routed: Family::default(),
+            routed_in_place: Counter::default(),
+            routed_repartition: Counter::default(),
             commands: Family::default(),
             transitions: Family::default(),
             started: Family::default(),
@@ -261,7 +266,20 @@ impl Metrics {
             "Shards being restored from the changelog",
             m.shards_restoring.clone(),
         );
-        Metrics { registry: r, ..m }
+        let path = |p: &str| {
+            m.routed
+                .get_or_create(&PathLabel {
+                    path: p.to_string(),
+                })
+                .clone()
+        };
+        let (routed_in_place, routed_repartition) = (path("in_place"), path("repartition"));
+        Metrics {
+            registry: r,
+            routed_in_place,
+            routed_repartition,
+            ..m
+        }
     }
 
     /// The counters of `process` (created on first use).
@@ -310,12 +328,11 @@ impl Metrics {
     }
 
     pub fn routed(&self, in_place: bool) {
-        let path = if in_place { "in_place" } else { "repartition" };
-        self.routed
-            .get_or_create(&PathLabel {
-                path: path.to_string(),
-            })
-            .inc();
+        if in_place {
+            self.routed_in_place.inc();
+        } else {
+            self.routed_repartition.inc();
+        }
     }
 
     pub fn dead_letter(&self, kind: &str) {
