@@ -1,4 +1,4 @@
-//! One baton process against the test broker (nisshi): events per second from
+//! One baton process against Apache Kafka: events per second from
 //! domain event to command, and the time to restore the instances it left.
 //!
 //! `cargo bench --bench runtime` runs 20 000 orders (`BATON_BENCH_ORDERS`
@@ -18,7 +18,7 @@ use baton::engine::Registry;
 use baton::kafka::{self, PlainConsumer, PlainProducer};
 use baton::runtime::{Runtime, Stats};
 
-use support::orders::INPUT;
+use support::orders::Topics;
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -38,10 +38,10 @@ fn config(bootstrap: &str, group: &str) -> Config {
     cfg
 }
 
-fn registry() -> Registry {
-    let text = include_str!("../examples/order-to-cash.yaml");
+fn registry(t: &Topics) -> Registry {
+    let text = t.definition();
     let mut reg = Registry::default();
-    reg.deploy(dsl::parse("order-to-cash.yaml", text).expect("valid"), text)
+    reg.deploy(dsl::parse("order-to-cash.yaml", &text).expect("valid"), &text)
         .expect("deploy");
     reg
 }
@@ -55,26 +55,27 @@ fn main() {
     let broker = support::Broker::start();
     let group = support::unique("bench");
     let cfg = config(&broker.bootstrap, &group);
-    kafka::ensure_topics(&cfg, &[(INPUT.to_string(), 2, false)]).expect("input topic");
+    let t = Topics::of(&group);
+    kafka::ensure_topics(&cfg, &[(t.input.clone(), 2, false)]).expect("input topic");
 
     // Load first: the events are waiting when baton starts.
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     for n in 0..orders {
-        producer.send(&support::orders::placed(n)).expect("send");
+        producer.send(&t.placed(n)).expect("send");
     }
     producer.flush().expect("flush");
 
     let (cfg_interval, cfg_batch) = (cfg.runtime.commit_interval, cfg.runtime.max_batch);
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let runtime = Runtime::new(cfg.clone(), registry(), stats.clone()).expect("runtime");
+    let runtime = Runtime::new(cfg.clone(), registry(&t), stats.clone()).expect("runtime");
     let flag = stop.clone();
     let started = Instant::now();
     let handle = std::thread::spawn(move || runtime.run(flag));
     let commands = PlainConsumer::new(
         &broker.bootstrap,
         &support::unique("count"),
-        &["erp.commands".to_string()],
+        &t.commands[..1],
     )
     .expect("consumer");
     let mut seen = 0;
@@ -99,7 +100,7 @@ fn main() {
     // A second process restores the instances the first one left.
     let stats2 = Arc::new(Stats::default());
     let stop2 = Arc::new(AtomicBool::new(false));
-    let runtime = Runtime::new(cfg, registry(), stats2.clone()).expect("runtime");
+    let runtime = Runtime::new(cfg, registry(&t), stats2.clone()).expect("runtime");
     let flag = stop2.clone();
     let handle = std::thread::spawn(move || runtime.run(flag));
     let deadline = Instant::now() + Duration::from_secs(1800);

@@ -159,6 +159,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             group_id: "baton-demo".into(),
             input_topics: vec![EVENTS.into()],
             options: Default::default(),
+            // librdkafka's mock cluster speaks the classic group protocol.
+            group_protocol: config::GroupProtocol::Classic,
         },
         topics: config::Topics {
             prefix: "baton".into(),

@@ -13,25 +13,21 @@ use std::time::{Duration, Instant};
 
 use baton::config::{self, Config};
 use baton::kafka::{self, Outgoing, PlainProducer};
-use support::orders::{COMMANDS, INPUT, placed, services};
+use support::orders::{Topics, services};
 use support::{Broker, eventually, oracle, unique};
 
 const PARTITIONS: i32 = 2;
 const ORDERS: u64 = 30;
 
 fn write_config(dir: &std::path::Path, bootstrap: &str, group: &str) -> std::path::PathBuf {
-    let examples =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/order-to-cash.yaml");
+    let t = Topics::of(group);
+    let examples = t.write_definition(dir);
+    let input = &t.input;
     let text = format!(
         r#"[kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
-input_topics = ["{INPUT}"]
-# The restarted process joins while the killed member still counts as a group
-# member; nisshi 0.7 does not reliably rebalance a cooperative-sticky group
-# then (see the two-process test in kafka_runtime.rs), so this uses `range`.
-[kafka.options]
-"partition.assignment.strategy" = "range"
+input_topics = ["{input}"]
 [topics]
 prefix = "{group}.baton"
 partitions = {PARTITIONS}
@@ -71,9 +67,9 @@ fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
 }
 
 /// Committed command ids per type, read through the oracle.
-fn committed_commands(bootstrap: &str) -> BTreeMap<String, Vec<String>> {
+fn committed_commands(bootstrap: &str, t: &Topics) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for topic in COMMANDS {
+    for topic in &t.commands {
         for p in 0..PARTITIONS {
             for r in oracle::committed(bootstrap, topic, p) {
                 let get = |k: &str| {
@@ -106,7 +102,8 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
         [],
     )
     .expect("valid config");
-    kafka::ensure_topics(&cfg, &[(INPUT.to_string(), PARTITIONS, false)]).expect("input topic");
+    let t = Topics::of(&group);
+    kafka::ensure_topics(&cfg, &[(t.input.clone(), PARTITIONS, false)]).expect("input topic");
     let _ = config::Topics::default();
 
     let seed = std::time::SystemTime::now()
@@ -126,7 +123,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
     let mut child = start(&config_path, &log);
     // Wait until baton has created its topics before the services subscribe.
     std::thread::sleep(Duration::from_secs(3));
-    let services = services(&broker.bootstrap);
+    let services = services(&broker.bootstrap, &t);
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     let mut sent = 0;
     for round in 0..4 {
@@ -134,7 +131,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
         let until = Instant::now() + Duration::from_millis(1500 + next(3000));
         while Instant::now() < until {
             if sent < ORDERS {
-                producer.send(&placed(sent)).expect("send");
+                producer.send(&t.placed(sent)).expect("send");
                 producer.flush().expect("flush");
                 sent += 1;
             }
@@ -146,7 +143,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
         child = start(&config_path, &log);
     }
     while sent < ORDERS {
-        producer.send(&placed(sent)).expect("send");
+        producer.send(&t.placed(sent)).expect("send");
         sent += 1;
     }
     producer.flush().expect("flush");
@@ -164,7 +161,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
-        let c = committed_commands(&broker.bootstrap);
+        let c = committed_commands(&broker.bootstrap, &t);
         let invoiced: BTreeSet<&String> = c
             .get("com.acme.invoice.create")
             .map(|v| v.iter().collect())
@@ -174,7 +171,8 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
     services.store(true, Ordering::Relaxed);
     let _ = child.kill();
     let _ = child.wait();
-    let aborted: usize = COMMANDS
+    let aborted: usize = t
+        .commands
         .iter()
         .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
         .map(|(t, p)| oracle::scan(&broker.bootstrap, t, p).1)
@@ -196,7 +194,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
         }
     }
     assert!(
-        sources.get(INPUT).is_some_and(|n| *n > 0) && sources.get("").is_some_and(|n| *n > 0),
+        sources.get(&t.input).is_some_and(|n| *n > 0) && sources.get("").is_some_and(|n| *n > 0),
         "snapshots by source: {sources:?}"
     );
     eprintln!("committed snapshots by source: {sources:?}");

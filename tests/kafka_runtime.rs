@@ -1,4 +1,4 @@
-//! The runtime against a real Kafka-protocol broker (nisshi): end to end,
+//! The runtime against Apache Kafka: end to end,
 //! restore after a restart (with a timer that fell due while baton was down),
 //! and poison events.
 
@@ -16,12 +16,14 @@ use baton::kafka::{self, Incoming, Outgoing, PlainConsumer, PlainProducer};
 use baton::runtime::{Runtime, RuntimeError, Stats};
 use baton::wire::cloudevents;
 use serde_json::json;
-use support::orders::{COMMANDS, INPUT, config, header, placed, services};
+use support::orders::{Topics, config, header, services};
 use support::{Broker, eventually, unique};
 
-/// order-to-cash with durations divided by 1000 (at least 2 s): the reserve timeout is 2 s.
-fn registry() -> Registry {
-    let text = include_str!("../examples/order-to-cash.yaml");
+/// order-to-cash with durations divided by 1000 (at least 2 s): the reserve
+/// timeout is 2 s; the command topics are the test's.
+fn registry(topics: &Topics) -> Registry {
+    let text = topics.definition();
+    let text = text.as_str();
     let mut def = dsl::parse("order-to-cash.yaml", text).expect("valid example");
     def.scale_time(1000, 2000);
     let mut reg = Registry::default();
@@ -43,7 +45,7 @@ impl Running {
             .try_init();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
-        let runtime = Runtime::new(cfg, registry(), stats.clone()).expect("runtime starts");
+        let runtime = Runtime::new(cfg.clone(), registry(&Topics::of(&cfg.kafka.group_id)), stats.clone()).expect("runtime starts");
         let flag = stop.clone();
         let handle = std::thread::spawn(move || runtime.run(flag));
         Running {
@@ -69,11 +71,11 @@ impl Running {
 /// Reads everything on `topics` (read_committed) into a shared list.
 fn collector(
     bootstrap: &str,
-    topics: &[&str],
+    topics: &[String],
 ) -> (Arc<std::sync::Mutex<Vec<Incoming>>>, Arc<AtomicBool>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let topics = topics.to_vec();
     let consumer = PlainConsumer::new(bootstrap, &unique("collector"), &topics).expect("collector");
     let (s, st) = (seen.clone(), stop.clone());
     std::thread::spawn(move || {
@@ -88,8 +90,10 @@ fn collector(
     (seen, stop)
 }
 
-fn create_input(cfg: &Config) {
-    kafka::ensure_topics(cfg, &[(INPUT.to_string(), 2, false)]).expect("input topic");
+fn create_input(cfg: &Config) -> Topics {
+    let topics = Topics::of(&cfg.kafka.group_id);
+    kafka::ensure_topics(cfg, &[(topics.input.clone(), 2, false)]).expect("input topic");
+    topics
 }
 
 /// How many different orders got a command of this type.
@@ -113,22 +117,22 @@ fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
     let broker = Broker::start();
     let group = unique("e2e");
     let cfg = config(&broker.bootstrap, &group, "a");
-    create_input(&cfg);
+    let t = create_input(&cfg);
     let runtime = Running::start(cfg.clone());
-    let services = services(&broker.bootstrap);
-    let mut topics: Vec<&str> = COMMANDS.to_vec();
+    let services = services(&broker.bootstrap, &t);
+    let mut topics = t.commands.clone();
     let dlq = cfg.topics.dead_letters();
-    topics.push(&dlq);
+    topics.push(dlq.clone());
     let (seen, stop_collector) = collector(&broker.bootstrap, &topics);
 
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     for n in 0..5 {
-        producer.send(&placed(n)).expect("send");
+        producer.send(&t.placed(n)).expect("send");
     }
     // Poison around the good events: not JSON, and a type no process knows.
     producer
         .send(&Outgoing {
-            topic: INPUT.into(),
+            topic: t.input.clone(),
             partition: None,
             key: b"bad-1".to_vec(),
             payload: Some(b"{not json".to_vec()),
@@ -138,7 +142,7 @@ fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
     let unknown = cloudevents::structured("u-1", "com.acme.unknown", "test", 0, &json!({}));
     producer
         .send(&Outgoing {
-            topic: INPUT.into(),
+            topic: t.input.clone(),
             partition: None,
             key: b"u-1".to_vec(),
             payload: Some(unknown),
@@ -175,7 +179,7 @@ fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
         .iter()
         .find(|m| m.topic == dlq && m.key.as_deref() == Some(b"bad-1"))
         .expect("the undecodable record");
-    assert_eq!(header(poison, "baton.dlq.topic").as_deref(), Some(INPUT));
+    assert_eq!(header(poison, "baton.dlq.topic").as_deref(), Some(t.input.as_str()));
     assert!(header(poison, "baton.version").is_some());
 
     stop_collector.store(true, Ordering::Relaxed);
@@ -189,15 +193,15 @@ fn events_keyed_by_their_instance_are_processed_in_place() {
     let group = unique("inplace");
     let mut cfg = config(&broker.bootstrap, &group, "a");
     cfg.runtime.in_place = true;
-    create_input(&cfg);
+    let t = create_input(&cfg);
     let runtime = Running::start(cfg.clone());
-    let services = services(&broker.bootstrap);
-    let (seen, stop_collector) = collector(&broker.bootstrap, &COMMANDS);
+    let services = services(&broker.bootstrap, &t);
+    let (seen, stop_collector) = collector(&broker.bootstrap, &t.commands);
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     const ORDERS: u64 = 8;
     for n in 0..ORDERS {
         // Keyed by the order, with Kafka's default partitioner, as a CRM would.
-        let mut r = placed(n);
+        let mut r = t.placed(n);
         r.key = format!("o-{n}").into_bytes();
         producer.send(&r).expect("send");
     }
@@ -264,14 +268,14 @@ fn a_new_process_restores_instances_and_fires_timers_that_fell_due_while_down() 
     let broker = Broker::start();
     let group = unique("restore");
     let cfg = config(&broker.bootstrap, &group, "a");
-    create_input(&cfg);
-    let (seen, stop_collector) = collector(&broker.bootstrap, &COMMANDS);
+    let t = create_input(&cfg);
+    let (seen, stop_collector) = collector(&broker.bootstrap, &t.commands);
 
     // First process: orders start; nobody answers, so they wait at `reserve`.
     let first = Running::start(cfg.clone());
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     for n in 0..3 {
-        producer.send(&placed(n)).expect("send");
+        producer.send(&t.placed(n)).expect("send");
     }
     producer.flush().expect("flush");
     eventually(90, "three reserve commands", || {
@@ -296,7 +300,7 @@ fn a_new_process_restores_instances_and_fires_timers_that_fell_due_while_down() 
         (retried.len() >= 3).then_some(retried)
     });
     assert_eq!(retried.len(), 3, "{retried:?}");
-    let services = services(&broker.bootstrap);
+    let services = services(&broker.bootstrap, &t);
     let all = eventually(120, "three invoices", || {
         let v = seen.lock().ok()?.clone();
         (orders_with(&v, "com.acme.invoice.create") >= 3).then_some(v)
@@ -317,29 +321,18 @@ fn two_processes_split_the_shards_and_one_takes_over_when_the_other_stops() {
     let broker = Broker::start();
     let group = unique("pair");
     let cfg = config(&broker.bootstrap, &group, "a");
-    create_input(&cfg);
-    let (seen, stop_collector) = collector(&broker.bootstrap, &COMMANDS);
-    // The test broker (nisshi 0.7) never asks the first member of a
-    // cooperative-sticky group to give up partitions when a second member joins
-    // (measured: the second member stays without partitions). This test is about
-    // baton's hand-over, so it uses the eager `range` strategy, which the broker
-    // does rebalance; baton's default stays cooperative-sticky.
-    let mut cfg = cfg;
-    let mut cfg_b = config(&broker.bootstrap, &group, "b");
-    for c in [&mut cfg, &mut cfg_b] {
-        c.kafka
-            .options
-            .insert("partition.assignment.strategy".into(), "range".into());
-    }
+    let t = create_input(&cfg);
+    let (seen, stop_collector) = collector(&broker.bootstrap, &t.commands);
+    let cfg_b = config(&broker.bootstrap, &group, "b");
     let a = Running::start(cfg);
     let b = Running::start(cfg_b);
-    let services = services(&broker.bootstrap);
+    let services = services(&broker.bootstrap, &t);
     eventually(60, "each process to own one of the two shards", || {
         (a.shards() == 1 && b.shards() == 1).then_some(())
     });
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     for n in 0..6 {
-        producer.send(&placed(n)).expect("send");
+        producer.send(&t.placed(n)).expect("send");
     }
     producer.flush().expect("flush");
     eventually(120, "six invoices", || {
@@ -357,7 +350,7 @@ fn two_processes_split_the_shards_and_one_takes_over_when_the_other_stops() {
         (b.shards() == 2).then_some(())
     });
     for n in 6..12 {
-        producer.send(&placed(n)).expect("send");
+        producer.send(&t.placed(n)).expect("send");
     }
     producer.flush().expect("flush");
     let all = eventually(120, "twelve invoices", || {

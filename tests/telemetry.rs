@@ -20,7 +20,7 @@ use baton::wire::{self, cloudevents};
 use serde_json::{Value, json};
 
 use support::admin::{get, parse_metrics, sum};
-use support::orders::{Behaviour, COMMANDS, Headers, INPUT, header, services_with};
+use support::orders::{Behaviour, Headers, Topics, header, services_with};
 use support::otlp::{Received, Receiver};
 use support::{Broker, eventually, unique};
 
@@ -43,12 +43,14 @@ fn write_config(
     admin: SocketAddr,
     extra: &str,
 ) -> PathBuf {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/order-to-cash.yaml");
+    let t = Topics::of(group);
+    let example = t.write_definition(dir);
+    let input = &t.input;
     let text = format!(
         r#"[kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
-input_topics = ["{INPUT}"]
+input_topics = ["{input}"]
 [topics]
 prefix = "{group}.baton"
 partitions = {PARTITIONS}
@@ -110,7 +112,7 @@ fn metrics(admin: SocketAddr) -> BTreeMap<String, f64> {
     parse_metrics(&body).unwrap_or_else(|e| panic!("/metrics is not Prometheus text: {e}\n{body}"))
 }
 
-fn order(n: &str, trace: Option<&str>) -> Outgoing {
+fn order(t: &Topics, n: &str, trace: Option<&str>) -> Outgoing {
     let id = format!("placed-{n}");
     let data = json!({"orderId": n, "customerId": SECRET, "total": 120, "lines": [{"sku": "A", "qty": 1}], "address": "1 Main St"});
     let mut headers = vec![(
@@ -121,7 +123,7 @@ fn order(n: &str, trace: Option<&str>) -> Outgoing {
         headers.push(("traceparent".to_string(), tp.as_bytes().to_vec()));
     }
     Outgoing {
-        topic: INPUT.into(),
+        topic: t.input.clone(),
         partition: None,
         key: id.clone().into_bytes(),
         payload: Some(cloudevents::structured(
@@ -156,8 +158,8 @@ fn untraced_o2(order: &str, command: &Headers) -> Headers {
 }
 
 /// Every command record on the command topics.
-fn commands(bootstrap: &str, expected: usize) -> Vec<Incoming> {
-    let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
+fn commands(bootstrap: &str, t: &Topics, expected: usize) -> Vec<Incoming> {
+    let topics = t.commands.clone();
     let c = PlainConsumer::new(bootstrap, &unique("read"), &topics).expect("consumer");
     let mut out = Vec::new();
     eventually(60, "the commands", || {
@@ -180,6 +182,7 @@ fn shard_spans<'a>(spans: &'a [Received], key: &str) -> Vec<&'a Received> {
 fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
     let broker = Broker::start();
     let group = unique("otel");
+    let t = Topics::of(&group);
     let dir = broker.dir.join("baton");
     std::fs::create_dir_all(&dir).expect("dir");
     let receiver = Receiver::http();
@@ -191,7 +194,7 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
         admin,
         "[log]\nformat = \"json\"\n",
     );
-    kafka::ensure_topics(&load(&config), &[(INPUT.to_string(), PARTITIONS, false)])
+    kafka::ensure_topics(&load(&config), &[(t.input.clone(), PARTITIONS, false)])
         .expect("input topic");
     let log = dir.join("baton.log");
     // The standard OpenTelemetry variables turn export on (OTLP/HTTP).
@@ -221,6 +224,7 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
 
     let stop = services_with(
         &broker.bootstrap,
+        &t,
         Behaviour {
             trace: untraced_o2,
             deliver: true,
@@ -231,11 +235,12 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     producer
         .send(&order(
+            &t,
             "o-1",
             Some(&format!("00-{crm_trace}-{crm_span}-01")),
         ))
         .expect("send");
-    producer.send(&order("o-2", None)).expect("send");
+    producer.send(&order(&t, "o-2", None)).expect("send");
     producer.flush().expect("flush");
 
     // Both orders run to completion (reserve, charge, ship + delivered, invoice).
@@ -263,7 +268,7 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
         8.0
     );
     assert_eq!(
-        sum(&m, "baton_events_consumed_total", &[("topic", INPUT)]),
+        sum(&m, "baton_events_consumed_total", &[("topic", t.input.as_str())]),
         12.0
     );
     assert!(sum(&m, "baton_transitions_total", &per) >= 10.0);
@@ -279,7 +284,7 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
     );
 
     // Every command carries the trace context of the span that sent it.
-    let cmds = commands(&broker.bootstrap, 8);
+    let cmds = commands(&broker.bootstrap, &t, 8);
     let tp_of = |order: &str, kind: &str| -> (String, String) {
         let c = cmds
             .iter()
@@ -321,12 +326,12 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
         .find(|s| s.parent == crm_span && s.trace_id == crm_trace)
         .expect("a span continuing the CRM's traceparent");
     assert_eq!(input.kind, CONSUMER);
-    assert_eq!(input.name, format!("process {INPUT}"));
+    assert_eq!(input.name, format!("process {}", t.input));
     let group_s = group.as_str();
     for (k, v) in [
         ("messaging.system", "kafka"),
         ("messaging.operation.type", "process"),
-        ("messaging.destination.name", INPUT),
+        ("messaging.destination.name", t.input.as_str()),
         ("messaging.consumer.group.name", group_s),
         ("cloudevents.event_type", "com.acme.order.placed"),
         ("messaging.message.id", "placed-o-1"),
@@ -458,6 +463,7 @@ fn readiness_waits_for_the_restore_and_grpc_export_works() {
     const RESTORED: u64 = 20_000;
     let broker = Broker::start();
     let group = unique("ready");
+    let t = Topics::of(&group);
     let dir = broker.dir.join("baton");
     std::fs::create_dir_all(&dir).expect("dir");
     let receiver = Receiver::grpc();
@@ -472,7 +478,7 @@ fn readiness_waits_for_the_restore_and_grpc_export_works() {
     kafka::ensure_topics(
         &cfg,
         &[
-            (INPUT.to_string(), PARTITIONS, false),
+            (t.input.clone(), PARTITIONS, false),
             (changelog.clone(), PARTITIONS, true),
         ],
     )
@@ -548,7 +554,7 @@ fn readiness_waits_for_the_restore_and_grpc_export_works() {
     assert_eq!(sum(&m, "baton_shards_restoring", &[]), 0.0);
 
     // Spans go out over OTLP/gRPC, with the configured service name.
-    producer.send(&order("g-1", None)).expect("send");
+    producer.send(&order(&t, "g-1", None)).expect("send");
     producer.flush().expect("flush");
     let spans = eventually(60, "the order's spans over gRPC", || {
         let spans = receiver.spans();

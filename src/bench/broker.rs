@@ -1,105 +1,251 @@
-//! The broker a run measures against: the test broker (nisshi), started for
-//! the run on a free port with SQLite storage, or a Kafka the user names.
+//! The broker a run measures against: Apache Kafka in KRaft mode, started for
+//! the run from the jars `scripts/kafka.sh install` resolved (one node,
+//! combined broker and controller, on free ports), or a Kafka the user names.
+//!
+//! The test support starts its broker through [`LocalKafka`] too, so tests,
+//! benchmarks and `scripts/kafka.sh` run one and the same broker set-up: the
+//! script is compiled into this binary and does the Java side.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{BenchError, io};
 
-/// How to install the test broker (design: nisshi 0.7.0, SQLite storage).
-const INSTALL: &str = "cargo +nightly install nisshi@0.7.0 --locked --features dynostore,libsql --root ~/.cache/baton/nisshi";
+/// `scripts/kafka.sh`, which installs, formats and runs the broker.
+const SCRIPT: &str = include_str!("../../scripts/kafka.sh");
+/// The pom that pins the Kafka version.
+const POM: &str = include_str!("../../scripts/kafka/pom.xml");
 
-/// The test broker's executable: `BATON_NISSHI`, then
-/// `~/.cache/baton/nisshi/bin/nisshi`, then `nisshi` on the `PATH`.
-pub fn find_nisshi() -> Result<PathBuf, BenchError> {
-    if let Some(p) = std::env::var_os("BATON_NISSHI") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
+/// The Apache Kafka version the project pins (`scripts/kafka/pom.xml`).
+pub fn kafka_version() -> &'static str {
+    POM.split_once("<kafka.version>")
+        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+        .map_or("unknown", |(v, _)| v.trim())
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(c) = std::env::var_os("BATON_CACHE") {
+        return PathBuf::from(c);
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/baton")
+}
+
+/// Where the broker's jars are: `BATON_KAFKA_HOME`, else the cache.
+pub fn kafka_home() -> PathBuf {
+    std::env::var_os("BATON_KAFKA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join(format!("kafka-{}", kafka_version())))
+}
+
+fn script(action: &str) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(SCRIPT).arg("kafka.sh").arg(action);
+    c.env("BATON_KAFKA_HOME", kafka_home());
+    c
+}
+
+/// Installs the pinned Kafka into the cache when it is not there yet (needs
+/// Java and Maven; the script says what to install when one is missing).
+pub fn install() -> Result<(), BenchError> {
+    if kafka_home().join("libs/.complete").is_file() {
+        return Ok(());
+    }
+    let dir = cache_dir();
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    let pom = dir.join(format!("kafka-{}.pom.xml", kafka_version()));
+    std::fs::write(&pom, POM).map_err(io(format!("write {}", pom.display())))?;
+    let out = script("install")
+        .env("BATON_KAFKA_POM", &pom)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io("run bash for scripts/kafka.sh install"))?;
+    if !out.status.success() {
         return Err(BenchError::Broker(format!(
-            "BATON_NISSHI names {}, which does not exist; install the test broker with `{INSTALL}`, or pass --bootstrap-servers",
-            p.display()
+            "installing Apache Kafka {} failed: {}",
+            kafka_version(),
+            String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let cached = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/baton/nisshi/bin/nisshi"))
-        .filter(|p| p.is_file());
-    let on_path = || {
-        std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("nisshi"))
-                .find(|p| p.is_file())
-        })
-    };
-    cached.or_else(on_path).ok_or_else(|| {
-        BenchError::Broker(format!(
-            "nisshi was found neither through BATON_NISSHI, nor in ~/.cache/baton/nisshi/bin, nor on the PATH; install it with `{INSTALL}`, or pass --bootstrap-servers to measure against another Kafka"
-        ))
-    })
+    Ok(())
+}
+
+/// A marker file: the broker was stopped to be resumed, its data stays.
+const PAUSED: &str = ".paused";
+
+fn free_port() -> Result<u16, BenchError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(io("find a free port"))
+}
+
+/// A single-node Apache Kafka (KRaft) on free loopback ports, stopped when
+/// dropped, and also when the process that started it ends in any way (the
+/// script watches its standard input).
+pub struct LocalKafka {
+    child: Option<(Child, ChildStdin)>,
+    port: u16,
+    controller_port: u16,
+    dir: PathBuf,
+    extra: String,
+    /// Remove the data directory when dropped.
+    ephemeral: bool,
+}
+
+impl LocalKafka {
+    /// Installs Kafka if needed, formats a fresh storage directory under
+    /// `dir` and starts the broker; returns once it accepts requests.
+    /// `extra` is appended to `server.properties` as it is.
+    pub fn start(dir: &Path, extra: &str) -> Result<LocalKafka, BenchError> {
+        install()?;
+        let _ = std::fs::remove_dir_all(dir);
+        let mut k = LocalKafka {
+            child: None,
+            port: free_port()?,
+            controller_port: free_port()?,
+            dir: dir.to_path_buf(),
+            extra: extra.to_string(),
+            ephemeral: true,
+        };
+        k.resume()?;
+        Ok(k)
+    }
+
+    /// `host:port` for clients.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's data directory (its log is `broker.log` there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the broker process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Stops the broker (a controlled shutdown); its data stays for [`LocalKafka::resume`].
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.child.take() {
+            // The script keeps the data of a paused broker.
+            let _ = std::fs::write(self.dir.join(PAUSED), b"");
+            // Closing its standard input makes the script stop the broker.
+            drop(stdin);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+
+    /// Starts the broker again on the same ports and data (after [`LocalKafka::stop`]).
+    pub fn resume(&mut self) -> Result<(), BenchError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io(format!("create {}", self.dir.display())))?;
+        let _ = std::fs::remove_file(self.dir.join(PAUSED));
+        let log = self.dir.join("broker.log");
+        // Readiness is the "started" line of this start, so the old log goes.
+        let _ = std::fs::remove_file(&log);
+        let mut child = script("run")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .env("BATON_KAFKA_WATCH_STDIN", "1")
+            .env("BATON_KAFKA_PROPS", &self.extra)
+            .env("BATON_KAFKA_EPHEMERAL", if self.ephemeral { "1" } else { "0" })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("run bash for scripts/kafka.sh run"))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| BenchError::Broker("no standard input for the broker script".into()))?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let started = std::fs::read_to_string(&log)
+                .is_ok_and(|t| t.contains("Kafka Server started"));
+            if started && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(BenchError::Broker(format!(
+                    "Apache Kafka {} exited while starting ({status}): {} {}",
+                    kafka_version(),
+                    err.trim(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(BenchError::Broker(format!(
+                    "Apache Kafka {} was not ready within 90 s; see {}",
+                    kafka_version(),
+                    log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child = Some((child, stdin));
+        Ok(())
+    }
+
+    /// Keeps the data directory after the broker stops (for a post-mortem);
+    /// takes effect at the next [`LocalKafka::resume`].
+    pub fn keep_data(&mut self) {
+        self.ephemeral = false;
+    }
+}
+
+impl Drop for LocalKafka {
+    fn drop(&mut self) {
+        self.stop();
+        if self.ephemeral {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 pub enum Broker {
-    /// Started for this run; killed when dropped.
-    Started {
-        child: Child,
-        bootstrap: String,
-        dir: PathBuf,
-    },
+    /// Started for this run; stopped when dropped.
+    Started(LocalKafka),
     External(String),
 }
 
 impl Broker {
-    /// Starts nisshi on a free port, with a store of its own in the temporary directory.
+    /// Starts Apache Kafka on free ports, with a store of its own in the temporary directory.
     pub fn start() -> Result<Broker, BenchError> {
-        let bin = find_nisshi()?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(io("find a free port"))?;
-        // A fresh store each run (old topics would slow every phase down),
-        // removed when the run ends.
-        let dir = std::env::temp_dir().join(format!("baton-bench-broker-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let log_path = dir.join("broker.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(io(format!("create {}", log_path.display())))?;
-        let log2 = log.try_clone().map_err(io("broker log"))?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://broker.db"])
-            .args(["--group-initial-rebalance-delay", "0s"])
-            .current_dir(&dir)
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .spawn()
-            .map_err(io(format!("start {}", bin.display())))?;
-        let broker = Broker::Started {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(BenchError::Broker(format!(
-                    "nisshi did not listen on port {port} within 30 s; see {}",
-                    log_path.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(broker)
+        let dir = std::env::temp_dir().join(format!("baton-bench-kafka-{}", std::process::id()));
+        Ok(Broker::Started(LocalKafka::start(&dir, "")?))
     }
 
     pub fn bootstrap(&self) -> String {
         match self {
-            Broker::Started { bootstrap, .. } => bootstrap.clone(),
+            Broker::Started(k) => k.bootstrap(),
             Broker::External(b) => b.clone(),
         }
     }
@@ -107,18 +253,11 @@ impl Broker {
     /// For the report.
     pub fn describe(&self) -> String {
         match self {
-            Broker::Started { .. } => "nisshi 0.7 (SQLite storage), started by baton bench".into(),
+            Broker::Started(_) => format!(
+                "Apache Kafka {} (KRaft, one node), started by baton bench",
+                kafka_version()
+            ),
             Broker::External(b) => format!("Kafka at {b}"),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Broker::Started { child, dir, .. } = self {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

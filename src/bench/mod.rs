@@ -20,7 +20,7 @@
 //! reaches Kafka only through [`crate::kafka`], and it never prints: progress
 //! goes through a callback, the report is data ([`report`]).
 
-mod broker;
+pub mod broker;
 mod load;
 pub mod report;
 pub mod worker;
@@ -35,7 +35,6 @@ use crate::config;
 use crate::kafka::{self, KafkaFailure};
 use crate::runtime::RuntimeError;
 
-pub use broker::find_nisshi;
 pub use report::Report;
 use report::{Latency, StateRun, Throughput};
 use worker::{Mode, Sample, Worker, WorkerSpec};
@@ -47,7 +46,7 @@ pub enum BenchError {
     Kafka(#[from] KafkaFailure),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("the test broker: {0}")]
+    #[error("the broker: {0}")]
     Broker(String),
     #[error("the measured process: {0}")]
     Worker(String),
@@ -71,7 +70,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
 /// Sizes and settings of a run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// A Kafka to use; `None` starts the test broker (nisshi).
+    /// A Kafka to use; `None` starts Apache Kafka (`scripts/kafka.sh`'s set-up).
     pub bootstrap_servers: Option<String>,
     /// Where the report, charts and the measured processes' logs go.
     pub out: PathBuf,
@@ -168,16 +167,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report,
         Some(b) => broker::Broker::External(b.clone()),
         None => broker::Broker::start()?,
     };
-    let mut options = opts.kafka_options.clone();
-    if matches!(broker, broker::Broker::Started { .. }) {
-        // The test broker answers an empty fetch only after sleeping half of
-        // the wait the client allows (librdkafka: 500 ms), so each consumer
-        // hop would add up to 250 ms. Apache Kafka answers as soon as a record
-        // arrives; a short wait gives nisshi the same behaviour.
-        options
-            .entry("fetch.wait.max.ms".into())
-            .or_insert_with(|| "10".into());
-    }
+    let options = opts.kafka_options.clone();
     let bench = Bench {
         opts,
         bootstrap: broker.bootstrap(),

@@ -71,6 +71,7 @@ impl WorkerSpec {
                 group_id: self.group.clone(),
                 input_topics: vec![self.input.clone()],
                 options: self.options.clone(),
+                group_protocol: Default::default(),
             },
             topics: config::Topics {
                 prefix: self.prefix.clone(),

@@ -68,7 +68,7 @@ enum Cmd {
     },
     /// Measure throughput, latency, restore and memory against a baseline (see the README's "Performance").
     Bench {
-        /// A Kafka to measure against (default: start the test broker, nisshi).
+        /// A Kafka to measure against (default: start Apache Kafka, installed by `scripts/kafka.sh install` or on first use).
         #[arg(long)]
         bootstrap_servers: Option<String>,
         /// Where the report, JSON and charts go.

@@ -44,6 +44,22 @@ pub struct Kafka {
     /// Passed to librdkafka as they are, for every client baton creates.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// The consumer group protocol: `consumer` (KIP-848, Kafka 4.0 or newer:
+    /// incremental rebalances coordinated by the broker, with its `range`
+    /// assignor, which keeps partition *p* of every topic on one member) or
+    /// `classic` (any broker; `range` assignor with in-place processing,
+    /// `cooperative-sticky` otherwise).
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
+}
+
+/// See [`Kafka::group_protocol`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    #[default]
+    Consumer,
+    Classic,
 }
 
 fn default_group() -> String {
@@ -114,14 +130,18 @@ pub struct Runtime {
     /// How long an ended instance is kept before its changelog key is tombstoned.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Consumer group session timeout of the classic group protocol; with
+    /// the consumer protocol the broker's `group.consumer.session.timeout.ms`
+    /// (or the group's `consumer.session.timeout.ms`) applies instead.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// Process an input record on its own partition's shard when its
     /// instance lives there (the input topic is keyed by the correlation key
     /// with Kafka's default partitioner and has `topics.partitions`
     /// partitions), instead of re-keying it through the repartition topic.
-    /// Needs the `range` assignor, which keeps input partition *p* and shard
-    /// *p* on the same process.
+    /// Needs a co-partitioning assignor, which keeps input partition *p* and
+    /// shard *p* on the same process: the broker's `range` assignor with the
+    /// consumer group protocol (the default), `range` with the classic one.
     pub in_place: bool,
 }
 
@@ -318,13 +338,38 @@ impl Config {
         if self.runtime.max_batch == 0 {
             p.push("runtime.max_batch: must be at least 1".to_string());
         }
-        if self.runtime.in_place
-            && let Some(s) = self.kafka.options.get("partition.assignment.strategy")
-            && s != "range"
-        {
-            p.push(format!(
-                "runtime.in_place needs the range assignor (it keeps input partition p and shard p together); kafka.options.\"partition.assignment.strategy\" is \"{s}\""
-            ));
+        match self.kafka.group_protocol {
+            GroupProtocol::Classic => {
+                if self.runtime.in_place
+                    && let Some(s) = self.kafka.options.get("partition.assignment.strategy")
+                    && s != "range"
+                {
+                    p.push(format!(
+                        "runtime.in_place needs the range assignor (it keeps input partition p and shard p together); kafka.options.\"partition.assignment.strategy\" is \"{s}\""
+                    ));
+                }
+            }
+            GroupProtocol::Consumer => {
+                for key in [
+                    "partition.assignment.strategy",
+                    "session.timeout.ms",
+                    "heartbeat.interval.ms",
+                ] {
+                    if self.kafka.options.contains_key(key) {
+                        p.push(format!(
+                            "kafka.options.\"{key}\": not used by the consumer group protocol (kafka.group_protocol = \"consumer\"), where the broker sets it (group.consumer.* broker settings); remove it, or set kafka.group_protocol = \"classic\""
+                        ));
+                    }
+                }
+                if self.runtime.in_place
+                    && let Some(a) = self.kafka.options.get("group.remote.assignor")
+                    && a != "range"
+                {
+                    p.push(format!(
+                        "runtime.in_place needs the broker's range assignor (it keeps input partition p and shard p together); kafka.options.\"group.remote.assignor\" is \"{a}\""
+                    ));
+                }
+            }
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             p.push("telemetry.sample_ratio: must be between 0.0 and 1.0".to_string());
@@ -451,7 +496,7 @@ paths = ["examples"]
                 "SASL_SSL".to_string(),
             ),
             ("PATH".to_string(), "/bin".to_string()),
-            ("BATON_NISSHI".to_string(), "/usr/bin/nisshi".to_string()),
+            ("BATON_CACHE".to_string(), "/var/cache/baton".to_string()),
         ];
         let c = Config::load("baton.toml", MINIMAL, env).expect("valid");
         assert_eq!(c.kafka.bootstrap_servers, "broker:9093");

@@ -17,7 +17,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, Threa
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, TopicPartitionList as Tpl};
 
-use crate::config::Config;
+use crate::config::{Config, GroupProtocol};
 
 /// Kafka went wrong; the message says which operation.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +188,7 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// The group consumer (read_committed, cooperative-sticky, no auto commit).
+/// The group consumer (read_committed, incremental rebalancing, no auto commit).
 pub struct Consumer {
     pub inner: BaseConsumer<GroupContext>,
     pub rebalances: Arc<Mutex<Rebalances>>,
@@ -203,23 +203,47 @@ impl Consumer {
             assignments: AtomicU64::new(0),
             lag: Lag::default(),
         };
-        let session = cfg.runtime.session_timeout.as_millis().to_string();
-        let strategy = cfg
-            .kafka
-            .options
-            .get("partition.assignment.strategy")
-            .map_or(
-                if cfg.runtime.in_place {
-                    "range"
-                } else {
-                    "cooperative-sticky"
-                },
-                String::as_str,
-            );
         let mut client = base(cfg);
         if !cfg.kafka.options.contains_key("statistics.interval.ms") {
             // The lag metric comes from these statistics.
             client.set("statistics.interval.ms", "5000");
+        }
+        match cfg.kafka.group_protocol {
+            GroupProtocol::Consumer => {
+                // KIP-848: the broker assigns, incrementally; its range
+                // assignor keeps partition p of every subscribed topic on one
+                // member (co-partitioning), and moves only what must move.
+                client.set("group.protocol", "consumer");
+                if !cfg.kafka.options.contains_key("group.remote.assignor") {
+                    client.set("group.remote.assignor", "range");
+                }
+            }
+            GroupProtocol::Classic => {
+                let strategy = cfg
+                    .kafka
+                    .options
+                    .get("partition.assignment.strategy")
+                    .map_or(
+                        if cfg.runtime.in_place {
+                            "range"
+                        } else {
+                            "cooperative-sticky"
+                        },
+                        String::as_str,
+                    );
+                client
+                    .set("partition.assignment.strategy", strategy)
+                    .set(
+                        "session.timeout.ms",
+                        cfg.runtime.session_timeout.as_millis().to_string(),
+                    )
+                    .set(
+                        "heartbeat.interval.ms",
+                        (cfg.runtime.session_timeout.as_millis() / 4)
+                            .max(100)
+                            .to_string(),
+                    );
+            }
         }
         let inner: BaseConsumer<GroupContext> = client
             .set("group.id", &cfg.kafka.group_id)
@@ -227,14 +251,6 @@ impl Consumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", strategy)
-            .set("session.timeout.ms", &session)
-            .set(
-                "heartbeat.interval.ms",
-                (cfg.runtime.session_timeout.as_millis() / 4)
-                    .max(100)
-                    .to_string(),
-            )
             .create_with_context(ctx)
             .map_err(fail("create consumer"))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();

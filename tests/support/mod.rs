@@ -1,7 +1,9 @@
-//! Test support: a real Kafka-protocol broker (nisshi, SQLite storage) per test.
+//! Test support: one Apache Kafka broker (KRaft, one node) per test binary,
+//! started through the same set-up as `scripts/kafka.sh`, and a unique
+//! scratch directory, topic names and group ids per test.
 //!
-//! The broker is installed by `scripts/test.sh`; a test that needs it fails,
-//! never skips, when it is missing.
+//! `bash scripts/test.sh` installs the broker; a test that needs it fails,
+//! never skips, when it cannot start one.
 
 #![allow(dead_code)]
 
@@ -10,91 +12,75 @@ pub mod oracle;
 pub mod orders;
 pub mod otlp;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// A broker process that is killed when dropped.
-pub struct Broker {
-    child: Child,
-    pub bootstrap: String,
-    pub dir: PathBuf,
-}
-
-fn nisshi() -> PathBuf {
-    if let Ok(p) = std::env::var("BATON_NISSHI") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    PathBuf::from(home).join(".cache/baton/nisshi/bin/nisshi")
-}
+use baton::bench::broker::LocalKafka;
 
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{}-{nanos}", std::process::id())
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// The test binary's broker: started by the first test that asks, stopped
+/// when the binary ends (the broker script watches its standard input).
+fn shared() -> &'static LocalKafka {
+    static KAFKA: OnceLock<LocalKafka> = OnceLock::new();
+    KAFKA.get_or_init(|| {
+        let dir = std::env::temp_dir().join(unique("baton-kafka"));
+        LocalKafka::start(&dir, "").unwrap_or_else(|e| {
+            panic!("the test broker (Apache Kafka) could not start: {e}\n`bash scripts/test.sh` installs it")
+        })
+    })
+}
+
+/// What a test gets: the broker's address and a scratch directory of its own.
+pub struct Broker {
+    pub bootstrap: String,
+    pub dir: PathBuf,
 }
 
 impl Broker {
+    /// The binary's shared broker (topics and groups must be unique per test).
     pub fn start() -> Broker {
-        let bin = nisshi();
-        assert!(
-            bin.exists(),
-            "the test broker is missing at {}: `bash scripts/test.sh` installs it (nisshi 0.7.0), or set BATON_NISSHI",
-            bin.display()
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let dir = std::env::temp_dir().join(unique("baton-broker"));
-        std::fs::create_dir_all(&dir).expect("broker directory");
-        let log = std::fs::File::create(dir.join("broker.log")).expect("broker log");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                "sqlite://broker.db",
-                "--group-initial-rebalance-delay",
-                "0s",
-            ])
-            .current_dir(&dir)
-            .stdout(Stdio::from(log.try_clone().expect("log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("the test broker starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the test broker did not listen on {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let kafka = shared();
+        let dir = std::env::temp_dir().join(unique("baton-test"));
+        std::fs::create_dir_all(&dir).expect("test directory");
         Broker {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap: kafka.bootstrap(),
             dir,
         }
+    }
+
+    /// A broker of the test's own, for tests that stop it or change its settings.
+    pub fn dedicated(extra_properties: &str) -> (LocalKafka, Broker) {
+        let dir = std::env::temp_dir().join(unique("baton-kafka"));
+        let kafka = LocalKafka::start(&dir, extra_properties).unwrap_or_else(|e| {
+            panic!("the test broker (Apache Kafka) could not start: {e}\n`bash scripts/test.sh` installs it")
+        });
+        let scratch = std::env::temp_dir().join(unique("baton-test"));
+        std::fs::create_dir_all(&scratch).expect("test directory");
+        let b = Broker {
+            bootstrap: kafka.bootstrap(),
+            dir: scratch,
+        };
+        (kafka, b)
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -13,10 +13,58 @@ use serde_json::{Value, json};
 
 use super::unique;
 
-/// The topic the orders and the services' answers go to.
-pub const INPUT: &str = "orders.events";
-/// The topics order-to-cash sends its commands to.
-pub const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
+/// The topics of one test's orders: every test has its own, named after
+/// its (unique) consumer group, since the tests of a binary share a broker.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// The orders and the services' answers.
+    pub input: String,
+    /// Where order-to-cash sends its commands (ERP, payments, warehouse).
+    pub commands: Vec<String>,
+    prefix: String,
+}
+
+/// The command topics of the order-to-cash example, as the file names them.
+const EXAMPLE_COMMANDS: [&str; 4] = [
+    "erp.commands",
+    "payments.commands",
+    "wms.commands",
+    "support.commands",
+];
+
+impl Topics {
+    pub fn of(group: &str) -> Topics {
+        Topics {
+            input: format!("{group}.orders.events"),
+            commands: EXAMPLE_COMMANDS[..3]
+                .iter()
+                .map(|t| format!("{group}.{t}"))
+                .collect(),
+            prefix: group.to_string(),
+        }
+    }
+
+    /// The order-to-cash example with this test's command topics.
+    pub fn definition(&self) -> String {
+        let mut text = include_str!("../../examples/order-to-cash.yaml").to_string();
+        for t in EXAMPLE_COMMANDS {
+            text = text.replace(&format!("topic: {t}"), &format!("topic: {}.{t}", self.prefix));
+        }
+        text
+    }
+
+    /// Writes [`Topics::definition`] into `dir`; returns its path.
+    pub fn write_definition(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("order-to-cash.yaml");
+        std::fs::write(&path, self.definition()).expect("definition written");
+        path
+    }
+
+    /// The `order.placed` event of order `o-<n>`.
+    pub fn placed(&self, n: u64) -> Outgoing {
+        placed_on(&self.input, n)
+    }
+}
 
 /// A configuration for tests: two shards, short commit interval and session.
 pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
@@ -24,8 +72,9 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
         kafka: config::Kafka {
             bootstrap_servers: bootstrap.to_string(),
             group_id: group.to_string(),
-            input_topics: vec![INPUT.to_string()],
+            input_topics: vec![Topics::of(group).input],
             options: BTreeMap::new(),
+            group_protocol: Default::default(),
         },
         topics: config::Topics {
             prefix: format!("{group}.baton"),
@@ -52,12 +101,12 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
     }
 }
 
-/// The `order.placed` event of order `o-<n>`.
-pub fn placed(n: u64) -> Outgoing {
+/// The `order.placed` event of order `o-<n>`, to `topic`.
+pub fn placed_on(topic: &str, n: u64) -> Outgoing {
     let id = format!("placed-{n}");
     let data = json!({"orderId": format!("o-{n}"), "customerId": "c-1", "total": 100 + n, "lines": [{"sku": "A", "qty": 1}], "address": "1 Main St"});
     Outgoing {
-        topic: INPUT.into(),
+        topic: topic.into(),
         partition: None,
         key: id.clone().into_bytes(),
         payload: Some(cloudevents::structured(
@@ -110,16 +159,16 @@ impl Default for Behaviour {
 }
 
 /// Simulated services: every command succeeds, and each command id is answered once.
-pub fn services(bootstrap: &str) -> Arc<AtomicBool> {
-    services_with(bootstrap, Behaviour::default())
+pub fn services(bootstrap: &str, topics: &Topics) -> Arc<AtomicBool> {
+    services_with(bootstrap, topics, Behaviour::default())
 }
 
 /// Simulated services that answer as `behaviour` says.
-pub fn services_with(bootstrap: &str, behaviour: Behaviour) -> Arc<AtomicBool> {
+pub fn services_with(bootstrap: &str, topics: &Topics, behaviour: Behaviour) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    let topics: Vec<String> = COMMANDS.iter().map(|t| t.to_string()).collect();
-    let consumer =
-        PlainConsumer::new(bootstrap, &unique("services"), &topics).expect("services consumer");
+    let input = topics.input.clone();
+    let consumer = PlainConsumer::new(bootstrap, &unique("services"), &topics.commands)
+        .expect("services consumer");
     let producer = PlainProducer::new(bootstrap).expect("services producer");
     let st = stop.clone();
     std::thread::spawn(move || {
@@ -177,7 +226,7 @@ pub fn services_with(bootstrap: &str, behaviour: Behaviour) -> Arc<AtomicBool> {
                 // Keyed by the order, as services key their events by the
                 // business key: an order's answers stay in order.
                 let _ = producer.send(&Outgoing {
-                    topic: INPUT.into(),
+                    topic: input.clone(),
                     partition: None,
                     key: order.as_str().unwrap_or(&eid).as_bytes().to_vec(),
                     payload: Some(cloudevents::structured(&eid, kind, "services", 0, &data)),
