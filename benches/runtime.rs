@@ -41,8 +41,11 @@ fn config(bootstrap: &str, group: &str) -> Config {
 fn registry(t: &Topics) -> Registry {
     let text = t.definition();
     let mut reg = Registry::default();
-    reg.deploy(dsl::parse("order-to-cash.yaml", &text).expect("valid"), &text)
-        .expect("deploy");
+    reg.deploy(
+        dsl::parse("order-to-cash.yaml", &text).expect("valid"),
+        &text,
+    )
+    .expect("deploy");
     reg
 }
 

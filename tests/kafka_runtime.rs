@@ -4,112 +4,21 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use baton::config::Config;
-use baton::dsl;
-use baton::engine::Registry;
-use baton::kafka::{self, Incoming, Outgoing, PlainConsumer, PlainProducer};
-use baton::runtime::{Runtime, RuntimeError, Stats};
+use baton::kafka::{self, Outgoing, PlainProducer};
 use baton::wire::cloudevents;
 use serde_json::json;
 use support::orders::{Topics, config, header, services};
+use support::running::{Running, assert_each_command_once, collector, ids_of, orders_with};
 use support::{Broker, eventually, unique};
-
-/// order-to-cash with durations divided by 1000 (at least 2 s): the reserve
-/// timeout is 2 s; the command topics are the test's.
-fn registry(topics: &Topics) -> Registry {
-    let text = topics.definition();
-    let text = text.as_str();
-    let mut def = dsl::parse("order-to-cash.yaml", text).expect("valid example");
-    def.scale_time(1000, 2000);
-    let mut reg = Registry::default();
-    reg.deploy(def, text).expect("deploy");
-    reg
-}
-
-struct Running {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<Result<(), RuntimeError>>,
-    stats: Arc<Stats>,
-}
-
-impl Running {
-    fn start(cfg: Config) -> Running {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Stats::default());
-        let runtime = Runtime::new(cfg.clone(), registry(&Topics::of(&cfg.kafka.group_id)), stats.clone()).expect("runtime starts");
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || runtime.run(flag));
-        Running {
-            stop,
-            handle,
-            stats,
-        }
-    }
-
-    fn shards(&self) -> u64 {
-        self.stats.shards.load(Ordering::Relaxed)
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .join()
-            .expect("runtime thread")
-            .expect("runtime ends cleanly");
-    }
-}
-
-/// Reads everything on `topics` (read_committed) into a shared list.
-fn collector(
-    bootstrap: &str,
-    topics: &[String],
-) -> (Arc<std::sync::Mutex<Vec<Incoming>>>, Arc<AtomicBool>) {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let topics = topics.to_vec();
-    let consumer = PlainConsumer::new(bootstrap, &unique("collector"), &topics).expect("collector");
-    let (s, st) = (seen.clone(), stop.clone());
-    std::thread::spawn(move || {
-        while !st.load(Ordering::Relaxed) {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
-                && let Ok(mut v) = s.lock()
-            {
-                v.push(m);
-            }
-        }
-    });
-    (seen, stop)
-}
 
 fn create_input(cfg: &Config) -> Topics {
     let topics = Topics::of(&cfg.kafka.group_id);
     kafka::ensure_topics(cfg, &[(topics.input.clone(), 2, false)]).expect("input topic");
     topics
-}
-
-/// How many different orders got a command of this type.
-fn orders_with(seen: &[Incoming], kind: &str) -> usize {
-    let orders: std::collections::BTreeSet<String> = ids_of(seen, kind)
-        .iter()
-        .filter_map(|id| id.split('/').nth(1).map(str::to_string))
-        .collect();
-    orders.len()
-}
-
-fn ids_of(seen: &[Incoming], kind: &str) -> Vec<String> {
-    seen.iter()
-        .filter(|m| header(m, "ce_type").as_deref() == Some(kind))
-        .filter_map(|m| header(m, "ce_id"))
-        .collect()
 }
 
 #[test]
@@ -179,7 +88,10 @@ fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {
         .iter()
         .find(|m| m.topic == dlq && m.key.as_deref() == Some(b"bad-1"))
         .expect("the undecodable record");
-    assert_eq!(header(poison, "baton.dlq.topic").as_deref(), Some(t.input.as_str()));
+    assert_eq!(
+        header(poison, "baton.dlq.topic").as_deref(),
+        Some(t.input.as_str())
+    );
     assert!(header(poison, "baton.version").is_some());
 
     stop_collector.store(true, Ordering::Relaxed);
@@ -232,35 +144,6 @@ fn events_keyed_by_their_instance_are_processed_in_place() {
         "every instance restored (their snapshots name the input topic as source)"
     );
     again.stop();
-}
-
-/// Every order `o-0`…`o-<orders-1>` got the first attempt of every command,
-/// and no command id appears twice (a slow answer may add a retry: a new
-/// attempt with a new id).
-fn assert_each_command_once(all: &[Incoming], orders: u64) {
-    for kind in [
-        "com.acme.inventory.reserve",
-        "com.acme.payment.charge",
-        "com.acme.shipment.create",
-        "com.acme.invoice.create",
-    ] {
-        let ids = ids_of(all, kind);
-        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "{kind} duplicated: {ids:?}");
-        for n in 0..orders {
-            let first = format!("order-to-cash/o-{n}/{}/1", kind_step(kind));
-            assert!(ids.contains(&first), "{kind}: {first} missing in {ids:?}");
-        }
-    }
-}
-
-fn kind_step(kind: &str) -> &'static str {
-    match kind {
-        "com.acme.inventory.reserve" => "reserve",
-        "com.acme.payment.charge" => "charge",
-        "com.acme.shipment.create" => "ship",
-        _ => "invoice",
-    }
 }
 
 #[test]

@@ -169,7 +169,10 @@ impl LocalKafka {
             .arg(self.controller_port.to_string())
             .env("BATON_KAFKA_WATCH_STDIN", "1")
             .env("BATON_KAFKA_PROPS", &self.extra)
-            .env("BATON_KAFKA_EPHEMERAL", if self.ephemeral { "1" } else { "0" })
+            .env(
+                "BATON_KAFKA_EPHEMERAL",
+                if self.ephemeral { "1" } else { "0" },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -181,8 +184,8 @@ impl LocalKafka {
             .ok_or_else(|| BenchError::Broker("no standard input for the broker script".into()))?;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let started = std::fs::read_to_string(&log)
-                .is_ok_and(|t| t.contains("Kafka Server started"));
+            let started =
+                std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Kafka Server started"));
             if started && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 break;
             }

@@ -106,8 +106,10 @@ pub struct Rebalances {
     pub revoked: Vec<(String, i32)>,
 }
 
-/// Called on revocation, before partitions are released: it must finish the open transaction.
-pub type RevokeHook = Box<dyn Fn(&BaseConsumer<GroupContext>) + Send + Sync>;
+/// Called on revocation, before partitions are released: it must finish the
+/// open transaction. The flag says the partitions were lost (the group fenced
+/// this member) rather than handed over.
+pub type RevokeHook = Box<dyn Fn(&BaseConsumer<GroupContext>, bool) + Send + Sync>;
 
 /// Records behind per partition, as librdkafka's statistics last reported it.
 pub type Lag = Arc<Mutex<BTreeMap<(String, i32), i64>>>;
@@ -160,7 +162,7 @@ impl ConsumerContext for GroupContext {
             if let Ok(hook) = self.on_revoke.lock()
                 && let Some(h) = hook.as_ref()
             {
-                h(consumer);
+                h(consumer, consumer.assignment_lost());
             }
             if let Ok(mut ev) = self.events.lock() {
                 ev.revoked.extend(
@@ -366,7 +368,11 @@ impl Producer {
         // acknowledgements were outstanding (4 s of CPU per 20 000 events
         // against 1 s at 20 ms, same throughput); the commit flushes anyway,
         // so the linger adds no latency.
-        for (key, default) in [("linger.ms", "20"), ("transaction.timeout.ms", "60000")] {
+        // A transaction lasts about one commit interval; a short timeout lets
+        // the broker abort the open transaction of a fenced (paused,
+        // partitioned) process soon, so the new owner of its shards, whose
+        // committed offsets wait for it, goes on (Kafka Streams: 10 s too).
+        for (key, default) in [("linger.ms", "20"), ("transaction.timeout.ms", "10000")] {
             if !cfg.kafka.options.contains_key(key) {
                 client.set(key, default);
             }
@@ -562,6 +568,43 @@ pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Committed offsets of baton's group for `partitions` (absent: nothing
+/// committed yet), read by a client that does not join the group. With
+/// read_committed it asks for stable offsets, so an offset held by an open
+/// transaction is waited for rather than read stale.
+pub fn committed_offsets(
+    cfg: &Config,
+    partitions: &[(String, i32)],
+) -> Result<BTreeMap<(String, i32), i64>, KafkaFailure> {
+    let consumer: BaseConsumer = base(cfg)
+        .set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(fail("create offsets client"))?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition(t, *p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(15))
+        .map_err(fail(format!("committed offsets of {partitions:?}")))?;
+    let mut out = BTreeMap::new();
+    for e in got.elements() {
+        if let Some(err) = e.error().err() {
+            return Err(fail(format!(
+                "committed offset of {}/{}",
+                e.topic(),
+                e.partition()
+            ))(err));
+        }
+        if let Offset::Offset(o) = e.offset() {
+            out.insert((e.topic().to_string(), e.partition()), o);
+        }
+    }
+    Ok(out)
 }
 
 /// Reads one partition from its start to its current end (read_committed).

@@ -164,6 +164,48 @@ struct Restoring {
 /// partition, other keys are input topics processed in place.
 type Committed = HashMap<String, i64>;
 
+/// Committed offsets of shard `p`'s sources (see [`Committed`]), read by a
+/// client that is not a group member. They wait for a transaction that holds
+/// offsets of these partitions to end (Kafka's stable offsets): the previous
+/// owner's, or, for a fenced one, until the broker aborts it after
+/// `transaction.timeout.ms`. Retried while the broker keeps them unstable.
+fn committed_sources(cfg: &Config, p: i32) -> Result<Committed, RuntimeError> {
+    let repartition = cfg.topics.repartition();
+    let mut wanted = vec![(repartition.clone(), p)];
+    // Also without in-place processing: snapshots written while it was on
+    // stay valid after it is turned off.
+    wanted.extend(cfg.kafka.input_topics.iter().map(|t| (t.clone(), p)));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let got = loop {
+        let attempt = match kafka::committed_offsets(cfg, &wanted) {
+            // An input topic may have fewer partitions when nothing runs in place.
+            Err(_) if !cfg.runtime.in_place && wanted.len() > 1 => {
+                wanted.truncate(1);
+                continue;
+            }
+            other => other,
+        };
+        match attempt {
+            Ok(got) => break got,
+            Err(e) if Instant::now() < deadline => {
+                warn!(partition = p, error = %e, "committed offsets not readable yet (a transaction of a previous owner may still be open); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut c = Committed::new();
+    for ((topic, _), offset) in got {
+        let source = if topic == repartition {
+            String::new()
+        } else {
+            topic
+        };
+        c.insert(source, offset);
+    }
+    Ok(c)
+}
+
 /// Reads shard `p`'s changelog partition to its end and rebuilds its
 /// instances, honouring the position guard: a snapshot is valid when the
 /// record that wrote it is below the committed offset of its source.
@@ -290,9 +332,20 @@ impl Runtime {
             let producer = producer.clone();
             // Before partitions go, the work done on them is committed, so the
             // next owner starts exactly where this one stopped.
-            consumer.on_revoke(Box::new(move |c| {
+            consumer.on_revoke(Box::new(move |c, lost| {
                 let Ok(mut t) = txn.lock() else { return };
                 if !t.open {
+                    return;
+                }
+                if lost {
+                    // The group fenced this member (it missed its session,
+                    // e.g. paused or partitioned away): another member owns
+                    // these shards and reprocesses from the committed offsets,
+                    // so this work must never commit.
+                    warn!("partitions lost to the group; aborting the open transaction");
+                    let _ = producer.abort();
+                    t.open = false;
+                    t.ended_by_hook = Some(false);
                     return;
                 }
                 let ok = match producer.commit(c, &t.offsets) {
@@ -558,11 +611,6 @@ impl Runtime {
             .lock()
             .ok()
             .and_then(|mut t| t.ended_by_hook.take());
-        match hook {
-            Some(true) => self.committed(),
-            Some(false) => self.recover()?,
-            None => {}
-        }
         let r = self.consumer.take_rebalances();
         for (topic, p) in &r.revoked {
             if *topic == self.repartition {
@@ -570,6 +618,13 @@ impl Runtime {
                 self.shards.remove(p);
                 info!(partition = p, "shard released");
             }
+        }
+        // Released shards first: a failed (or fenced) transaction rebuilds
+        // only the shards this process still owns.
+        match hook {
+            Some(true) => self.committed(),
+            Some(false) => self.recover()?,
+            None => {}
         }
         let changed = !r.revoked.is_empty() || !r.assigned.is_empty();
         for (topic, p) in r.assigned {
@@ -586,7 +641,7 @@ impl Runtime {
     /// Rebuilds shard `p` now (used after a failed transaction).
     fn restore(&mut self, p: i32) -> Result<(), RuntimeError> {
         self.restoring.remove(&p);
-        let committed = self.committed_sources(p)?;
+        let committed = committed_sources(&self.cfg, p)?;
         let shard = rebuild(&self.cfg, p, committed, &self.stats)?;
         self.install(p, shard);
         Ok(())
@@ -598,7 +653,6 @@ impl Runtime {
         if self.restoring.contains_key(&p) || self.shards.contains_key(&p) {
             return Ok(());
         }
-        let committed = self.committed_sources(p)?;
         self.consumer.pause(&self.repartition, p)?;
         if self.in_place {
             for input in &self.inputs {
@@ -608,12 +662,7 @@ impl Runtime {
                 }
             }
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let cfg = self.cfg.clone();
-        let stats = self.stats.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(rebuild(&cfg, p, committed, &stats));
-        });
+        let rx = self.spawn_restore(p);
         self.restoring.insert(
             p,
             Restoring {
@@ -622,6 +671,24 @@ impl Runtime {
             },
         );
         Ok(())
+    }
+
+    /// Reads shard `p`'s committed offsets and changelog on a thread of its
+    /// own: the offsets may wait for the transaction of a previous owner to
+    /// end (KIP-447), which must not stop the other shards.
+    fn spawn_restore(
+        &self,
+        p: i32,
+    ) -> std::sync::mpsc::Receiver<Result<shard::Shard, RuntimeError>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cfg = self.cfg.clone();
+        let stats = self.stats.clone();
+        std::thread::spawn(move || {
+            let result = committed_sources(&cfg, p)
+                .and_then(|committed| rebuild(&cfg, p, committed, &stats));
+            let _ = tx.send(result);
+        });
+        rx
     }
 
     /// Installs shards whose restore finished; returns the records held for them.
@@ -636,10 +703,21 @@ impl Runtime {
                     format!("the restore of shard {p} stopped"),
                 )),
             };
-            let Some(r) = self.restoring.remove(&p) else {
+            let Some(mut r) = self.restoring.remove(&p) else {
                 continue;
             };
-            self.install(p, result?);
+            let shard = match result {
+                Ok(shard) => shard,
+                Err(e) => {
+                    // The partition stays paused and its held records stay
+                    // held: nothing of it was consumed. Try again.
+                    warn!(partition = p, error = %e, "shard restore failed; retrying");
+                    r.rx = self.spawn_restore(p);
+                    self.restoring.insert(p, r);
+                    continue;
+                }
+            };
+            self.install(p, shard);
             self.consumer.resume(&self.repartition, p)?;
             if self.in_place {
                 for input in &self.inputs {
@@ -652,28 +730,6 @@ impl Runtime {
             self.refresh_readiness();
         }
         Ok(ready)
-    }
-
-    /// Committed offsets of shard `p`'s sources (see [`Committed`]).
-    fn committed_sources(&self, p: i32) -> Result<Committed, RuntimeError> {
-        let mut c = Committed::new();
-        if let Some((o, _)) = self.consumer.committed(&self.repartition, p)? {
-            c.insert(String::new(), o);
-        }
-        // Also without in-place processing: snapshots written while it was on
-        // stay valid after it is turned off.
-        for input in &self.inputs {
-            match self.consumer.committed(input, p) {
-                Ok(Some((o, _))) => {
-                    c.insert(input.clone(), o);
-                }
-                Ok(None) => {}
-                // An input topic may have fewer partitions when nothing runs in place.
-                Err(e) if self.in_place => return Err(e.into()),
-                Err(_) => {}
-            }
-        }
-        Ok(c)
     }
 
     fn install(&mut self, p: i32, shard: shard::Shard) {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod oracle;
 pub mod orders;
 pub mod otlp;
+pub mod running;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -82,6 +83,23 @@ impl Drop for Broker {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Starts `baton run --config <config>`, its output appended to `log`.
+pub fn baton_run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .stdout(std::process::Stdio::from(log.try_clone().expect("log")))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("baton starts")
 }
 
 /// Polls `f` until it returns `Some`, or fails after `secs`.

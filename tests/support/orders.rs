@@ -48,7 +48,10 @@ impl Topics {
     pub fn definition(&self) -> String {
         let mut text = include_str!("../../examples/order-to-cash.yaml").to_string();
         for t in EXAMPLE_COMMANDS {
-            text = text.replace(&format!("topic: {t}"), &format!("topic: {}.{t}", self.prefix));
+            text = text.replace(
+                &format!("topic: {t}"),
+                &format!("topic: {}.{t}", self.prefix),
+            );
         }
         text
     }
