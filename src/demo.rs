@@ -167,6 +167,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             partitions,
             replication_factor: 1,
             create: true,
+            changelog_config: Default::default(),
         },
         definitions: config::Definitions { paths: Vec::new() },
         runtime: config::Runtime {

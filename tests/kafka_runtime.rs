@@ -11,8 +11,10 @@ use baton::config::Config;
 use baton::kafka::{self, Outgoing, PlainProducer};
 use baton::wire::cloudevents;
 use serde_json::json;
-use support::orders::{Topics, config, header, services};
-use support::running::{Running, assert_each_command_once, collector, ids_of, orders_with};
+use support::orders::{Behaviour, Topics, config, header, services, services_with};
+use support::running::{
+    Running, assert_each_command_once, collector, example, ids_of, orders_with,
+};
 use support::{Broker, eventually, unique};
 
 fn create_input(cfg: &Config) -> Topics {
@@ -244,4 +246,110 @@ fn two_processes_split_the_shards_and_one_takes_over_when_the_other_stops() {
     stop_collector.store(true, Ordering::Relaxed);
     services.store(true, Ordering::Relaxed);
     b.stop();
+}
+
+/// Committed changelog records of every shard: (key, snapshot or tombstone).
+fn changelog(cfg: &Config) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for p in 0..cfg.topics.partitions {
+        for r in kafka::read_partition(cfg, &cfg.topics.changelog(), p).expect("changelog") {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            out.push((key, r.payload.is_some()));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_changelog_compacts_and_a_restore_after_compaction_yields_the_same_instances() {
+    let broker = Broker::start();
+    let group = unique("compact");
+    let mut cfg = config(&broker.bootstrap, &group, "a");
+    // Ended instances are forgotten (tombstoned) a second after they end;
+    // small segments and an eager cleaner make the broker compact soon.
+    cfg.runtime.retention = Duration::from_secs(1);
+    cfg.topics.changelog_config = [
+        ("segment.ms", "300"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("delete.retention.ms", "500"),
+        ("min.compaction.lag.ms", "0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let t = create_input(&cfg);
+    let (seen, stop_collector) = collector(&broker.bootstrap, &t.commands);
+    let a = Running::with(cfg.clone(), example(&t));
+    let stop_services = services_with(
+        &broker.bootstrap,
+        &t,
+        Behaviour {
+            deliver: true,
+            ..Behaviour::default()
+        },
+    );
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    const DONE: u64 = 10;
+    for n in 0..DONE {
+        producer.send(&t.placed(n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    eventually(120, "the first orders to complete", || {
+        (a.stats.completed.load(Ordering::Relaxed) >= DONE).then_some(())
+    });
+    stop_services.store(true, Ordering::Relaxed);
+    // Tombstones of the ended instances, once their retention passed.
+    let written = eventually(60, "a tombstone for every ended instance", || {
+        let log = changelog(&cfg);
+        let tombstones = log.iter().filter(|(_, live)| !live).count() as u64;
+        (tombstones >= DONE).then_some(log.len())
+    });
+
+    // Orders nobody answers stay active; they keep the changelog growing
+    // (new segments) while the broker compacts the older ones.
+    let mut sent = DONE;
+    let compacted = eventually(120, "the changelog compacted, tombstones removed", || {
+        producer.send(&t.placed(sent)).expect("send");
+        producer.flush().expect("flush");
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(400));
+        let log = changelog(&cfg);
+        let ended: Vec<&(String, bool)> = log
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("order-to-cash/o-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n < DONE)
+            })
+            .collect();
+        (ended.is_empty()).then_some(log)
+    });
+    a.stop();
+    let live: std::collections::BTreeSet<&String> = compacted.iter().map(|(k, _)| k).collect();
+    eprintln!(
+        "compaction: {written} changelog records when the tombstones were written, {} after compaction",
+        compacted.len()
+    );
+    assert!(
+        compacted.iter().all(|(_, live)| *live),
+        "no tombstone is left once compacted"
+    );
+    // What a restore finds after compaction: exactly the active orders.
+    let expected = sent - DONE;
+    let changelog_now = changelog(&cfg);
+    let keys: std::collections::BTreeSet<&String> = changelog_now.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len() as u64, expected, "{keys:?}");
+    assert!(live.is_subset(&keys));
+    let b = Running::with(cfg.clone(), example(&t));
+    eventually(60, "both shards restored", || {
+        (b.shards() == 2).then_some(())
+    });
+    assert_eq!(
+        b.stats.restored_instances.load(Ordering::Relaxed),
+        expected,
+        "the restore after compaction has every active order and no ended one"
+    );
+    b.stop();
+    stop_collector.store(true, Ordering::Relaxed);
+    drop(seen);
 }

@@ -77,6 +77,10 @@ pub struct Topics {
     pub replication_factor: i32,
     /// Create missing topics (otherwise only check them).
     pub create: bool,
+    /// Topic settings for the changelog when baton creates it, beside
+    /// `cleanup.policy=compact` (e.g. `segment.ms`, `min.cleanable.dirty.ratio`,
+    /// `delete.retention.ms`: how soon old snapshots and tombstones go).
+    pub changelog_config: BTreeMap<String, String>,
 }
 
 impl Default for Topics {
@@ -86,6 +90,7 @@ impl Default for Topics {
             partitions: 6,
             replication_factor: 1,
             create: true,
+            changelog_config: BTreeMap::new(),
         }
     }
 }

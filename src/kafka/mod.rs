@@ -517,7 +517,10 @@ pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(),
                     TopicReplication::Fixed(cfg.topics.replication_factor),
                 );
                 if *compact {
-                    t.set("cleanup.policy", "compact")
+                    cfg.topics
+                        .changelog_config
+                        .iter()
+                        .fold(t.set("cleanup.policy", "compact"), |t, (k, v)| t.set(k, v))
                 } else {
                     t
                 }

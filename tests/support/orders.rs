@@ -84,6 +84,7 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
             partitions: 2,
             replication_factor: 1,
             create: true,
+            changelog_config: BTreeMap::new(),
         },
         definitions: config::Definitions { paths: Vec::new() },
         runtime: config::Runtime {
