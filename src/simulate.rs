@@ -12,7 +12,8 @@
 //! - `{"expect": {...}}`: check what happened since the previous `expect`
 //!   (`commands`: command types in order; `key`/`process` with `status`,
 //!   `at` (current steps), `vars` (subset), `incidents` (open count);
-//!   `rejected`: number of events rejected or dead-lettered).
+//!   `rejected`: number of events rejected or dead-lettered; `duplicates`:
+//!   number of events ignored because the instance had seen their id).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -55,6 +56,8 @@ pub struct Simulation {
     /// Commands emitted, in order: (type, id, purpose).
     pub commands: Vec<engine::Command>,
     pub rejected: usize,
+    /// Events ignored as repeats (an id the instance had seen).
+    pub duplicates: usize,
     seq: u64,
 }
 
@@ -68,6 +71,7 @@ impl Simulation {
             log: Vec::new(),
             commands: Vec::new(),
             rejected: 0,
+            duplicates: 0,
             seq: 0,
         }
     }
@@ -253,6 +257,12 @@ impl Simulation {
                 }
                 Effect::Rejected { event, reason } => {
                     let event_id = &event.id;
+                    // As in `baton run`: a repeated event is ignored, not a dead letter.
+                    if reason == crate::engine::Rejection::Duplicate {
+                        self.duplicates += 1;
+                        self.note(&name, format!("  = duplicate {event_id} ignored"));
+                        continue;
+                    }
                     self.rejected += 1;
                     self.note(&name, format!("  ✗ rejected {event_id}: {reason}"));
                 }
@@ -304,7 +314,7 @@ impl Simulation {
     /// Runs a scenario; the first failed expectation or bad line stops it.
     pub fn run(&mut self, file: &str, scenario: &str) -> Result<(), ScenarioError> {
         let mut since = 0usize;
-        let mut rejected_since = 0usize;
+        let mut rejected_since = (0usize, 0usize);
         for (n, line) in scenario.lines().enumerate() {
             let line_no = n + 1;
             let fail = |message: String| ScenarioError {
@@ -355,7 +365,7 @@ impl Simulation {
                 "expect" => {
                     self.check(arg, since, rejected_since).map_err(fail)?;
                     since = self.commands.len();
-                    rejected_since = self.rejected;
+                    rejected_since = (self.rejected, self.duplicates);
                 }
                 other => return Err(fail(format!("unknown verb `{other}`"))),
             }
@@ -398,7 +408,8 @@ impl Simulation {
         })
     }
 
-    fn check(&self, v: &Json, since: usize, rejected_since: usize) -> Result<(), String> {
+    /// `rejected_since`: the rejected and duplicate counts at the previous `expect`.
+    fn check(&self, v: &Json, since: usize, rejected_since: (usize, usize)) -> Result<(), String> {
         let o = v.as_object().ok_or("expect must be an object")?;
         let mut problems = Vec::new();
         for k in o.keys() {
@@ -411,6 +422,7 @@ impl Simulation {
                 "vars",
                 "incidents",
                 "rejected",
+                "duplicates",
             ]
             .contains(&k.as_str())
             {
@@ -433,9 +445,15 @@ impl Simulation {
             }
         }
         if let Some(want) = o.get("rejected").and_then(Json::as_u64) {
-            let got = self.rejected - rejected_since;
+            let got = self.rejected - rejected_since.0;
             if got as u64 != want {
                 problems.push(format!("rejected: expected {want}, got {got}"));
+            }
+        }
+        if let Some(want) = o.get("duplicates").and_then(Json::as_u64) {
+            let got = self.duplicates - rejected_since.1;
+            if got as u64 != want {
+                problems.push(format!("duplicates: expected {want}, got {got}"));
             }
         }
         if let Some(key) = o.get("key").and_then(Json::as_str) {

@@ -19,9 +19,6 @@ fn bench_pipeline_produces_a_complete_report() {
     opts.latency_seconds = 2;
     opts.restore_instances = 300;
     opts.memory_instances = vec![200, 300];
-    // What `baton bench` sets when it starts the broker itself.
-    opts.kafka_options
-        .insert("fetch.wait.max.ms".into(), "10".into());
 
     let mut phases = Vec::new();
     let report = bench::run(&opts, &mut |p| {

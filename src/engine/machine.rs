@@ -122,12 +122,14 @@ impl Machine<'_> {
     // ---- inputs ---------------------------------------------------------
 
     fn event(&mut self, ev: &Event) -> bool {
-        if self.inst.status.is_ended() {
-            self.reject(ev, Rejection::Ended(self.inst.status));
-            return false;
-        }
+        // A known id is a repeat, whatever became of the instance since: a
+        // service that answers twice after the instance ended is no problem.
         if self.inst.seen.iter().any(|s| s == &ev.id) {
             self.reject(ev, Rejection::Duplicate);
+            return false;
+        }
+        if self.inst.status.is_ended() {
+            self.reject(ev, Rejection::Ended(self.inst.status));
             return false;
         }
         if self.inst.seen.len() >= SEEN_WINDOW {

@@ -477,6 +477,7 @@ fn step(
             Effect::Discard => discard = true,
             Effect::Rejected { event, reason } => {
                 if reason == Rejection::Duplicate {
+                    ctx.stats.metrics.duplicates.inc();
                     debug!(instance = %id, event_id = %event.id, "duplicate event ignored");
                     continue;
                 }

@@ -102,6 +102,7 @@ pub struct Metrics {
     incidents_open: Family<ProcessLabel, Gauge>,
     instances: Family<StatusLabels, Gauge>,
     dead_letters: Family<KindLabel, Counter>,
+    pub duplicates: Counter,
     transactions: Family<OutcomeLabel, Counter>,
     pub commit_seconds: Histogram,
     pub batch_events: Histogram,
@@ -141,6 +142,7 @@ impl Metrics {
             incidents_open: Family::default(),
             instances: Family::default(),
             dead_letters: Family::default(),
+            duplicates: Counter::default(),
             transactions: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -213,6 +215,11 @@ impl Metrics {
             "dead_letters",
             "Records sent to the dead-letter topic, by kind",
             m.dead_letters.clone(),
+        );
+        r.register(
+            "events_duplicate",
+            "Events an instance had already seen (same event id), ignored",
+            m.duplicates.clone(),
         );
         r.register(
             "transactions",
