@@ -104,6 +104,9 @@ struct Txn {
     started: Option<Instant>,
     /// Set by the revocation hook: the transaction was committed (true) or failed (false).
     ended_by_hook: Option<bool>,
+    /// A batch is being processed: what the transaction holds is not yet
+    /// everything the consumed offsets stand for, so it must not commit.
+    in_batch: bool,
 }
 
 /// One baton process in the consumer group.
@@ -337,12 +340,21 @@ impl Runtime {
                 if !t.open {
                     return;
                 }
-                if lost {
+                if lost || t.in_batch {
                     // The group fenced this member (it missed its session,
                     // e.g. paused or partitioned away): another member owns
                     // these shards and reprocesses from the committed offsets,
-                    // so this work must never commit.
-                    warn!("partitions lost to the group; aborting the open transaction");
+                    // so this work must never commit. Nor may a batch cut
+                    // short by an error (the hook also runs when a failed
+                    // runtime drops its consumer): half of it would commit
+                    // with all of its offsets.
+                    if lost {
+                        warn!("partitions lost to the group; aborting the open transaction");
+                    } else {
+                        warn!(
+                            "revocation during an unfinished batch; aborting the open transaction"
+                        );
+                    }
                     let _ = producer.abort();
                     t.open = false;
                     t.ended_by_hook = Some(false);
@@ -397,18 +409,47 @@ impl Runtime {
     }
 
     /// Runs until `stop` is set; the transaction in flight is committed first.
+    /// On an error the open transaction is aborted, never committed.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
+        let result = self.turn_until(&stop);
+        if result.is_err() {
+            self.abort_open();
+        }
+        result
+    }
+
+    fn turn_until(&mut self, stop: &AtomicBool) -> Result<(), RuntimeError> {
         while !stop.load(Ordering::Relaxed) {
             self.health.beat();
             let batch = self.poll_batch()?;
+            self.set_in_batch(true);
             self.process(batch)?;
             self.fire_timers()?;
+            self.set_in_batch(false);
             self.maybe_commit(false)?;
             self.refresh_gauges(false);
         }
         self.health.update(|r| r.stopping = true);
         self.maybe_commit(true)?;
         Ok(())
+    }
+
+    fn set_in_batch(&self, on: bool) {
+        if let Ok(mut t) = self.txn.lock() {
+            t.in_batch = on;
+        }
+    }
+
+    /// Aborts the transaction in flight (the runtime is failing).
+    fn abort_open(&mut self) {
+        let Ok(mut t) = self.txn.lock() else { return };
+        if t.open {
+            warn!("the runtime failed; aborting the open transaction");
+            if let Err(e) = self.producer.abort() {
+                warn!(error = %e, "abort failed; the broker aborts the transaction after its timeout");
+            }
+        }
+        *t = Txn::default();
     }
 
     /// Readiness as the shards stand now.
@@ -874,10 +915,13 @@ impl Runtime {
     fn consumed(&mut self, m: &Incoming) -> Result<(), RuntimeError> {
         self.begin()?;
         if let Ok(mut t) = self.txn.lock() {
-            t.offsets.insert(
-                (m.topic.clone(), m.partition),
-                (m.offset + 1, String::new()),
-            );
+            // Offsets only move forward: a record processed in place is
+            // recorded again after later records of its partition were.
+            let next = m.offset + 1;
+            t.offsets
+                .entry((m.topic.clone(), m.partition))
+                .and_modify(|(o, _)| *o = (*o).max(next))
+                .or_insert((next, String::new()));
         }
         Ok(())
     }

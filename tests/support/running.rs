@@ -84,6 +84,16 @@ impl Running {
         self.health.readiness().shards
     }
 
+    /// Waits for the runtime to end by itself (after an error); its result.
+    pub fn join(self) -> Result<(), RuntimeError> {
+        self.handle.join().expect("runtime thread")
+    }
+
+    /// Whether the runtime has ended (returned, with or without an error).
+    pub fn ended(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     /// Stops the runtime (it commits what is in flight) and waits for it.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
