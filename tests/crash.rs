@@ -79,26 +79,27 @@ fn committed_commands(cfg: &Config, t: &Topics) -> BTreeMap<String, Vec<String>>
     out
 }
 
+/// A record as both readers see it: offset, key, value.
+type Seen = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The read_committed consumer and the oracle see the same records of
 /// `topic`/`p`: same offsets, keys and values. Returns how many.
 fn consumer_agrees_with_oracle(cfg: &Config, bootstrap: &str, topic: &str, p: i32) -> usize {
-    let consumer: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> =
-        kafka::read_partition(cfg, topic, p)
-            .expect("read_committed read")
-            .into_iter()
-            .map(|r| (r.offset, r.key, r.payload))
-            .collect();
-    let oracle: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> =
-        oracle::committed(bootstrap, topic, p)
-            .into_iter()
-            .map(|r| {
-                (
-                    r.offset,
-                    r.key.map(|k| k.to_vec()),
-                    r.value.map(|v| v.to_vec()),
-                )
-            })
-            .collect();
+    let consumer: Vec<Seen> = kafka::read_partition(cfg, topic, p)
+        .expect("read_committed read")
+        .into_iter()
+        .map(|r| (r.offset, r.key, r.payload))
+        .collect();
+    let oracle: Vec<Seen> = oracle::committed(bootstrap, topic, p)
+        .into_iter()
+        .map(|r| {
+            (
+                r.offset,
+                r.key.map(|k| k.to_vec()),
+                r.value.map(|v| v.to_vec()),
+            )
+        })
+        .collect();
     assert_eq!(
         consumer.len(),
         oracle.len(),

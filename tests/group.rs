@@ -73,16 +73,18 @@ fn load(bootstrap: &str, t: &Topics, per_second: u64) -> (Arc<AtomicBool>, JoinH
 
 /// Who owned which shard when: a change log of the members' readiness.
 type Owners = BTreeMap<i32, String>;
+/// The members watched, by name.
+type Members = Arc<Mutex<Vec<(String, Arc<Health>)>>>;
 
 struct Monitor {
-    members: Arc<Mutex<Vec<(String, Arc<Health>)>>>,
+    members: Members,
     timeline: Arc<Mutex<Vec<(u64, Owners)>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Monitor {
     fn start() -> Monitor {
-        let members: Arc<Mutex<Vec<(String, Arc<Health>)>>> = Arc::default();
+        let members: Members = Arc::default();
         let timeline: Arc<Mutex<Vec<(u64, Owners)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (m, tl, st) = (members.clone(), timeline.clone(), stop.clone());

@@ -7,7 +7,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use baton::config::Config;
+use baton::config::{Config, GroupProtocol};
 use baton::kafka::{self, Outgoing, PlainProducer};
 use baton::wire::cloudevents;
 use serde_json::json;
@@ -203,12 +203,23 @@ fn a_new_process_restores_instances_and_fires_timers_that_fell_due_while_down() 
 
 #[test]
 fn two_processes_split_the_shards_and_one_takes_over_when_the_other_stops() {
+    hand_over(GroupProtocol::Consumer);
+}
+
+#[test]
+fn the_classic_group_protocol_hands_shards_over_too() {
+    hand_over(GroupProtocol::Classic);
+}
+
+fn hand_over(protocol: GroupProtocol) {
     let broker = Broker::start();
     let group = unique("pair");
-    let cfg = config(&broker.bootstrap, &group, "a");
+    let mut cfg = config(&broker.bootstrap, &group, "a");
+    cfg.kafka.group_protocol = protocol;
     let t = create_input(&cfg);
     let (seen, stop_collector) = collector(&broker.bootstrap, &t.commands);
-    let cfg_b = config(&broker.bootstrap, &group, "b");
+    let mut cfg_b = config(&broker.bootstrap, &group, "b");
+    cfg_b.kafka.group_protocol = protocol;
     let a = Running::start(cfg);
     let b = Running::start(cfg_b);
     let services = services(&broker.bootstrap, &t);
