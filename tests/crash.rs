@@ -27,35 +27,21 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Orders are keyed by event id (re-keyed through the repartition topic), the
+/// services' answers by order (processed in place): both paths crash.
 fn write_config(dir: &std::path::Path, bootstrap: &str, group: &str) -> std::path::PathBuf {
-    let t = Topics::of(group);
-    let examples = t.write_definition(dir);
-    let input = &t.input;
-    let text = format!(
-        r#"[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-input_topics = ["{input}"]
-[topics]
-prefix = "{group}.baton"
-partitions = {PARTITIONS}
-[definitions]
-paths = ["{}"]
-[runtime]
-instance_id = "crash-1"
-commit_interval = "50ms"
-session_timeout = "6s"
-# Orders are keyed by event id (re-keyed through the repartition topic), the
-# services' answers by order (processed in place): both paths crash.
-in_place = true
-[admin]
-listen = "127.0.0.1:0"
-"#,
-        examples.display()
-    );
-    let path = dir.join("baton.toml");
-    std::fs::write(&path, text).expect("config written");
-    path
+    support::write_config(
+        dir,
+        &support::RunConfig {
+            bootstrap,
+            group,
+            instance: "crash-1",
+            partitions: PARTITIONS,
+            in_place: true,
+            admin: "127.0.0.1:0".into(),
+            extra: "",
+        },
+    )
 }
 
 /// Committed command ids per type, as a plain read_committed consumer reads them.

@@ -283,36 +283,23 @@ fn free_addr() -> SocketAddr {
 
 fn write_config(
     dir: &Path,
-    t: &Topics,
     bootstrap: &str,
     group: &str,
     name: &str,
     admin: SocketAddr,
 ) -> PathBuf {
-    let definition = t.write_definition(dir);
-    let text = format!(
-        r#"[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-input_topics = ["{input}"]
-[topics]
-prefix = "{group}.baton"
-partitions = {PARTITIONS}
-[definitions]
-paths = ["{}"]
-[runtime]
-instance_id = "{name}"
-commit_interval = "50ms"
-in_place = true
-[admin]
-listen = "{admin}"
-"#,
-        definition.display(),
-        input = t.input,
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).expect("config written");
-    path
+    support::write_config(
+        dir,
+        &support::RunConfig {
+            bootstrap,
+            group,
+            instance: name,
+            partitions: PARTITIONS,
+            in_place: true,
+            admin: admin.to_string(),
+            extra: "",
+        },
+    )
 }
 
 /// The shards a process reports ready (`None`: it does not answer).
@@ -346,8 +333,8 @@ fn a_paused_process_is_fenced_and_its_late_transaction_never_commits() {
     let t = create_input(&cfg);
     let dir = broker.dir.clone();
     let (admin_a, admin_b) = (free_addr(), free_addr());
-    let conf_a = write_config(&dir, &t, &broker.bootstrap, &group, "zombie-a", admin_a);
-    let conf_b = write_config(&dir, &t, &broker.bootstrap, &group, "zombie-b", admin_b);
+    let conf_a = write_config(&dir, &broker.bootstrap, &group, "zombie-a", admin_a);
+    let conf_b = write_config(&dir, &broker.bootstrap, &group, "zombie-b", admin_b);
     let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
     let mut a = support::baton_run(&conf_a, &log_a);
     eventually(60, "a to own every shard", || {

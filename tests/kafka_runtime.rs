@@ -206,6 +206,9 @@ fn two_processes_split_the_shards_and_one_takes_over_when_the_other_stops() {
     hand_over(GroupProtocol::Consumer);
 }
 
+/// The classic protocol with in-place processing, which takes the `range`
+/// assignor (co-partitioning); `cooperative-sticky`, its choice otherwise,
+/// may give one member every shard and the other every input partition.
 #[test]
 fn the_classic_group_protocol_hands_shards_over_too() {
     hand_over(GroupProtocol::Classic);
@@ -215,11 +218,13 @@ fn hand_over(protocol: GroupProtocol) {
     let broker = Broker::start();
     let group = unique("pair");
     let mut cfg = config(&broker.bootstrap, &group, "a");
-    cfg.kafka.group_protocol = protocol;
+    let mut cfg_b = config(&broker.bootstrap, &group, "b");
+    for c in [&mut cfg, &mut cfg_b] {
+        c.kafka.group_protocol = protocol;
+        c.runtime.in_place = protocol == GroupProtocol::Classic;
+    }
     let t = create_input(&cfg);
     let (seen, stop_collector) = collector(&broker.bootstrap, &t.commands);
-    let mut cfg_b = config(&broker.bootstrap, &group, "b");
-    cfg_b.kafka.group_protocol = protocol;
     let a = Running::start(cfg);
     let b = Running::start(cfg_b);
     let services = services(&broker.bootstrap, &t);

@@ -43,32 +43,18 @@ fn write_config(
     admin: SocketAddr,
     extra: &str,
 ) -> PathBuf {
-    let t = Topics::of(group);
-    let example = t.write_definition(dir);
-    let input = &t.input;
-    let text = format!(
-        r#"[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-input_topics = ["{input}"]
-[topics]
-prefix = "{group}.baton"
-partitions = {PARTITIONS}
-[definitions]
-paths = ["{}"]
-[runtime]
-instance_id = "telemetry-1"
-commit_interval = "50ms"
-session_timeout = "6s"
-[admin]
-listen = "{admin}"
-{extra}
-"#,
-        example.display()
-    );
-    let path = dir.join("baton.toml");
-    std::fs::write(&path, text).expect("config written");
-    path
+    support::write_config(
+        dir,
+        &support::RunConfig {
+            bootstrap,
+            group,
+            instance: "telemetry-1",
+            partitions: PARTITIONS,
+            in_place: false,
+            admin: admin.to_string(),
+            extra,
+        },
+    )
 }
 
 fn load(path: &Path) -> Config {
@@ -464,7 +450,8 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
 
 #[test]
 fn readiness_waits_for_the_restore_and_grpc_export_works() {
-    const RESTORED: u64 = 20_000;
+    // Enough that the restore lasts long enough to be seen (Kafka reads 20 000 in a blink).
+    const RESTORED: u64 = 100_000;
     let broker = Broker::start();
     let group = unique("ready");
     let t = Topics::of(&group);

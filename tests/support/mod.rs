@@ -85,6 +85,59 @@ impl Drop for Broker {
     }
 }
 
+/// How a `baton run` of the tests is set up (see [`write_config`]).
+pub struct RunConfig<'a> {
+    pub bootstrap: &'a str,
+    pub group: &'a str,
+    /// `runtime.instance_id`; also the file's name.
+    pub instance: &'a str,
+    pub partitions: i32,
+    pub in_place: bool,
+    /// `admin.listen`.
+    pub admin: String,
+    /// More TOML, appended as it is (tables after `[admin]`).
+    pub extra: &'a str,
+}
+
+/// Writes the order-to-cash example with the group's topics and a
+/// `<instance>.toml` for it into `dir`; returns the configuration's path.
+pub fn write_config(dir: &std::path::Path, c: &RunConfig<'_>) -> PathBuf {
+    let t = orders::Topics::of(c.group);
+    let definition = t.write_definition(dir);
+    let text = format!(
+        r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+input_topics = ["{input}"]
+[topics]
+prefix = "{group}.baton"
+partitions = {partitions}
+[definitions]
+paths = ["{definition}"]
+[runtime]
+instance_id = "{instance}"
+commit_interval = "50ms"
+session_timeout = "6s"
+in_place = {in_place}
+[admin]
+listen = "{admin}"
+{extra}
+"#,
+        bootstrap = c.bootstrap,
+        group = c.group,
+        input = t.input,
+        partitions = c.partitions,
+        definition = definition.display(),
+        instance = c.instance,
+        in_place = c.in_place,
+        admin = c.admin,
+        extra = c.extra,
+    );
+    let path = dir.join(format!("{}.toml", c.instance));
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
 /// Starts `baton run --config <config>`, its output appended to `log`.
 pub fn baton_run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
