@@ -48,6 +48,9 @@ pub struct Instance {
     pub timers: Vec<Timer>,
     /// Armed `expect` watchdogs.
     pub expects: Vec<ArmedExpect>,
+    /// `expect` watchdogs whose event already arrived before they were armed
+    /// (indexes into the definition's `expect`): met, they never arm.
+    pub met_expects: Vec<u32>,
     pub incidents: Vec<Incident>,
     /// Recent event ids, for deduplication.
     pub seen: VecDeque<String>,
@@ -85,6 +88,7 @@ impl Instance {
             completed: Vec::new(),
             timers: Vec::new(),
             expects: Vec::new(),
+            met_expects: Vec::new(),
             incidents: Vec::new(),
             seen: VecDeque::new(),
             buffer: Vec::new(),

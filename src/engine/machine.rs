@@ -363,6 +363,25 @@ impl Machine<'_> {
                 }
             }
         }
+        // An expected event that comes before its watchdog is armed (the
+        // shipment delivered before the step the SLA runs after completed)
+        // meets it in advance: it will not arm.
+        for (i, e) in self.def.expect.iter().enumerate() {
+            let i = i as u32;
+            if self.inst.expects.iter().any(|a| a.index == i)
+                || self.inst.met_expects.contains(&i)
+                || !e.on.matches(&ev.kind)
+            {
+                continue;
+            }
+            let hit = match &e.when {
+                Some(w) => w.eval_bool(&self.scope(Some(ev), 0)).unwrap_or(false),
+                None => true,
+            };
+            if hit {
+                self.inst.met_expects.push(i);
+            }
+        }
         let armed: Vec<u32> = self.inst.expects.iter().map(|e| e.index).collect();
         for i in armed {
             let e = &self.def.expect[i as usize];
@@ -834,7 +853,9 @@ impl Machine<'_> {
     // ---- watchdogs --------------------------------------------------------
 
     fn arm(&mut self, i: usize) {
-        if self.inst.expects.iter().any(|e| e.index as usize == i) {
+        if self.inst.expects.iter().any(|e| e.index as usize == i)
+            || self.inst.met_expects.contains(&(i as u32))
+        {
             return;
         }
         let due = self.now.saturating_add(self.def.expect[i].within);

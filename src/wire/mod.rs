@@ -197,6 +197,7 @@ fn to_proto(i: &Instance) -> pb::InstanceSnapshot {
         started_at: i.started_at,
         updated_at: i.updated_at,
         trace: i.trace.clone().unwrap_or_default(),
+        met_expects: i.met_expects.clone(),
     }
 }
 
@@ -342,6 +343,7 @@ fn from_proto(s: pb::InstanceSnapshot) -> Result<Instance, WireError> {
         started_at: s.started_at,
         updated_at: s.updated_at,
         trace: (!s.trace.is_empty()).then_some(s.trace),
+        met_expects: s.met_expects,
     })
 }
 
@@ -403,6 +405,7 @@ mod tests {
             });
         }
         i.expects.push(ArmedExpect { index: 0, due: 99 });
+        i.met_expects.push(1);
         i.incidents.push(Incident {
             id: 7,
             token: Some(6),
