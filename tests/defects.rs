@@ -132,3 +132,50 @@ fn committed_input_offsets_only_move_forward() {
         "both records of partition {p} were processed: the committed offset is past the second"
     );
 }
+
+/// Snapshots index steps by number: an instance restored under a definition
+/// whose file was edited without a new version would resume at the wrong
+/// step. The restore refuses it, and says what to do.
+#[test]
+fn a_snapshot_of_an_edited_definition_version_is_refused_on_restore() {
+    let broker = Broker::start();
+    let group = unique("edited");
+    let cfg = config(&broker.bootstrap, &group, "a");
+    let t = create_input(&cfg);
+    let changelog = cfg.topics.changelog();
+    kafka::ensure_topics(&cfg, &[(changelog.clone(), 2, true)]).expect("changelog");
+    // An instance left by a process that ran other content as version 1.
+    let mut inst = baton::engine::Instance::new("order-to-cash", 1, "o-9");
+    inst.status = baton::engine::Status::Active;
+    inst.definition = "00000000deadbeef".into();
+    let id = "order-to-cash/o-9";
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    producer
+        .send(&baton::kafka::Outgoing {
+            topic: changelog,
+            partition: Some(shard_of(id, 2)),
+            key: id.as_bytes().to_vec(),
+            payload: Some(baton::wire::encode_changelog(0, &inst)),
+            headers: Vec::new(),
+        })
+        .expect("send");
+    producer.flush().expect("flush");
+    drop(t);
+
+    let runtime = Running::start(cfg);
+    eventually(60, "the runtime to refuse the snapshot", || {
+        runtime.ended().then_some(())
+    });
+    let err = runtime
+        .join()
+        .expect_err("the restore is refused")
+        .to_string();
+    for part in [
+        "order-to-cash/o-9",
+        "order-to-cash version 1",
+        "edited without a new version",
+        "as version 2",
+    ] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+}

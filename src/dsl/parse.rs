@@ -499,6 +499,7 @@ impl Parser {
         let mut def = Definition {
             process: process?,
             version: version?,
+            hash: String::new(),
             start: start?,
             correlate,
             vars,

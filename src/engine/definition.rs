@@ -16,6 +16,10 @@ pub type StepIdx = usize;
 pub struct Definition {
     pub process: String,
     pub version: u32,
+    /// Content hash of the source text this version was deployed from (set
+    /// by [`Registry::deploy`]; empty before). Instances carry it, so a
+    /// definition edited without a new version is noticed on restore.
+    pub hash: String,
     pub start: Start,
     pub correlate: Vec<Correlation>,
     /// Variables computed from the start event, in order.
@@ -325,6 +329,17 @@ pub struct Expectation {
     pub then: Transition,
 }
 
+/// A stable content hash of a definition's source text (64-bit FNV-1a, hex):
+/// the same text gives the same hash on every machine and build.
+pub fn content_hash(source: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in source.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Deployed definitions: every version of every process.
 ///
 /// New instances take the newest version; running ones keep theirs.
@@ -364,6 +379,8 @@ impl Registry {
             });
         }
         let version = def.version;
+        let mut def = def;
+        def.hash = content_hash(source);
         let def = std::sync::Arc::new(def);
         versions.insert(version, (def.clone(), source.to_string()));
         Ok(def)

@@ -38,6 +38,9 @@ impl Status {
 pub struct Instance {
     pub process: String,
     pub version: u32,
+    /// Content hash of the definition version it runs (see
+    /// [`super::Definition::hash`]; empty: not recorded).
+    pub definition: String,
     pub key: String,
     pub status: Status,
     pub vars: Vars,
@@ -81,6 +84,7 @@ impl Instance {
         Instance {
             process: process.to_string(),
             version,
+            definition: String::new(),
             key: key.to_string(),
             status: Status::Pending,
             vars: Vars::new(),

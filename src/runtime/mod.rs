@@ -45,6 +45,46 @@ pub enum RuntimeError {
     Kafka(#[from] KafkaFailure),
     #[error("{0}")]
     Setup(String),
+    /// A snapshot was written under other content of its definition version.
+    #[error("{0}")]
+    Definition(String),
+}
+
+/// Content hash of every deployed definition version (see [`engine::Definition::hash`]).
+type Hashes = Arc<HashMap<(String, u32), String>>;
+
+fn hashes(registry: &Registry) -> Hashes {
+    let mut out = HashMap::new();
+    for latest in registry.latest_all() {
+        for v in 1..=latest.version {
+            if let Some(d) = registry.get(&latest.process, v) {
+                out.insert((d.process.clone(), d.version), d.hash.clone());
+            }
+        }
+    }
+    Arc::new(out)
+}
+
+/// Refuses an instance whose snapshot names other content of its definition
+/// version than the one deployed: its step indexes would point elsewhere.
+fn check_definition(hashes: &Hashes, key: &str, inst: &Instance) -> Result<(), RuntimeError> {
+    let Some(deployed) = hashes.get(&(inst.process.clone(), inst.version)) else {
+        return Ok(());
+    };
+    if inst.definition.is_empty() || deployed.is_empty() || *deployed == inst.definition {
+        return Ok(());
+    }
+    Err(RuntimeError::Definition(format!(
+        "instance {key} runs {} version {} as it was deployed with content {}, but the file deployed now as {} version {} has content {}: the definition was edited without a new version. Put the original file of version {} back, and deploy the edited one as version {} (running instances keep their version; new ones take the newest)",
+        inst.process,
+        inst.version,
+        inst.definition,
+        inst.process,
+        inst.version,
+        deployed,
+        inst.version,
+        inst.version + 1
+    )))
 }
 
 /// Wall clock in epoch milliseconds (the runtime's, never the engine's).
@@ -217,6 +257,7 @@ fn rebuild(
     p: i32,
     committed: Committed,
     stats: &Stats,
+    hashes: &Hashes,
 ) -> Result<shard::Shard, RuntimeError> {
     let started = Instant::now();
     // Snapshots up to these positions belong to committed transactions.
@@ -263,6 +304,7 @@ fn rebuild(
     };
     for (key, inst) in latest {
         if let Some(inst) = inst {
+            check_definition(hashes, &key, &inst)?;
             shard.add_timers(&key, &inst, retention);
             shard.instances.insert(key, inst);
         }
@@ -683,7 +725,13 @@ impl Runtime {
     fn restore(&mut self, p: i32) -> Result<(), RuntimeError> {
         self.restoring.remove(&p);
         let committed = committed_sources(&self.cfg, p)?;
-        let shard = rebuild(&self.cfg, p, committed, &self.stats)?;
+        let shard = rebuild(
+            &self.cfg,
+            p,
+            committed,
+            &self.stats,
+            &hashes(&self.registry),
+        )?;
         self.install(p, shard);
         Ok(())
     }
@@ -724,9 +772,10 @@ impl Runtime {
         let (tx, rx) = std::sync::mpsc::channel();
         let cfg = self.cfg.clone();
         let stats = self.stats.clone();
+        let hashes = hashes(&self.registry);
         std::thread::spawn(move || {
             let result = committed_sources(&cfg, p)
-                .and_then(|committed| rebuild(&cfg, p, committed, &stats));
+                .and_then(|committed| rebuild(&cfg, p, committed, &stats, &hashes));
             let _ = tx.send(result);
         });
         rx
@@ -749,6 +798,8 @@ impl Runtime {
             };
             let shard = match result {
                 Ok(shard) => shard,
+                // Not transient: the operator must act.
+                Err(e @ RuntimeError::Definition(_)) => return Err(e),
                 Err(e) => {
                     // The partition stays paused and its held records stay
                     // held: nothing of it was consumed. Try again.

@@ -326,10 +326,11 @@ fn step(
         (None, Input::Event(e)) if e.time > 0 => e.time,
         _ => now_ms(),
     };
-    let inst = shard
-        .instances
-        .entry(id.clone())
-        .or_insert_with(|| Instance::new(&def.process, def.version, key));
+    let inst = shard.instances.entry(id.clone()).or_insert_with(|| {
+        let mut i = Instance::new(&def.process, def.version, key);
+        i.definition = def.hash.clone();
+        i
+    });
     let was_pending = inst.status == engine::Status::Pending;
     let transitions = inst.transitions;
     let effects = engine::apply(&def, inst, input, now);

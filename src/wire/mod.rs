@@ -198,6 +198,7 @@ fn to_proto(i: &Instance) -> pb::InstanceSnapshot {
         updated_at: i.updated_at,
         trace: i.trace.clone().unwrap_or_default(),
         met_expects: i.met_expects.clone(),
+        definition_hash: i.definition.clone(),
     }
 }
 
@@ -344,6 +345,7 @@ fn from_proto(s: pb::InstanceSnapshot) -> Result<Instance, WireError> {
         updated_at: s.updated_at,
         trace: (!s.trace.is_empty()).then_some(s.trace),
         met_expects: s.met_expects,
+        definition: s.definition_hash,
     })
 }
 
@@ -406,6 +408,7 @@ mod tests {
         }
         i.expects.push(ArmedExpect { index: 0, due: 99 });
         i.met_expects.push(1);
+        i.definition = "0123456789abcdef".into();
         i.incidents.push(Incident {
             id: 7,
             token: Some(6),
