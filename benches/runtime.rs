@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use baton::config::{self, Config};
-use baton::dsl;
-use baton::engine::Registry;
 use baton::kafka::{self, PlainConsumer, PlainProducer};
 use baton::runtime::{Runtime, Stats};
 
@@ -36,17 +34,6 @@ fn config(bootstrap: &str, group: &str) -> Config {
         ..defaults
     };
     cfg
-}
-
-fn registry(t: &Topics) -> Registry {
-    let text = t.definition();
-    let mut reg = Registry::default();
-    reg.deploy(
-        dsl::parse("order-to-cash.yaml", &text).expect("valid"),
-        &text,
-    )
-    .expect("deploy");
-    reg
 }
 
 fn main() {
@@ -71,7 +58,8 @@ fn main() {
     let (cfg_interval, cfg_batch) = (cfg.runtime.commit_interval, cfg.runtime.max_batch);
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let runtime = Runtime::new(cfg.clone(), registry(&t), stats.clone()).expect("runtime");
+    let runtime =
+        Runtime::new(cfg.clone(), support::running::example(&t), stats.clone()).expect("runtime");
     let flag = stop.clone();
     let started = Instant::now();
     let handle = std::thread::spawn(move || runtime.run(flag));
@@ -103,7 +91,8 @@ fn main() {
     // A second process restores the instances the first one left.
     let stats2 = Arc::new(Stats::default());
     let stop2 = Arc::new(AtomicBool::new(false));
-    let runtime = Runtime::new(cfg, registry(&t), stats2.clone()).expect("runtime");
+    let runtime =
+        Runtime::new(cfg, support::running::example(&t), stats2.clone()).expect("runtime");
     let flag = stop2.clone();
     let handle = std::thread::spawn(move || runtime.run(flag));
     let deadline = Instant::now() + Duration::from_secs(1800);

@@ -18,7 +18,6 @@
 #   BATON_KAFKA_WATCH_STDIN=1   `run` stops the broker when its standard input
 #                       closes (the test process that started it has ended)
 #   BATON_KAFKA_EPHEMERAL=1     `run` removes DIR when the broker has stopped
-#                       (unless DIR/.paused says it is to be started again)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" 2>/dev/null && pwd || pwd)"
@@ -154,7 +153,7 @@ run() {
     wait "$java_pid" || rc=$?
   done
   [ -n "$watcher" ] && kill "$watcher" 2>/dev/null || true
-  if [ "${BATON_KAFKA_EPHEMERAL:-0}" = 1 ] && [ ! -e "$dir/.paused" ]; then
+  if [ "${BATON_KAFKA_EPHEMERAL:-0}" = 1 ]; then
     rm -rf "$dir"
   fi
   return "$rc"

@@ -217,12 +217,7 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
     services.store(true, Ordering::Relaxed);
     let _ = child.kill();
     let _ = child.wait();
-    let aborted: usize = t
-        .commands
-        .iter()
-        .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
-        .map(|(t, p)| oracle::scan(&broker.bootstrap, t, p).1)
-        .sum();
+    let aborted = oracle::aborted(&broker.bootstrap, &t.commands, PARTITIONS);
     eprintln!(
         "command records in transactions that never committed (hidden by the broker and the oracle): {aborted}"
     );

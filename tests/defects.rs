@@ -9,15 +9,9 @@ use baton::config::Config;
 use baton::kafka::{self, PlainProducer};
 use baton::runtime::shard_of;
 use serde_json::json;
-use support::orders::{Topics, config, placed_on};
+use support::orders::{Topics, config, create_input, placed_on};
 use support::running::Running;
 use support::{Broker, eventually, unique};
-
-fn create_input(cfg: &Config) -> Topics {
-    let t = Topics::of(&cfg.kafka.group_id);
-    kafka::ensure_topics(cfg, &[(t.input.clone(), 2, false)]).expect("input topic");
-    t
-}
 
 fn committed_inputs(cfg: &Config, t: &Topics) -> std::collections::BTreeMap<(String, i32), i64> {
     kafka::committed_offsets(cfg, &[(t.input.clone(), 0), (t.input.clone(), 1)])
@@ -106,6 +100,12 @@ fn committed_input_offsets_only_move_forward() {
         .map(|i| format!("k-{i}"))
         .find(|k| shard_of(&id(k), 2) == p)
         .expect("a key of partition p");
+    // Both shards owned first: an input partition assigned before its shard
+    // would send the first record through the repartition topic as well.
+    let runtime = Running::start(cfg.clone());
+    eventually(60, "both shards owned", || {
+        (runtime.shards() == 2).then_some(())
+    });
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     let mut first = t.placed(0);
     first.key = b"o-0".to_vec();
@@ -115,8 +115,6 @@ fn committed_input_offsets_only_move_forward() {
         producer.send(&r).expect("send");
     }
     producer.flush().expect("flush");
-
-    let runtime = Running::start(cfg.clone());
     eventually(60, "one event in place and one forwarded", || {
         (runtime.stats.in_place.load(Ordering::Relaxed) >= 1
             && runtime.stats.forwarded.load(Ordering::Relaxed) >= 1

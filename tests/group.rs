@@ -18,9 +18,9 @@ use baton::kafka::{self, PlainProducer};
 use baton::runtime::now_ms;
 use baton::telemetry::Health;
 use support::admin::get;
-use support::orders::{Topics, config, services};
+use support::orders::{Topics, config, create_input, services};
 use support::running::{Running, assert_each_command_once, collector, example, orders_with};
-use support::{Broker, eventually, oracle, unique};
+use support::{Broker, eventually, free_addr, oracle, unique};
 
 const PARTITIONS: i32 = 6;
 
@@ -38,12 +38,6 @@ fn group_config(bootstrap: &str, group: &str, instance: &str) -> Config {
     // Co-partitioning: input partition p and shard p on one member.
     c.runtime.in_place = true;
     c
-}
-
-fn create_input(cfg: &Config) -> Topics {
-    let t = Topics::of(&cfg.kafka.group_id);
-    kafka::ensure_topics(cfg, &[(t.input.clone(), PARTITIONS, false)]).expect("input topic");
-    t
 }
 
 /// Orders keyed by their id (so they are processed in place), `per_second`,
@@ -275,12 +269,6 @@ fn processes_join_and_leave_under_load_and_the_shards_that_stay_never_stop() {
 
 // ---- zombie fencing ---------------------------------------------------------
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
 fn write_config(
     dir: &Path,
     bootstrap: &str,
@@ -389,12 +377,7 @@ fn a_paused_process_is_fenced_and_its_late_transaction_never_commits() {
         "the paused process never noticed it was fenced; its log:\n{}",
         log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
     );
-    let aborted: usize = t
-        .commands
-        .iter()
-        .flat_map(|topic| (0..PARTITIONS).map(move |p| (topic, p)))
-        .map(|(topic, p)| oracle::scan(&broker.bootstrap, topic, p).1)
-        .sum();
+    let aborted = oracle::aborted(&broker.bootstrap, &t.commands, PARTITIONS);
 
     // No stale snapshot: every key's committed snapshots only move forward,
     // so a restore (which takes the newest) never goes back.

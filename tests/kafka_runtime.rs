@@ -11,17 +11,11 @@ use baton::config::{Config, GroupProtocol};
 use baton::kafka::{self, Outgoing, PlainProducer};
 use baton::wire::cloudevents;
 use serde_json::json;
-use support::orders::{Behaviour, Topics, config, header, services, services_with};
+use support::orders::{Behaviour, config, create_input, header, services, services_with};
 use support::running::{
     Running, assert_each_command_once, collector, example, ids_of, orders_with,
 };
 use support::{Broker, eventually, unique};
-
-fn create_input(cfg: &Config) -> Topics {
-    let topics = Topics::of(&cfg.kafka.group_id);
-    kafka::ensure_topics(cfg, &[(topics.input.clone(), 2, false)]).expect("input topic");
-    topics
-}
 
 #[test]
 fn orders_run_end_to_end_and_poison_events_go_to_the_dead_letter_topic() {

@@ -22,19 +22,13 @@ use serde_json::{Value, json};
 use support::admin::{get, parse_metrics, sum};
 use support::orders::{Behaviour, Headers, Topics, header, services_with};
 use support::otlp::{Received, Receiver};
-use support::{Broker, eventually, unique};
+use support::{Broker, eventually, free_addr, unique};
 
 const PARTITIONS: i32 = 2;
 /// Business data that must never reach the logs unless payload logging is on.
 const SECRET: &str = "SECRET-CUSTOMER-4711";
 const CONSUMER: i32 = 5;
 const PRODUCER: i32 = 4;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
 
 fn write_config(
     dir: &Path,

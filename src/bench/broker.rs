@@ -74,9 +74,6 @@ pub fn install() -> Result<(), BenchError> {
     Ok(())
 }
 
-/// A marker file: the broker was stopped to be resumed, its data stays.
-const PAUSED: &str = ".paused";
-
 fn free_port() -> Result<u16, BenchError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -90,11 +87,7 @@ fn free_port() -> Result<u16, BenchError> {
 pub struct LocalKafka {
     child: Option<(Child, ChildStdin)>,
     port: u16,
-    controller_port: u16,
     dir: PathBuf,
-    extra: String,
-    /// Remove the data directory when dropped.
-    ephemeral: bool,
 }
 
 impl LocalKafka {
@@ -104,15 +97,14 @@ impl LocalKafka {
     pub fn start(dir: &Path, extra: &str) -> Result<LocalKafka, BenchError> {
         install()?;
         let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        let port = free_port()?;
         let mut k = LocalKafka {
             child: None,
-            port: free_port()?,
-            controller_port: free_port()?,
+            port,
             dir: dir.to_path_buf(),
-            extra: extra.to_string(),
-            ephemeral: true,
         };
-        k.resume()?;
+        k.child = Some(k.spawn(free_port()?, extra)?);
         Ok(k)
     }
 
@@ -121,21 +113,9 @@ impl LocalKafka {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The broker's data directory (its log is `broker.log` there).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Whether the broker process is running.
-    pub fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Stops the broker (a controlled shutdown); its data stays for [`LocalKafka::resume`].
-    pub fn stop(&mut self) {
+    /// Stops the broker (a controlled shutdown).
+    fn stop(&mut self) {
         if let Some((mut child, stdin)) = self.child.take() {
-            // The script keeps the data of a paused broker.
-            let _ = std::fs::write(self.dir.join(PAUSED), b"");
             // Closing its standard input makes the script stop the broker.
             drop(stdin);
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -153,26 +133,17 @@ impl LocalKafka {
         }
     }
 
-    /// Starts the broker again on the same ports and data (after [`LocalKafka::stop`]).
-    pub fn resume(&mut self) -> Result<(), BenchError> {
-        if self.child.is_some() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(&self.dir).map_err(io(format!("create {}", self.dir.display())))?;
-        let _ = std::fs::remove_file(self.dir.join(PAUSED));
+    /// Runs the broker script and waits until the broker accepts requests.
+    fn spawn(&self, controller_port: u16, extra: &str) -> Result<(Child, ChildStdin), BenchError> {
         let log = self.dir.join("broker.log");
-        // Readiness is the "started" line of this start, so the old log goes.
-        let _ = std::fs::remove_file(&log);
         let mut child = script("run")
             .arg(&self.dir)
             .arg(self.port.to_string())
-            .arg(self.controller_port.to_string())
+            .arg(controller_port.to_string())
             .env("BATON_KAFKA_WATCH_STDIN", "1")
-            .env("BATON_KAFKA_PROPS", &self.extra)
-            .env(
-                "BATON_KAFKA_EPHEMERAL",
-                if self.ephemeral { "1" } else { "0" },
-            )
+            .env("BATON_KAFKA_PROPS", extra)
+            // A broker nobody drops (a test binary's) is cleaned up by the script.
+            .env("BATON_KAFKA_EPHEMERAL", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -213,23 +184,14 @@ impl LocalKafka {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.child = Some((child, stdin));
-        Ok(())
-    }
-
-    /// Keeps the data directory after the broker stops (for a post-mortem);
-    /// takes effect at the next [`LocalKafka::resume`].
-    pub fn keep_data(&mut self) {
-        self.ephemeral = false;
+        Ok((child, stdin))
     }
 }
 
 impl Drop for LocalKafka {
     fn drop(&mut self) {
         self.stop();
-        if self.ephemeral {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

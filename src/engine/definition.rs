@@ -400,6 +400,13 @@ impl Registry {
         self.processes.get(process)?.get(&version).map(|(d, _)| d)
     }
 
+    /// Every deployed version of every process.
+    pub fn all(&self) -> impl Iterator<Item = &std::sync::Arc<Definition>> {
+        self.processes
+            .values()
+            .flat_map(|v| v.values().map(|(d, _)| d))
+    }
+
     /// The newest version of every process.
     pub fn latest_all(&self) -> impl Iterator<Item = &std::sync::Arc<Definition>> {
         self.processes

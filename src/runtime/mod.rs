@@ -50,17 +50,16 @@ pub enum RuntimeError {
     Definition(String),
 }
 
-/// Content hash of every deployed definition version (see [`engine::Definition::hash`]).
-type Hashes = Arc<HashMap<(String, u32), String>>;
+/// Content hash of every deployed definition version (see
+/// [`engine::Definition::hash`]), by process and version.
+type Hashes = Arc<HashMap<String, HashMap<u32, String>>>;
 
 fn hashes(registry: &Registry) -> Hashes {
-    let mut out = HashMap::new();
-    for latest in registry.latest_all() {
-        for v in 1..=latest.version {
-            if let Some(d) = registry.get(&latest.process, v) {
-                out.insert((d.process.clone(), d.version), d.hash.clone());
-            }
-        }
+    let mut out: HashMap<String, HashMap<u32, String>> = HashMap::new();
+    for d in registry.all() {
+        out.entry(d.process.clone())
+            .or_default()
+            .insert(d.version, d.hash.clone());
     }
     Arc::new(out)
 }
@@ -68,7 +67,10 @@ fn hashes(registry: &Registry) -> Hashes {
 /// Refuses an instance whose snapshot names other content of its definition
 /// version than the one deployed: its step indexes would point elsewhere.
 fn check_definition(hashes: &Hashes, key: &str, inst: &Instance) -> Result<(), RuntimeError> {
-    let Some(deployed) = hashes.get(&(inst.process.clone(), inst.version)) else {
+    let Some(deployed) = hashes
+        .get(inst.process.as_str())
+        .and_then(|v| v.get(&inst.version))
+    else {
         return Ok(());
     };
     if inst.definition.is_empty() || deployed.is_empty() || *deployed == inst.definition {
@@ -153,6 +155,8 @@ struct Txn {
 pub struct Runtime {
     cfg: Config,
     registry: Registry,
+    /// The registry's definition hashes, for restores to check against.
+    hashes: Hashes,
     consumer: Consumer,
     producer: Arc<Producer>,
     txn: Arc<Mutex<Txn>>,
@@ -424,6 +428,7 @@ impl Runtime {
             changelog: t.changelog(),
             partitions: n,
             cfg,
+            hashes: hashes(&registry),
             registry,
             consumer,
             producer,
@@ -725,13 +730,7 @@ impl Runtime {
     fn restore(&mut self, p: i32) -> Result<(), RuntimeError> {
         self.restoring.remove(&p);
         let committed = committed_sources(&self.cfg, p)?;
-        let shard = rebuild(
-            &self.cfg,
-            p,
-            committed,
-            &self.stats,
-            &hashes(&self.registry),
-        )?;
+        let shard = rebuild(&self.cfg, p, committed, &self.stats, &self.hashes)?;
         self.install(p, shard);
         Ok(())
     }
@@ -772,7 +771,7 @@ impl Runtime {
         let (tx, rx) = std::sync::mpsc::channel();
         let cfg = self.cfg.clone();
         let stats = self.stats.clone();
-        let hashes = hashes(&self.registry);
+        let hashes = self.hashes.clone();
         std::thread::spawn(move || {
             let result = committed_sources(&cfg, p)
                 .and_then(|committed| rebuild(&cfg, p, committed, &stats, &hashes));

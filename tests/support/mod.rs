@@ -85,6 +85,13 @@ impl Drop for Broker {
     }
 }
 
+/// A free loopback address (for an admin port).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
 /// How a `baton run` of the tests is set up (see [`write_config`]).
 pub struct RunConfig<'a> {
     pub bootstrap: &'a str,

@@ -99,6 +99,16 @@ pub fn committed(bootstrap: &str, topic: &str, partition: i32) -> Vec<Record> {
     scan(bootstrap, topic, partition).0
 }
 
+/// How many records of `topics` (partitions `0..partitions`) belonged to
+/// transactions that did not commit.
+pub fn aborted(bootstrap: &str, topics: &[String], partitions: i32) -> usize {
+    topics
+        .iter()
+        .flat_map(|t| (0..partitions).map(move |p| (t, p)))
+        .map(|(t, p)| scan(bootstrap, t, p).1)
+        .sum()
+}
+
 /// Committed records, and how many records belonged to transactions that did not commit.
 pub fn scan(bootstrap: &str, topic: &str, partition: i32) -> (Vec<Record>, usize) {
     let mut stream = TcpStream::connect(bootstrap).expect("oracle connects to the broker");

@@ -69,6 +69,15 @@ impl Topics {
     }
 }
 
+/// Creates the input topic of `cfg`'s group (as many partitions as its
+/// shards); returns the group's topics.
+pub fn create_input(cfg: &Config) -> Topics {
+    let t = Topics::of(&cfg.kafka.group_id);
+    baton::kafka::ensure_topics(cfg, &[(t.input.clone(), cfg.topics.partitions, false)])
+        .expect("input topic");
+    t
+}
+
 /// A configuration for tests: two shards, short commit interval and session.
 pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
     Config {
