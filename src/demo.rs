@@ -177,6 +177,9 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             retention: Duration::from_secs(3600),
             session_timeout: Duration::from_secs(6),
             in_place: false,
+            // The embedded mock cluster cannot describe groups.
+            await_settled_group: false,
+            ..Default::default()
         },
         events: Default::default(),
         telemetry: Default::default(),

@@ -291,7 +291,8 @@ fn the_oracle_keeps_committed_and_drops_aborted_transactions() {
     let topic = format!("{group}.oracle");
     let topic = topic.as_str();
     kafka::ensure_topics(&cfg, &[(topic.to_string(), 1, false)]).expect("topic");
-    let consumer = kafka::Consumer::new(&cfg, &[topic.to_string()]).expect("consumer");
+    let consumer = kafka::Consumer::new(&cfg).expect("consumer");
+    consumer.subscribe(&[topic.to_string()]).expect("subscribe");
     let producer =
         kafka::Producer::new(&cfg, &unique("oracle-txn")).expect("transactional producer");
     let record = |v: &str| Outgoing {

@@ -3,15 +3,19 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use baton::config::Config;
-use baton::kafka::{self, PlainProducer};
+use baton::kafka::{self, Incoming, PlainProducer};
+use baton::runtime::Faults;
 use baton::runtime::shard_of;
 use serde_json::json;
-use support::orders::{Topics, config, create_input, placed_on};
-use support::running::Running;
-use support::{Broker, eventually, unique};
+use support::admin::get;
+use support::orders::{Topics, config, create_input, header, placed_on, services};
+use support::running::{Running, assert_each_command_once, collector, orders_with, registry};
+use support::{Broker, RunConfig, baton_run, eventually, free_addr, unique, write_config};
 
 fn committed_inputs(cfg: &Config, t: &Topics) -> std::collections::BTreeMap<(String, i32), i64> {
     kafka::committed_offsets(cfg, &[(t.input.clone(), 0), (t.input.clone(), 1)])
@@ -176,4 +180,159 @@ fn a_snapshot_of_an_edited_definition_version_is_refused_on_restore() {
     ] {
         assert!(err.contains(part), "`{part}` missing from: {err}");
     }
+}
+
+/// Readiness answered 200 once the consumer had its first assignment, which
+/// may be empty while the group still moves: here both shards are still held
+/// by a member that was killed and whose session has not expired. Ready now
+/// means the group has settled and every assigned shard is restored.
+#[test]
+fn readiness_waits_until_the_group_has_settled() {
+    let broker = Broker::start();
+    let group = unique("settle");
+    let dir = broker.dir.join(&group);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let admin = free_addr();
+    let cfg_a = write_config(
+        &dir,
+        &RunConfig {
+            bootstrap: &broker.bootstrap,
+            group: &group,
+            instance: "a",
+            partitions: 2,
+            in_place: false,
+            admin: admin.to_string(),
+            extra: "",
+        },
+    );
+    let cfg = config(&broker.bootstrap, &group, "b");
+    create_input(&cfg);
+    let mut a = baton_run(&cfg_a, &dir.join("a.log"));
+    eventually(60, "the first process to be ready", || {
+        get(admin, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
+    });
+    a.kill().expect("kill");
+    a.wait().expect("reaped");
+    let killed = Instant::now();
+
+    let b = Running::start(cfg.clone());
+    let mut reasons = BTreeSet::new();
+    let r = eventually(60, "the second process to be ready", || {
+        let r = b.health.readiness();
+        if let Some(why) = &r.group {
+            reasons.insert(why.clone());
+        }
+        r.ready().then_some(r)
+    });
+    eprintln!(
+        "ready {} ms after the other member was killed; meanwhile: {reasons:?}",
+        killed.elapsed().as_millis()
+    );
+    assert_eq!(
+        r.shards,
+        vec![0, 1],
+        "ready while the dead member still held shards: {r:?}"
+    );
+    assert!(!reasons.is_empty(), "not ready, but /readyz never said why");
+
+    // Static membership: a process that leaves and comes back under its
+    // instance id gets its shards back without waiting for a session timeout.
+    b.stop();
+    let left = Instant::now();
+    let b = Running::start(cfg);
+    let r = eventually(60, "the restarted process to be ready", || {
+        let r = b.health.readiness();
+        r.ready().then_some(r)
+    });
+    eprintln!(
+        "restart to ready (static member): {} ms",
+        left.elapsed().as_millis()
+    );
+    assert_eq!(r.shards, vec![0, 1]);
+    b.stop();
+}
+
+/// A shard worker that panicked lost the records its shard produced in that
+/// batch while the batch's input offsets were committed. Now the batch is
+/// aborted and processed again; a record that panics twice the same way is
+/// dead-lettered, and everything else goes on.
+#[test]
+fn a_panicking_shard_loses_nothing_and_a_record_that_panics_twice_is_dead_lettered() {
+    let broker = Broker::start();
+    let group = unique("panic");
+    let cfg = config(&broker.bootstrap, &group, "a");
+    let t = create_input(&cfg);
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    for n in 0..6 {
+        producer.send(&t.placed(n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    let dlq = cfg.topics.dead_letters();
+    let mut topics = t.commands.clone();
+    topics.push(dlq.clone());
+    let (seen, stop_collector) = collector(&broker.bootstrap, &topics);
+    let services = services(&broker.bootstrap, &t);
+    let faults = Faults {
+        // Once: processing it again succeeds. Always: it is poison.
+        panic_on_event: [("placed-3".to_string(), 1), ("placed-5".to_string(), 1000)].into(),
+        ..Faults::default()
+    };
+    let runtime = Running::faulty(cfg, registry(&t), faults);
+    let all = eventually(120, "five invoices and the poison dead-lettered", || {
+        let v = seen.lock().ok()?.clone();
+        let dead = v.iter().any(|m| m.topic == dlq);
+        (orders_with(&v, "com.acme.invoice.create") >= 5 && dead).then_some(v)
+    });
+    assert_each_command_once(&all, 5);
+    let dead: Vec<&Incoming> = all.iter().filter(|m| m.topic == dlq).collect();
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    assert_eq!(dead[0].key.as_deref(), Some(&b"order-to-cash/o-5"[..]));
+    let reason = header(dead[0], "baton.dlq.reason").unwrap_or_default();
+    assert!(
+        reason.contains("panicked twice") && reason.contains("panic on event placed-5"),
+        "{reason}"
+    );
+    assert!(
+        all.iter().all(
+            |m| !String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).contains("o-5")
+                || m.topic == dlq
+        ),
+        "the poison order started"
+    );
+    stop_collector.store(true, Ordering::Relaxed);
+    services.store(true, Ordering::Relaxed);
+    runtime.stop();
+}
+
+/// After a failed transaction, input partitions were rewound to their
+/// committed offsets only where one existed: records of a partition's first
+/// transaction were skipped, never processed. Now an input partition without
+/// a committed offset goes back to its log start.
+#[test]
+fn a_failed_first_transaction_is_processed_again_from_the_log_start() {
+    let broker = Broker::start();
+    let group = unique("firstfail");
+    let cfg = config(&broker.bootstrap, &group, "a");
+    let t = create_input(&cfg);
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    for n in 0..4 {
+        producer.send(&t.placed(n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    let (seen, stop_collector) = collector(&broker.bootstrap, &t.commands);
+    let services = services(&broker.bootstrap, &t);
+    let faults = Faults {
+        failed_commits: 1,
+        ..Faults::default()
+    };
+    let runtime = Running::faulty(cfg, registry(&t), faults);
+    let all = eventually(90, "four invoices", || {
+        let v = seen.lock().ok()?.clone();
+        (orders_with(&v, "com.acme.invoice.create") >= 4).then_some(v)
+    });
+    assert_each_command_once(&all, 4);
+    assert!(runtime.stats.transactions.load(Ordering::Relaxed) > 0);
+    stop_collector.store(true, Ordering::Relaxed);
+    services.store(true, Ordering::Relaxed);
+    runtime.stop();
 }

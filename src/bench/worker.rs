@@ -212,7 +212,8 @@ pub fn registry() -> Result<Registry, BenchError> {
 fn passthrough(spec: &WorkerSpec, stats: &Stats, stop: &AtomicBool) -> Result<(), BenchError> {
     let cfg = spec.config();
     let producer = Producer::new(&cfg, &format!("{}-passthrough", spec.group))?;
-    let consumer = Consumer::new(&cfg, std::slice::from_ref(&spec.input))?;
+    let consumer = Consumer::new(&cfg)?;
+    consumer.subscribe(std::slice::from_ref(&spec.input))?;
     let interval = cfg.runtime.commit_interval;
     let mut open: Option<Instant> = None;
     let mut offsets = Offsets::new();

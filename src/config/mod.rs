@@ -148,6 +148,17 @@ pub struct Runtime {
     /// shard *p* on the same process: the broker's `range` assignor with the
     /// consumer group protocol (the default), `range` with the classic one.
     pub in_place: bool,
+    /// Join the group as a static member (`group.instance.id` =
+    /// `instance_id`): a process that restarts under the same instance id
+    /// gets its shards back without moving anyone else's. The broker keeps a
+    /// static member's shards for it for a session timeout after it went, so
+    /// a process that stops for good hands them over only then.
+    pub static_membership: bool,
+    /// `/readyz` answers 200 only once the group has settled: the
+    /// coordinator describes it as stable and every shard has an owner.
+    /// Needs the DescribeGroups/ConsumerGroupDescribe API (and DESCRIBE on
+    /// the group where ACLs are on); without it, ready means joined.
+    pub await_settled_group: bool,
 }
 
 impl Default for Runtime {
@@ -159,6 +170,8 @@ impl Default for Runtime {
             retention: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
             in_place: false,
+            static_membership: true,
+            await_settled_group: true,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! transactional producer, the consumer with its rebalance hooks, and reading
 //! a changelog partition for restore.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +18,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, TopicPartitionList as Tpl};
 
 use crate::config::{Config, GroupProtocol};
+
+pub mod group;
 
 /// Kafka went wrong; the message says which operation.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +199,8 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn new(cfg: &Config, topics: &[String]) -> Result<Consumer, KafkaFailure> {
+    /// A consumer of the group, not yet subscribed.
+    pub fn new(cfg: &Config) -> Result<Consumer, KafkaFailure> {
         let rebalances = Arc::new(Mutex::new(Rebalances::default()));
         let ctx = GroupContext {
             events: rebalances.clone(),
@@ -247,6 +250,9 @@ impl Consumer {
                     );
             }
         }
+        if cfg.runtime.static_membership && !cfg.kafka.options.contains_key("group.instance.id") {
+            client.set("group.instance.id", cfg.instance_id());
+        }
         let inner: BaseConsumer<GroupContext> = client
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
@@ -255,11 +261,15 @@ impl Consumer {
             .set("isolation.level", "read_committed")
             .create_with_context(ctx)
             .map_err(fail("create consumer"))?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        inner
-            .subscribe(&names)
-            .map_err(fail(format!("subscribe to {names:?}")))?;
         Ok(Consumer { inner, rebalances })
+    }
+
+    /// Joins the group, subscribed to `topics`.
+    pub fn subscribe(&self, topics: &[String]) -> Result<(), KafkaFailure> {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.inner
+            .subscribe(&names)
+            .map_err(fail(format!("subscribe to {names:?}")))
     }
 
     /// Installs the hook that runs before partitions are revoked.
@@ -279,6 +289,32 @@ impl Consumer {
     /// Whether the consumer has received an assignment from the group yet.
     pub fn joined(&self) -> bool {
         self.inner.context().assignments.load(Ordering::Relaxed) > 0
+    }
+
+    /// The partitions assigned to this consumer now.
+    pub fn assignment(&self) -> BTreeSet<(String, i32)> {
+        self.inner
+            .assignment()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The consumer's fatal error, if it has had one (it is unusable then).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// The member id the group coordinator gave this consumer.
+    pub fn member_id(&self) -> String {
+        group::member_id(&self.inner)
     }
 
     /// Consumer lag per partition, as of librdkafka's last statistics.

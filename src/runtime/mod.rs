@@ -18,9 +18,14 @@
 //! read again are harmless because the engine deduplicates events by id and
 //! ignores timers that are no longer pending.
 
+mod faults;
+mod settle;
 mod shard;
 mod stats;
 
+use faults::Armed;
+pub use faults::Faults;
+use settle::GroupWatcher;
 pub use stats::Stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -173,6 +178,18 @@ pub struct Runtime {
     gauges_at: Instant,
     /// The consumer has had its first assignment.
     joined: bool,
+    /// Describes the group for readiness (`None`: readiness does not wait for it).
+    group: Option<GroupWatcher>,
+    /// The group description readiness was last evaluated against.
+    group_seq: u64,
+    /// The topics the consumer subscribes to.
+    subscribe: Vec<String>,
+    /// Faults a test injects (`None` in production).
+    faults: Option<Armed>,
+    /// Shard records that panicked once, with the panic's message.
+    panicked: HashMap<(String, i32, i64), String>,
+    /// Shard records that panicked twice the same way: dead-lettered when read again.
+    poisoned: HashMap<(String, i32, i64), String>,
     /// Input records whose instance lives on their own partition's shard are
     /// processed there, without the repartition hop.
     in_place: bool,
@@ -188,9 +205,11 @@ fn ctx<'a>(
     stats: &'a Stats,
     tracer: &'a Tracer,
     repartition: &'a str,
+    faults: Option<&'a Armed>,
 ) -> shard::Ctx<'a> {
     shard::Ctx {
         repartition,
+        faults,
         registry,
         topics: &cfg.topics,
         retention: cfg.runtime.retention.as_millis() as u64,
@@ -199,6 +218,56 @@ fn ctx<'a>(
         tracer,
         log_payloads: cfg.log.payloads,
     }
+}
+
+/// How many records that panicked once are remembered.
+const PANICS_KEPT: usize = 1000;
+
+/// A shard panicked on the record `at` (topic, partition, offset).
+struct Panicked {
+    at: Option<(String, i32, i64)>,
+    message: String,
+}
+
+/// Processes a shard's records of one batch; a panic is caught and says on
+/// which record it happened. Records that panicked twice become dead letters.
+fn run_shard(
+    s: &mut shard::Shard,
+    p: i32,
+    records: &[Incoming],
+    ctx: &shard::Ctx<'_>,
+    poisoned: &HashMap<(String, i32, i64), String>,
+) -> Result<Vec<Outgoing>, Panicked> {
+    let mut out = Vec::new();
+    for m in records {
+        let at = (m.topic.clone(), m.partition, m.offset);
+        if let Some(message) = poisoned.get(&at) {
+            if m.topic == ctx.repartition {
+                s.position = m.offset + 1;
+            }
+            out.push(ctx.dead_letter(
+                m,
+                "panic",
+                &format!("processing this record panicked twice: {message}"),
+            ));
+            continue;
+        }
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard::handle(s, p, m, ctx, &mut out)
+        }));
+        if let Err(payload) = step {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            return Err(Panicked {
+                at: Some(at),
+                message,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A shard being restored in the background, and records that arrived for it meanwhile.
@@ -344,6 +413,54 @@ pub fn command_topics(registry: &Registry) -> BTreeSet<String> {
     out
 }
 
+/// Creates the group consumer (not yet subscribed) with its revocation hook.
+fn consumer(
+    cfg: &Config,
+    txn: &Arc<Mutex<Txn>>,
+    producer: &Arc<Producer>,
+) -> Result<Consumer, RuntimeError> {
+    let consumer = Consumer::new(cfg)?;
+    let txn = txn.clone();
+    let producer = producer.clone();
+    // Before partitions go, the work done on them is committed, so the
+    // next owner starts exactly where this one stopped.
+    consumer.on_revoke(Box::new(move |c, lost| {
+        let Ok(mut t) = txn.lock() else { return };
+        if !t.open {
+            return;
+        }
+        if lost || t.in_batch {
+            // The group fenced this member (it missed its session,
+            // e.g. paused or partitioned away): another member owns
+            // these shards and reprocesses from the committed offsets,
+            // so this work must never commit. Nor may a batch cut
+            // short by an error (the hook also runs when a failed
+            // runtime drops its consumer): half of it would commit
+            // with all of its offsets.
+            if lost {
+                warn!("partitions lost to the group; aborting the open transaction");
+            } else {
+                warn!("revocation during an unfinished batch; aborting the open transaction");
+            }
+            let _ = producer.abort();
+            t.open = false;
+            t.ended_by_hook = Some(false);
+            return;
+        }
+        let ok = match producer.commit(c, &t.offsets) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "commit before revocation failed; aborting");
+                let _ = producer.abort();
+                false
+            }
+        };
+        t.open = false;
+        t.ended_by_hook = Some(ok);
+    }));
+    Ok(consumer)
+}
+
 impl Runtime {
     /// Provisions topics, creates the clients and joins the group.
     pub fn new(
@@ -374,50 +491,14 @@ impl Runtime {
         let producer = Arc::new(Producer::new(&cfg, &transactional_id)?);
         let mut subscribe = cfg.kafka.input_topics.clone();
         subscribe.push(t.repartition());
-        let consumer = Consumer::new(&cfg, &subscribe)?;
         let txn = Arc::new(Mutex::new(Txn::default()));
-        {
-            let txn = txn.clone();
-            let producer = producer.clone();
-            // Before partitions go, the work done on them is committed, so the
-            // next owner starts exactly where this one stopped.
-            consumer.on_revoke(Box::new(move |c, lost| {
-                let Ok(mut t) = txn.lock() else { return };
-                if !t.open {
-                    return;
-                }
-                if lost || t.in_batch {
-                    // The group fenced this member (it missed its session,
-                    // e.g. paused or partitioned away): another member owns
-                    // these shards and reprocesses from the committed offsets,
-                    // so this work must never commit. Nor may a batch cut
-                    // short by an error (the hook also runs when a failed
-                    // runtime drops its consumer): half of it would commit
-                    // with all of its offsets.
-                    if lost {
-                        warn!("partitions lost to the group; aborting the open transaction");
-                    } else {
-                        warn!(
-                            "revocation during an unfinished batch; aborting the open transaction"
-                        );
-                    }
-                    let _ = producer.abort();
-                    t.open = false;
-                    t.ended_by_hook = Some(false);
-                    return;
-                }
-                let ok = match producer.commit(c, &t.offsets) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!(error = %e, "commit before revocation failed; aborting");
-                        let _ = producer.abort();
-                        false
-                    }
-                };
-                t.open = false;
-                t.ended_by_hook = Some(ok);
-            }));
-        }
+        let consumer = consumer(&cfg, &txn, &producer)?;
+        consumer.subscribe(&subscribe)?;
+        let group = if cfg.runtime.await_settled_group {
+            Some(GroupWatcher::start(&cfg, subscribe.clone())?)
+        } else {
+            None
+        };
         let cfg_in_place = cfg.runtime.in_place;
         let health = Arc::new(Health::default());
         health.update(|r| r.producer = true);
@@ -440,6 +521,12 @@ impl Runtime {
             tracer: Tracer::disabled(),
             gauges_at: Instant::now(),
             joined: false,
+            group,
+            group_seq: 0,
+            subscribe,
+            faults: None,
+            panicked: HashMap::new(),
+            poisoned: HashMap::new(),
             in_place: cfg_in_place,
         })
     }
@@ -447,6 +534,13 @@ impl Runtime {
     /// Records spans through `tracer` (tracing is off otherwise).
     pub fn with_tracer(mut self, tracer: Tracer) -> Runtime {
         self.tracer = tracer;
+        self
+    }
+
+    /// Injects faults (tests only).
+    #[doc(hidden)]
+    pub fn with_faults(mut self, faults: Faults) -> Runtime {
+        self.faults = Some(Armed::new(faults));
         self
     }
 
@@ -468,6 +562,13 @@ impl Runtime {
     fn turn_until(&mut self, stop: &AtomicBool) -> Result<(), RuntimeError> {
         while !stop.load(Ordering::Relaxed) {
             self.health.beat();
+            if self
+                .group
+                .as_ref()
+                .is_some_and(|g| g.seq() != self.group_seq)
+            {
+                self.refresh_readiness();
+            }
             let batch = self.poll_batch()?;
             self.set_in_batch(true);
             self.process(batch)?;
@@ -499,10 +600,35 @@ impl Runtime {
         *t = Txn::default();
     }
 
+    /// Replaces the consumer, which is unusable or at an unknown position:
+    /// the open transaction is aborted, every shard is released, and a new
+    /// consumer joins the group; the shards come back by assignment and
+    /// restore from what was committed.
+    fn rejoin(&mut self) -> Result<(), RuntimeError> {
+        self.abort_open();
+        self.shards.clear();
+        self.restoring.clear();
+        let fresh = consumer(&self.cfg, &self.txn, &self.producer)?;
+        // The old consumer leaves before the new one joins, so a static
+        // member's instance id is free again.
+        drop(std::mem::replace(&mut self.consumer, fresh));
+        self.consumer.subscribe(&self.subscribe)?;
+        self.stats.metrics.rejoins.inc();
+        self.refresh_readiness();
+        Ok(())
+    }
+
     /// Readiness as the shards stand now.
     fn refresh_readiness(&mut self) {
         let joined = self.consumer.joined();
         self.joined = joined;
+        let unsettled = match &self.group {
+            Some(g) => {
+                self.group_seq = g.seq();
+                g.unsettled(&self.consumer)
+            }
+            None => None,
+        };
         let mut shards: Vec<i32> = self.shards.keys().copied().collect();
         let mut restoring: Vec<i32> = self.restoring.keys().copied().collect();
         shards.sort_unstable();
@@ -515,6 +641,8 @@ impl Runtime {
         m.shards_restoring.set(restoring.len() as i64);
         self.health.update(|r| {
             r.joined = joined;
+            r.settled = unsettled.is_none();
+            r.group = unsettled;
             r.shards = shards;
             r.restoring = restoring;
         });
@@ -572,7 +700,19 @@ impl Runtime {
         while batch.len() < self.cfg.runtime.max_batch {
             match self.consumer.poll(wait) {
                 Some(Ok(m)) => batch.push(m),
-                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                Some(Err(e)) => {
+                    if let Some(fatal) = self.consumer.fatal_error() {
+                        // UNRELEASED_INSTANCE_ID: the previous run of this
+                        // static member crashed and the broker keeps its
+                        // place until its session times out; or a second
+                        // process uses the same runtime.instance_id.
+                        warn!(error = %fatal, "the consumer failed fatally (if this says UNRELEASED_INSTANCE_ID: this process's previous run has not timed out of the group yet, or another process runs with the same runtime.instance_id); joining again in 1 s");
+                        std::thread::sleep(Duration::from_secs(1));
+                        self.rejoin()?;
+                        return Ok(Vec::new());
+                    }
+                    warn!(error = %e, "consumer error");
+                }
                 None => break,
             }
             wait = Duration::ZERO;
@@ -627,20 +767,18 @@ impl Runtime {
             &self.stats,
             &self.tracer,
             &self.repartition,
+            self.faults.as_ref(),
         );
-        let mut outputs: Vec<Vec<Outgoing>> = Vec::new();
-        let mut work: Vec<(i32, &mut shard::Shard, &Vec<Incoming>)> = self
+        let poisoned = &self.poisoned;
+        let mut outputs: Vec<Result<Vec<Outgoing>, Panicked>> = Vec::new();
+        let work: Vec<(i32, &mut shard::Shard, &Vec<Incoming>)> = self
             .shards
             .iter_mut()
             .filter_map(|(p, s)| by_shard.get(p).map(|r| (*p, s, r)))
             .collect();
         if work.len() <= 1 {
-            for (p, s, records) in work.iter_mut() {
-                let mut out = Vec::new();
-                for m in records.iter() {
-                    shard::handle(s, *p, m, &ctx, &mut out);
-                }
-                outputs.push(out);
+            for (p, s, records) in work {
+                outputs.push(run_shard(s, p, records, &ctx, poisoned));
             }
         } else {
             std::thread::scope(|scope| {
@@ -648,27 +786,58 @@ impl Runtime {
                     .into_iter()
                     .map(|(p, s, records)| {
                         let ctx = &ctx;
-                        scope.spawn(move || {
-                            let mut out = Vec::new();
-                            for m in records {
-                                shard::handle(s, p, m, ctx, &mut out);
-                            }
-                            out
-                        })
+                        scope.spawn(move || run_shard(s, p, records, ctx, poisoned))
                     })
                     .collect();
                 for h in handles {
-                    match h.join() {
-                        Ok(out) => outputs.push(out),
-                        Err(_) => warn!("a shard worker panicked"),
-                    }
+                    outputs.push(h.join().unwrap_or_else(|_| {
+                        Err(Panicked {
+                            at: None,
+                            message: "a shard worker died".into(),
+                        })
+                    }));
                 }
             });
         }
-        for r in outputs.into_iter().flatten() {
+        let mut panics = Vec::new();
+        let mut records = Vec::new();
+        for o in outputs {
+            match o {
+                Ok(out) => records.extend(out),
+                Err(p) => panics.push(p),
+            }
+        }
+        if !panics.is_empty() {
+            return self.after_panic(panics);
+        }
+        for r in records {
             self.send(r)?;
         }
         Ok(())
+    }
+
+    /// A shard panicked: nothing of the batch may commit. The transaction is
+    /// aborted and the batch processed again from the committed state; a
+    /// record that panics a second time the same way is dead-lettered then.
+    fn after_panic(&mut self, panics: Vec<Panicked>) -> Result<(), RuntimeError> {
+        for p in panics {
+            let Some(at) = p.at else {
+                warn!(message = %p.message, "a shard worker panicked; processing the batch again");
+                continue;
+            };
+            warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked; aborting the batch and processing it again");
+            if self.panicked.len() >= PANICS_KEPT {
+                self.panicked.clear();
+            }
+            if self.panicked.get(&at) == Some(&p.message) {
+                self.poisoned.insert(at, p.message);
+            } else {
+                self.panicked.insert(at, p.message);
+            }
+        }
+        self.abort_open();
+        self.stats.transaction(false);
+        self.recover()
     }
 
     fn ctx(&self) -> shard::Ctx<'_> {
@@ -679,6 +848,7 @@ impl Runtime {
             &self.stats,
             &self.tracer,
             &self.repartition,
+            self.faults.as_ref(),
         )
     }
 
@@ -827,7 +997,9 @@ impl Runtime {
         self.shards.insert(p, shard);
     }
 
-    /// A transaction failed: state and positions go back to what was committed.
+    /// A transaction failed: state and positions go back to what was
+    /// committed. A position that cannot be read or set is not guessed: the
+    /// consumer is rebuilt, and its shards start again from what was committed.
     fn recover(&mut self) -> Result<(), RuntimeError> {
         warn!("transaction failed; restoring shards and rewinding to committed offsets");
         if let Ok(mut t) = self.txn.lock() {
@@ -839,18 +1011,31 @@ impl Runtime {
         for r in self.restoring.values_mut() {
             r.held.retain(|m| m.topic == repartition);
         }
+        match self.rewind() {
+            Ok(()) => Ok(()),
+            Err(e @ RuntimeError::Definition(_)) => Err(e),
+            Err(e) => {
+                warn!(error = %e, "cannot rewind to the committed offsets; rebuilding the consumer");
+                self.rejoin()
+            }
+        }
+    }
+
+    /// Rebuilds the owned shards and moves every assigned partition back to
+    /// its committed offset (the log start where nothing was committed yet).
+    fn rewind(&mut self) -> Result<(), RuntimeError> {
         let owned: Vec<i32> = self.shards.keys().copied().collect();
         for p in owned {
             self.restore(p)?;
             let at = self.shards.get(&p).map_or(-1, |s| s.position);
             self.consumer.seek(&self.repartition, p, at)?;
         }
-        for topic in self.inputs.clone() {
-            for p in 0..self.partitions {
-                if let Ok(Some((o, _))) = self.consumer.committed(&topic, p) {
-                    let _ = self.consumer.seek(&topic, p, o);
-                }
+        for (topic, p) in self.consumer.assignment() {
+            if topic == self.repartition {
+                continue;
             }
+            let at = self.consumer.committed(&topic, p)?.map_or(-1, |(o, _)| o);
+            self.consumer.seek(&topic, p, at)?;
         }
         Ok(())
     }
@@ -907,7 +1092,14 @@ impl Runtime {
             t.offsets.clone()
         };
         let started = Instant::now();
-        let result = self.producer.commit(&self.consumer.inner, &offsets);
+        let result = if self.faults.as_ref().is_some_and(Armed::commit_fails) {
+            Err(KafkaFailure::Topic {
+                topic: "(transaction)".into(),
+                problem: "injected fault: the commit fails".into(),
+            })
+        } else {
+            self.producer.commit(&self.consumer.inner, &offsets)
+        };
         self.stats
             .metrics
             .commit_seconds
@@ -1101,6 +1293,7 @@ impl Runtime {
             &self.stats,
             &self.tracer,
             &self.repartition,
+            self.faults.as_ref(),
         );
         let mut out = Vec::new();
         for (p, s) in self.shards.iter_mut() {

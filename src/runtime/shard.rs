@@ -61,6 +61,8 @@ pub(super) struct Ctx<'a> {
     pub repartition: &'a str,
     /// Log event payloads (debug level); off unless configured.
     pub log_payloads: bool,
+    /// Faults a test injects.
+    pub faults: Option<&'a super::Armed>,
 }
 
 impl Ctx<'_> {
@@ -266,6 +268,9 @@ pub(super) fn handle(
         }
     };
     if let Input::Event(e) = &input {
+        if let Some(f) = ctx.faults {
+            f.on_event(&e.id);
+        }
         span.set("messaging.message.id", e.id.clone());
         span.set("cloudevents.event_id", e.id.clone());
         span.set("cloudevents.event_type", e.kind.clone());

@@ -17,14 +17,21 @@ pub struct Readiness {
     pub shards: Vec<i32>,
     /// Shards assigned but still restoring from the changelog.
     pub restoring: Vec<i32>,
+    /// The consumer group has settled: the coordinator calls it stable,
+    /// every shard has an owner and no hand-over is under way.
+    pub settled: bool,
+    /// Why the group has not settled, when it has not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// The runtime is shutting down.
     pub stopping: bool,
 }
 
 impl Readiness {
-    /// Ready to process: joined, producer usable, every assigned shard restored.
+    /// Ready to process: joined, the group settled, producer usable, every
+    /// assigned shard restored.
     pub fn ready(&self) -> bool {
-        self.joined && self.producer && self.restoring.is_empty() && !self.stopping
+        self.joined && self.settled && self.producer && self.restoring.is_empty() && !self.stopping
     }
 }
 

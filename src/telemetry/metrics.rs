@@ -103,6 +103,7 @@ pub struct Metrics {
     instances: Family<StatusLabels, Gauge>,
     dead_letters: Family<KindLabel, Counter>,
     pub duplicates: Counter,
+    pub rejoins: Counter,
     transactions: Family<OutcomeLabel, Counter>,
     pub commit_seconds: Histogram,
     pub batch_events: Histogram,
@@ -143,6 +144,7 @@ impl Metrics {
             instances: Family::default(),
             dead_letters: Family::default(),
             duplicates: Counter::default(),
+            rejoins: Counter::default(),
             transactions: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -220,6 +222,11 @@ impl Metrics {
             "events_duplicate",
             "Events an instance had already seen (same event id), ignored",
             m.duplicates.clone(),
+        );
+        r.register(
+            "consumer_rejoins",
+            "Times the group consumer was rebuilt (fatal error, unknown position), its shards released and restored",
+            m.rejoins.clone(),
         );
         r.register(
             "transactions",

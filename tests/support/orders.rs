@@ -103,6 +103,7 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
             retention: Duration::from_secs(3600),
             session_timeout: Duration::from_secs(6),
             in_place: false,
+            ..Default::default()
         },
         events: Default::default(),
         telemetry: Default::default(),

@@ -10,7 +10,7 @@ use baton::config::Config;
 use baton::dsl;
 use baton::engine::Registry;
 use baton::kafka::{Incoming, PlainConsumer};
-use baton::runtime::{Runtime, RuntimeError, Stats};
+use baton::runtime::{Faults, Runtime, RuntimeError, Stats};
 use baton::telemetry::Health;
 
 use super::orders::{Topics, header};
@@ -56,13 +56,20 @@ impl Running {
 
     /// Starts a runtime of `registry`'s definitions.
     pub fn with(cfg: Config, registry: Registry) -> Running {
+        Running::faulty(cfg, registry, Faults::default())
+    }
+
+    /// Starts a runtime of `registry`'s definitions with `faults` injected.
+    pub fn faulty(cfg: Config, registry: Registry, faults: Faults) -> Running {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
-        let runtime = Runtime::new(cfg, registry, stats.clone()).expect("runtime starts");
+        let runtime = Runtime::new(cfg, registry, stats.clone())
+            .expect("runtime starts")
+            .with_faults(faults);
         let health = runtime.health();
         let flag = stop.clone();
         let handle = std::thread::spawn(move || runtime.run(flag));

@@ -1,0 +1,51 @@
+//! Faults a test injects into a runtime, to prove that a panic or a failed
+//! commit costs time and never a command. Production code never sets them.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// What to break, and how often.
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    /// Shard processing panics on the event with this id, this many times.
+    pub panic_on_event: BTreeMap<String, u32>,
+    /// The next this many transaction commits fail (and are aborted).
+    pub failed_commits: u32,
+}
+
+/// The faults still to inject, shared by the shard workers.
+#[derive(Debug, Default)]
+pub(super) struct Armed(Mutex<Faults>);
+
+impl Armed {
+    pub fn new(f: Faults) -> Armed {
+        Armed(Mutex::new(f))
+    }
+
+    /// Panics if the event `id` is to panic once more.
+    pub fn on_event(&self, id: &str) {
+        let hit = self
+            .0
+            .lock()
+            .ok()
+            .is_some_and(|mut f| match f.panic_on_event.get_mut(id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            });
+        if hit {
+            panic!("injected fault: panic on event {id}");
+        }
+    }
+
+    /// Whether this commit is to fail.
+    pub fn commit_fails(&self) -> bool {
+        self.0.lock().ok().is_some_and(|mut f| {
+            let hit = f.failed_commits > 0;
+            f.failed_commits = f.failed_commits.saturating_sub(1);
+            hit
+        })
+    }
+}
