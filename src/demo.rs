@@ -161,6 +161,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             options: Default::default(),
             // librdkafka's mock cluster speaks the classic group protocol.
             group_protocol: config::GroupProtocol::Classic,
+            max_record_bytes: None,
         },
         topics: config::Topics {
             prefix: "baton".into(),

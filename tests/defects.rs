@@ -14,7 +14,9 @@ use baton::runtime::shard_of;
 use serde_json::json;
 use support::admin::get;
 use support::orders::{Topics, config, create_input, header, placed_on, services};
-use support::running::{Running, assert_each_command_once, collector, orders_with, registry};
+use support::running::{
+    Running, assert_each_command_once, collector, ids_of, orders_with, registry,
+};
 use support::{Broker, RunConfig, baton_run, eventually, free_addr, unique, write_config};
 
 fn committed_inputs(cfg: &Config, t: &Topics) -> std::collections::BTreeMap<(String, i32), i64> {
@@ -22,48 +24,36 @@ fn committed_inputs(cfg: &Config, t: &Topics) -> std::collections::BTreeMap<(Str
         .expect("committed offsets")
 }
 
-/// A runtime error in the middle of a batch (here: a record larger than the
-/// producer may send) used to drop the runtime, whose consumer's revocation
-/// hook then committed the open transaction: all of the batch's input
-/// offsets with only the records produced before the error.
+/// A runtime error in the middle of a batch (seen: a record larger than the
+/// producer may send; here an injected produce failure) used to drop the
+/// runtime, whose consumer's revocation hook then committed the open
+/// transaction: all of the batch's input offsets with only the records
+/// produced before the error.
 #[test]
 fn a_runtime_error_aborts_the_batch_it_cut_short() {
     let broker = Broker::start();
     let group = unique("halfdone");
-    let mut cfg = config(&broker.bootstrap, &group, "a");
-    // baton may produce records up to 300 kB; the broker takes 1 MB.
-    cfg.kafka
-        .options
-        .insert("message.max.bytes".into(), "300000".into());
+    let cfg = config(&broker.bootstrap, &group, "a");
     let t = create_input(&cfg);
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
-    let mut big = placed_on(&t.input, 1);
-    let lines: Vec<serde_json::Value> = (0..20_000)
-        .map(|i| json!({"sku": format!("sku-{i:08}"), "qty": 1}))
-        .collect();
-    let data =
-        json!({"orderId": "o-1", "customerId": "c-1", "total": 1, "lines": lines, "address": "x"});
-    big.payload = Some(baton::wire::cloudevents::structured(
-        "placed-1",
-        "com.acme.order.placed",
-        "test",
-        0,
-        &data,
-    ));
-    // One batch: a good order, the oversized one, another good one, all on partition 0.
-    for mut r in [t.placed(0), big, t.placed(2)] {
+    // One batch of three orders on partition 0; the second forward fails.
+    for n in 0..3 {
+        let mut r = t.placed(n);
         r.partition = Some(0);
         producer.send(&r).expect("send");
     }
     producer.flush().expect("flush");
-
-    let runtime = Running::start(cfg.clone());
-    eventually(60, "the runtime to fail on the oversized record", || {
+    let faults = Faults {
+        send_fails_after: Some(1),
+        ..Faults::default()
+    };
+    let runtime = Running::faulty(cfg.clone(), registry(&t), faults);
+    eventually(60, "the runtime to fail on the produce error", || {
         runtime.ended().then_some(())
     });
     let err = runtime.join().expect_err("the runtime stops with an error");
     assert!(
-        err.to_string().contains("produce to"),
+        err.to_string().contains("produce fails"),
         "unexpected error: {err}"
     );
     assert!(
@@ -79,6 +69,145 @@ fn a_runtime_error_aborts_the_batch_it_cut_short() {
             forwarded.len()
         );
     }
+}
+
+/// An order of 600 kB with records limited to 300 kB: forwarding it failed
+/// the whole batch (and the dead letter, a copy of it, could not be written
+/// either). Now it goes to the dead-letter topic with its head and the
+/// reason, and the orders around it flow. A record whose processing would
+/// produce an oversized command is dead-lettered too, and its instance gets
+/// an incident naming it.
+#[test]
+fn records_too_large_for_the_broker_are_dead_lettered_and_the_partition_flows() {
+    let broker = Broker::start();
+    let group = unique("oversized");
+    let mut cfg = config(&broker.bootstrap, &group, "a");
+    cfg.kafka
+        .options
+        .insert("message.max.bytes".into(), "300000".into());
+    let t = create_input(&cfg);
+    let dlq = cfg.topics.dead_letters();
+    let mut topics = t.commands.clone();
+    topics.push(dlq.clone());
+    let (seen, stop_collector) = collector(&broker.bootstrap, &topics);
+    let services = services(&broker.bootstrap, &t);
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    let items = |n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| json!({"sku": format!("sku-{i:08}"), "qty": 1}))
+            .collect()
+    };
+    let event = |id: &str, kind: &str, data: serde_json::Value| {
+        let mut r = placed_on(&t.input, 0);
+        r.key = id.as_bytes().to_vec();
+        r.partition = Some(0);
+        r.payload = Some(baton::wire::cloudevents::structured(
+            id, kind, "test", 0, &data,
+        ));
+        r
+    };
+    let big = event(
+        "placed-1",
+        "com.acme.order.placed",
+        json!({"orderId": "o-1", "customerId": "c-1", "total": 1, "lines": items(20_000), "address": "x"}),
+    );
+    let big_size = big.payload.as_ref().map_or(0, Vec::len);
+    // One batch: a good order, the oversized one, another good one.
+    for mut r in [t.placed(0), big, t.placed(2)] {
+        r.partition = Some(0);
+        producer.send(&r).expect("send");
+    }
+    // A bulk order whose command doubles what its second event brings.
+    producer
+        .send(&event(
+            "bulk-opened",
+            "com.acme.bulk.opened",
+            json!({"id": "b-1"}),
+        ))
+        .expect("send");
+    producer.flush().expect("flush");
+
+    let mut registry = registry(&t);
+    let bulky = format!(
+        "process: bulky\nversion: 1\nstart:\n  on: com.acme.bulk.opened\n  key: event.data.id\ncorrelate:\n  \"com.acme.bulk.*\": event.data.id\nsteps:\n  - id: fill\n    await:\n      - on: com.acme.bulk.filled\n        set: {{ items: event.data.items }}\n  - id: order\n    command:\n      topic: {}\n      type: com.acme.bulk.order\n      data: {{ a: vars.items, b: vars.items }}\n",
+        t.commands[0]
+    );
+    registry
+        .deploy(
+            baton::dsl::parse("bulky.yaml", &bulky).expect("valid"),
+            &bulky,
+        )
+        .expect("deploy");
+    let runtime = Running::with(cfg.clone(), registry);
+    eventually(60, "the bulk order to start", || {
+        (runtime.stats.transactions.load(Ordering::Relaxed) > 0).then_some(())
+    });
+    // 160 kB of items: forwarded fine, but the command would carry 320 kB.
+    producer
+        .send(&event(
+            "bulk-filled",
+            "com.acme.bulk.filled",
+            json!({"id": "b-1", "items": items(5_000)}),
+        ))
+        .expect("send");
+    producer.flush().expect("flush");
+
+    let all = eventually(120, "two invoices and two dead letters", || {
+        let v = seen.lock().ok()?.clone();
+        let dead = v.iter().filter(|m| m.topic == dlq).count();
+        (orders_with(&v, "com.acme.invoice.create") >= 2 && dead >= 2).then_some(v)
+    });
+    assert!(!runtime.ended(), "the runtime stopped");
+    let dead: Vec<&Incoming> = all.iter().filter(|m| m.topic == dlq).collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert_eq!(header(d, "baton.dlq.kind").as_deref(), Some("oversized"));
+        let reason = header(d, "baton.dlq.reason").unwrap_or_default();
+        assert!(reason.contains("above the limit of"), "{reason}");
+    }
+    let order = dead
+        .iter()
+        .find(|m| m.key.as_deref() == Some(&b"placed-1"[..]))
+        .expect("the oversized order");
+    assert_eq!(
+        header(order, "baton.dlq.truncated"),
+        Some(big_size.to_string())
+    );
+    assert!(order.payload.as_ref().map_or(0, Vec::len) <= 4096);
+    assert_eq!(header(order, "baton.dlq.offset").as_deref(), Some("1"));
+    assert!(
+        dead.iter()
+            .any(|m| m.key.as_deref() == Some(&b"bulky/b-1"[..])),
+        "{dead:?}"
+    );
+    for n in [0, 2] {
+        assert!(
+            ids_of(&all, "com.acme.invoice.create")
+                .contains(&format!("order-to-cash/o-{n}/invoice/1")),
+            "o-{n} did not flow"
+        );
+    }
+    assert!(ids_of(&all, "com.acme.bulk.order").is_empty());
+    // The bulk order is parked with an incident that names the event.
+    let id = "bulky/b-1";
+    let inst = eventually(30, "the incident in the changelog", || {
+        let records = kafka::read_partition(&cfg, &cfg.topics.changelog(), shard_of(id, 2)).ok()?;
+        let last = records
+            .iter()
+            .rev()
+            .find(|m| m.key.as_deref() == Some(id.as_bytes()))?;
+        let (_, inst) = baton::wire::decode_changelog(last.payload.as_deref()?).ok()?;
+        (!inst.incidents.is_empty()).then_some(inst)
+    });
+    assert!(
+        inst.incidents[0].reason.contains("bulk-filled")
+            && inst.incidents[0].reason.contains("above the limit"),
+        "{:?}",
+        inst.incidents
+    );
+    stop_collector.store(true, Ordering::Relaxed);
+    services.store(true, Ordering::Relaxed);
+    runtime.stop();
 }
 
 /// In place, an input's offset was recorded once when it was read and again

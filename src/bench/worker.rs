@@ -72,6 +72,7 @@ impl WorkerSpec {
                 input_topics: vec![self.input.clone()],
                 options: self.options.clone(),
                 group_protocol: Default::default(),
+                max_record_bytes: None,
             },
             topics: config::Topics {
                 prefix: self.prefix.clone(),

@@ -51,6 +51,11 @@ pub struct Kafka {
     /// `cooperative-sticky` otherwise).
     #[serde(default)]
     pub group_protocol: GroupProtocol,
+    /// The largest record baton produces (key, value and headers); an input
+    /// whose results would be larger goes to the dead-letter topic instead.
+    /// Default: the broker's `message.max.bytes`, capped by the producer's.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
 }
 
 /// See [`Kafka::group_protocol`].

@@ -41,6 +41,13 @@ pub fn apply(def: &Definition, instance: &mut Instance, input: &Input, now: Mill
         Input::Timer(id) => (m.timer(id), Cause::Timer(id.clone())),
         Input::Call { parent, vars } => (m.call(parent, vars), Cause::Call),
         Input::Operator(action) => (m.operator(action), Cause::Operator(describe(action))),
+        Input::Refused { event, reason } => (
+            m.refused(event, reason),
+            Cause::Event {
+                id: event.id.clone(),
+                kind: event.kind.clone(),
+            },
+        ),
     };
     if accepted && !matches!(input, Input::Event(_)) {
         // A timer or an operator may have moved the flow to a step that
@@ -227,6 +234,26 @@ impl Machine<'_> {
             }
         }
         self.maybe_complete();
+        true
+    }
+
+    fn refused(&mut self, ev: &Event, reason: &str) -> bool {
+        let known = self.inst.seen.iter().any(|s| s == &ev.id);
+        if known || self.inst.status.is_ended() || self.inst.status == Status::Pending {
+            return false;
+        }
+        if self.inst.seen.len() >= SEEN_WINDOW {
+            self.inst.seen.pop_front();
+        }
+        self.inst.seen.push_back(ev.id.clone());
+        self.incident(
+            None,
+            None,
+            format!(
+                "event {} ({}) could not be processed and went to the dead-letter topic: {reason}",
+                ev.id, ev.kind
+            ),
+        );
         true
     }
 

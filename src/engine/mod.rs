@@ -76,6 +76,13 @@ pub enum Input {
         vars: Vars,
     },
     Operator(Action),
+    /// An event for this instance that the runtime could not process (its
+    /// results would exceed the broker's record size): the instance gets an
+    /// incident naming it, and the event counts as seen.
+    Refused {
+        event: Event,
+        reason: String,
+    },
 }
 
 /// Operator actions on an instance.

@@ -609,6 +609,70 @@ pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(),
     Ok(())
 }
 
+/// librdkafka's own `message.max.bytes` default.
+const CLIENT_MESSAGE_MAX: usize = 1_000_000;
+
+/// The largest record baton may produce: `kafka.max_record_bytes`, or else
+/// the broker's `message.max.bytes`, never above what the producer itself
+/// takes (`message.max.bytes` of `[kafka.options]`, librdkafka's 1 000 000
+/// otherwise). A record's size counts its key, value and headers.
+pub fn record_limit(cfg: &Config) -> Result<usize, KafkaFailure> {
+    let client = cfg
+        .kafka
+        .options
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CLIENT_MESSAGE_MAX);
+    if let Some(n) = cfg.kafka.max_record_bytes {
+        return Ok(n.min(client));
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        base(cfg).create().map_err(fail("create admin client"))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(fail("fetch metadata"))?;
+    let Some(broker) = metadata.brokers().first().map(|b| b.id()) else {
+        return Ok(client);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaFailure::Topic {
+            topic: "(admin)".into(),
+            problem: e.to_string(),
+        })?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = match rt
+        .block_on(admin.describe_configs([&ResourceSpecifier::Broker(broker)], &opts))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, limit = client, "cannot read the broker's message.max.bytes; records are limited to the producer's");
+            return Ok(client);
+        }
+    };
+    let broker_max = described.into_iter().flatten().find_map(|r| {
+        r.get("message.max.bytes")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse::<usize>().ok())
+    });
+    Ok(broker_max.map_or(client, |b| b.min(client)))
+}
+
+/// The bytes a record takes against the record size limit (key, value and
+/// headers, and the record's own framing).
+pub fn record_size(r: &Outgoing) -> usize {
+    const FRAMING: usize = 128;
+    r.key.len()
+        + r.payload.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+        + FRAMING
+}
+
 /// Committed offsets of baton's group for `partitions` (absent: nothing
 /// committed yet), read by a client that does not join the group. With
 /// read_committed it asks for stable offsets, so an offset held by an open

@@ -11,6 +11,8 @@ pub struct Faults {
     pub panic_on_event: BTreeMap<String, u32>,
     /// The next this many transaction commits fail (and are aborted).
     pub failed_commits: u32,
+    /// After this many records were sent, sending the next one fails (once).
+    pub send_fails_after: Option<u32>,
 }
 
 /// The faults still to inject, shared by the shard workers.
@@ -38,6 +40,24 @@ impl Armed {
         if hit {
             panic!("injected fault: panic on event {id}");
         }
+    }
+
+    /// Whether this send is to fail.
+    pub fn send_fails(&self) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .is_some_and(|mut f| match f.send_fails_after {
+                Some(0) => {
+                    f.send_fails_after = None;
+                    true
+                }
+                Some(ref mut n) => {
+                    *n -= 1;
+                    false
+                }
+                None => false,
+            })
     }
 
     /// Whether this commit is to fail.

@@ -188,8 +188,9 @@ pub struct Runtime {
     faults: Option<Armed>,
     /// Shard records that panicked once, with the panic's message.
     panicked: HashMap<(String, i32, i64), String>,
-    /// Shard records that panicked twice the same way: dead-lettered when read again.
-    poisoned: HashMap<(String, i32, i64), String>,
+    /// Shard records not to process again (they panicked twice the same way,
+    /// or would produce an oversized record): dead-lettered when read again.
+    poisoned: HashMap<(String, i32, i64), Poison>,
     /// Input records whose instance lives on their own partition's shard are
     /// processed there, without the repartition hop.
     in_place: bool,
@@ -209,7 +210,6 @@ fn ctx<'a>(
 ) -> shard::Ctx<'a> {
     shard::Ctx {
         repartition,
-        faults,
         registry,
         topics: &cfg.topics,
         retention: cfg.runtime.retention.as_millis() as u64,
@@ -217,16 +217,26 @@ fn ctx<'a>(
         stats,
         tracer,
         log_payloads: cfg.log.payloads,
+        max_record: cfg.kafka.max_record_bytes.unwrap_or(usize::MAX),
+        faults,
     }
 }
 
 /// How many records that panicked once are remembered.
 const PANICS_KEPT: usize = 1000;
 
-/// A shard panicked on the record `at` (topic, partition, offset).
+/// A shard panicked on the record `at` (topic, partition, offset), or
+/// processing it would have produced a record above the size limit.
 struct Panicked {
     at: Option<(String, i32, i64)>,
     message: String,
+    oversized: bool,
+}
+
+/// A record not to process again: it becomes a dead letter of this kind.
+struct Poison {
+    kind: &'static str,
+    reason: String,
 }
 
 /// Processes a shard's records of one batch; a panic is caught and says on
@@ -236,22 +246,16 @@ fn run_shard(
     p: i32,
     records: &[Incoming],
     ctx: &shard::Ctx<'_>,
-    poisoned: &HashMap<(String, i32, i64), String>,
+    poisoned: &HashMap<(String, i32, i64), Poison>,
 ) -> Result<Vec<Outgoing>, Panicked> {
     let mut out = Vec::new();
     for m in records {
         let at = (m.topic.clone(), m.partition, m.offset);
-        if let Some(message) = poisoned.get(&at) {
-            if m.topic == ctx.repartition {
-                s.position = m.offset + 1;
-            }
-            out.push(ctx.dead_letter(
-                m,
-                "panic",
-                &format!("processing this record panicked twice: {message}"),
-            ));
+        if let Some(poison) = poisoned.get(&at) {
+            shard::refuse(s, p, m, poison.kind, &poison.reason, ctx, &mut out);
             continue;
         }
+        let before = out.len();
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             shard::handle(s, p, m, ctx, &mut out)
         }));
@@ -264,6 +268,22 @@ fn run_shard(
             return Err(Panicked {
                 at: Some(at),
                 message,
+                oversized: false,
+            });
+        }
+        if let Some(big) = out[before..]
+            .iter()
+            .find(|r| kafka::record_size(r) > ctx.max_record)
+        {
+            return Err(Panicked {
+                message: format!(
+                    "processing it would produce a record of {} bytes to {}, above the limit of {} bytes (kafka.max_record_bytes)",
+                    kafka::record_size(big),
+                    big.topic,
+                    ctx.max_record
+                ),
+                at: Some(at),
+                oversized: true,
             });
         }
     }
@@ -464,10 +484,11 @@ fn consumer(
 impl Runtime {
     /// Provisions topics, creates the clients and joins the group.
     pub fn new(
-        cfg: Config,
+        mut cfg: Config,
         registry: Registry,
         stats: Arc<Stats>,
     ) -> Result<Runtime, RuntimeError> {
+        cfg.kafka.max_record_bytes = Some(kafka::record_limit(&cfg)?);
         let t = &cfg.topics;
         let n = t.partitions;
         let mut topics = vec![
@@ -794,6 +815,7 @@ impl Runtime {
                         Err(Panicked {
                             at: None,
                             message: "a shard worker died".into(),
+                            oversized: false,
                         })
                     }));
                 }
@@ -816,22 +838,35 @@ impl Runtime {
         Ok(())
     }
 
-    /// A shard panicked: nothing of the batch may commit. The transaction is
-    /// aborted and the batch processed again from the committed state; a
-    /// record that panics a second time the same way is dead-lettered then.
+    /// A shard panicked, or would have produced an oversized record: nothing
+    /// of the batch may commit. The transaction is aborted and the batch
+    /// processed again from the committed state; a record that panics a
+    /// second time the same way, or an oversized one, is dead-lettered then.
     fn after_panic(&mut self, panics: Vec<Panicked>) -> Result<(), RuntimeError> {
         for p in panics {
             let Some(at) = p.at else {
                 warn!(message = %p.message, "a shard worker panicked; processing the batch again");
                 continue;
             };
-            warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked; aborting the batch and processing it again");
             if self.panicked.len() >= PANICS_KEPT {
                 self.panicked.clear();
             }
-            if self.panicked.get(&at) == Some(&p.message) {
-                self.poisoned.insert(at, p.message);
+            if p.oversized {
+                warn!(topic = %at.0, partition = at.1, offset = at.2, reason = %p.message, "a record would produce an oversized record; processing the batch again without it");
+                let poison = Poison {
+                    kind: "oversized",
+                    reason: p.message,
+                };
+                self.poisoned.insert(at, poison);
+            } else if self.panicked.get(&at) == Some(&p.message) {
+                warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked again; processing the batch again without it");
+                let poison = Poison {
+                    kind: "panic",
+                    reason: format!("processing this record panicked twice: {}", p.message),
+                };
+                self.poisoned.insert(at, poison);
             } else {
+                warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked; aborting the batch and processing it again");
                 self.panicked.insert(at, p.message);
             }
         }
@@ -1069,6 +1104,12 @@ impl Runtime {
 
     fn send(&mut self, r: Outgoing) -> Result<(), RuntimeError> {
         self.begin()?;
+        if self.faults.as_ref().is_some_and(Armed::send_fails) {
+            return Err(RuntimeError::Kafka(KafkaFailure::Topic {
+                topic: r.topic,
+                problem: "injected fault: produce fails".into(),
+            }));
+        }
         self.producer.send(&r)?;
         Ok(())
     }
@@ -1276,6 +1317,18 @@ impl Runtime {
                     );
                 }
             }
+        }
+        if let Some(big) = out.iter().find(|r| kafka::record_size(r) > ctx.max_record) {
+            // Nothing of it is produced, and no state changed yet.
+            let reason = format!(
+                "forwarding it would produce a record of {} bytes to {}, above the limit of {} bytes (kafka.max_record_bytes)",
+                kafka::record_size(big),
+                big.topic,
+                ctx.max_record
+            );
+            span.error(&reason);
+            out = vec![ctx.dead_letter(&m, "oversized", &reason)];
+            local.clear();
         }
         for r in out {
             self.send(r)?;

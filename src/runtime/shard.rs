@@ -21,6 +21,9 @@ use crate::kafka::{Incoming, Outgoing};
 use crate::telemetry::{Span, Tracer};
 use crate::wire::{self, cloudevents};
 
+/// Bytes of a payload a dead letter keeps when the whole would be too large.
+pub(super) const TRUNCATED_PAYLOAD: usize = 4096;
+
 /// Timer id of the expiry of an ended instance's retention.
 pub(super) const RETENTION_TIMER: &str = "__retention__";
 
@@ -61,6 +64,8 @@ pub(super) struct Ctx<'a> {
     pub repartition: &'a str,
     /// Log event payloads (debug level); off unless configured.
     pub log_payloads: bool,
+    /// The largest record this runtime may produce.
+    pub max_record: usize,
     /// Faults a test injects.
     pub faults: Option<&'a super::Armed>,
 }
@@ -107,13 +112,25 @@ impl Ctx<'_> {
                 env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
             ),
         ]);
-        Outgoing {
+        let mut r = Outgoing {
             topic: self.topics.dead_letters(),
             partition: None,
             key: m.key.clone().unwrap_or_default(),
             payload: m.payload.clone(),
             headers,
+        };
+        if crate::kafka::record_size(&r) > self.max_record
+            && let Some(p) = r.payload.as_mut()
+        {
+            // Too large to dead-letter whole: its head, and where the whole
+            // record stays (topic, partition, offset above).
+            r.headers.push((
+                "baton.dlq.truncated".to_string(),
+                p.len().to_string().into_bytes(),
+            ));
+            p.truncate(TRUNCATED_PAYLOAD);
         }
+        r
     }
 
     fn changelog(&self, p: i32, id: &str, payload: Option<Vec<u8>>) -> Outgoing {
@@ -279,6 +296,47 @@ pub(super) fn handle(
         }
     }
     step(shard, p, &process, &key, &input, None, span, m, ctx, out);
+}
+
+/// A record of the shard's partition that is not processed: it becomes a
+/// dead letter, and the instance it is for, where that exists, gets an
+/// incident naming it.
+pub(super) fn refuse(
+    shard: &mut Shard,
+    p: i32,
+    m: &Incoming,
+    kind: &str,
+    reason: &str,
+    ctx: &Ctx<'_>,
+    out: &mut Vec<Outgoing>,
+) {
+    if m.topic == ctx.repartition {
+        shard.position = m.offset + 1;
+    }
+    out.push(ctx.dead_letter(m, kind, reason));
+    let Some(body) = m
+        .payload
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<Json>(b).ok())
+    else {
+        return;
+    };
+    let (Some(process), Some(key)) = (body["process"].as_str(), body["key"].as_str()) else {
+        return;
+    };
+    let exists = shard.instances.contains_key(&format!("{process}/{key}"));
+    if let (true, Some("event"), Some(event)) = (
+        exists,
+        body["input"].as_str(),
+        event_from_json(&body["event"]),
+    ) {
+        let input = Input::Refused {
+            event,
+            reason: reason.to_string(),
+        };
+        let span = ctx.tracer.shard(m, None);
+        step(shard, p, process, key, &input, None, span, m, ctx, out);
+    }
 }
 
 /// What kind of command a command is, for metrics and spans.

@@ -87,6 +87,7 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
             input_topics: vec![Topics::of(group).input],
             options: BTreeMap::new(),
             group_protocol: Default::default(),
+            max_record_bytes: None,
         },
         topics: config::Topics {
             prefix: format!("{group}.baton"),
