@@ -39,9 +39,39 @@ fn write_config(dir: &std::path::Path, bootstrap: &str, group: &str) -> std::pat
             partitions: PARTITIONS,
             in_place: true,
             admin: "127.0.0.1:0".into(),
-            extra: "",
+            // Records up to 300 kB: the oversized order in the stream is more.
+            extra: "[kafka.producer_options]\n\"message.max.bytes\" = \"300000\"\n",
         },
     )
+}
+
+/// An order of 400 kB (above the 300 kB records may have) and 2 kB of non-JSON.
+fn poison(input: &str) -> [Outgoing; 2] {
+    let lines: Vec<serde_json::Value> = (0..13_000)
+        .map(|i| serde_json::json!({"sku": format!("sku-{i:08}"), "qty": 1}))
+        .collect();
+    let data = serde_json::json!({"orderId": "o-big", "customerId": "c-1", "total": 1, "lines": lines, "address": "x"});
+    let big = Outgoing {
+        topic: input.into(),
+        partition: None,
+        key: b"placed-big".to_vec(),
+        payload: Some(baton::wire::cloudevents::structured(
+            "placed-big",
+            "com.acme.order.placed",
+            "test",
+            0,
+            &data,
+        )),
+        headers: Vec::new(),
+    };
+    let junk = Outgoing {
+        topic: input.into(),
+        partition: None,
+        key: b"junk".to_vec(),
+        payload: Some(vec![b'#'; 2048]),
+        headers: Vec::new(),
+    };
+    [big, junk]
 }
 
 /// Committed command ids per type, as a plain read_committed consumer reads them.
@@ -181,6 +211,13 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        if round == kills / 2 {
+            // Mid-run: an order too large for the broker, and one that is not JSON.
+            for r in poison(&t.input) {
+                producer.send(&r).expect("send");
+            }
+            producer.flush().expect("flush");
+        }
         eprintln!("round {round}: kill -9 after {sent} orders");
         child.kill().expect("SIGKILL");
         let _ = child.wait();
@@ -270,10 +307,47 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
             );
         }
     }
+    // Each input was processed once: one committed forward (or dead letter)
+    // per input record, whatever the kills did.
+    let mut twice = 0;
+    let mut origins = BTreeSet::new();
+    for p in 0..PARTITIONS {
+        for r in kafka::read_partition(&cfg, &cfg.topics.repartition(), p).expect("read") {
+            let body: serde_json::Value =
+                serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
+                    .unwrap_or_default();
+            if body["input"] == "event" && !origins.insert(body["origin"].to_string()) {
+                twice += 1;
+            }
+        }
+    }
+    let mut dead = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        for r in kafka::read_partition(&cfg, &cfg.topics.dead_letters(), p).expect("read") {
+            let get = |k: &str| {
+                r.headers
+                    .iter()
+                    .find(|(h, _)| h.as_str() == k)
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let at = format!("{}/{}", get("baton.dlq.partition"), get("baton.dlq.offset"));
+            *dead.entry((get("baton.dlq.kind"), at)).or_insert(0) += 1;
+        }
+    }
+    twice += dead.values().filter(|n| **n > 1).count();
+    let kinds: BTreeSet<&str> = dead.keys().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["oversized", "undecodable"]),
+        "dead letters: {dead:?}"
+    );
+    assert_eq!(twice, 0, "inputs processed twice; dead letters: {dead:?}");
     let commands_checked: usize = commands.values().map(Vec::len).sum();
     resumed_ms.sort_unstable();
     eprintln!(
-        "crash test: {kills} kills, {orders} orders, {commands_checked} commands checked ({checked} command records, consumer and oracle agreeing): 0 lost, 0 duplicated; {aborted} command records aborted; kill to first shard restored: median {} ms, max {} ms",
+        "crash test: {kills} kills, {orders} orders and 2 poison inputs (one oversized), {commands_checked} commands checked ({checked} command records, consumer and oracle agreeing): 0 lost, 0 duplicated, 0 inputs processed twice ({} dead letters, each once); {aborted} command records aborted; kill to first shard restored: median {} ms, max {} ms",
+        dead.len(),
         resumed_ms.get(resumed_ms.len() / 2).copied().unwrap_or(0),
         resumed_ms.last().copied().unwrap_or(0)
     );

@@ -73,6 +73,8 @@ impl WorkerSpec {
                 options: self.options.clone(),
                 group_protocol: Default::default(),
                 max_record_bytes: None,
+                consumer_options: Default::default(),
+                producer_options: Default::default(),
             },
             topics: config::Topics {
                 prefix: self.prefix.clone(),

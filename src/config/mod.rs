@@ -41,9 +41,18 @@ pub struct Kafka {
     pub group_id: String,
     /// Topics carrying domain events (the user's).
     pub input_topics: Vec<String>,
-    /// Passed to librdkafka as they are, for every client baton creates.
+    /// Passed to librdkafka as they are, for every client baton creates
+    /// (connection, TLS, SASL).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Passed to baton's consumers only (the group member, restore and
+    /// offset readers), over `options`: fetch tuning, group settings.
+    #[serde(default)]
+    pub consumer_options: BTreeMap<String, String>,
+    /// Passed to the transactional producer only, over `options`: batching,
+    /// compression, `message.max.bytes`, transaction timeout.
+    #[serde(default)]
+    pub producer_options: BTreeMap<String, String>,
     /// The consumer group protocol: `consumer` (KIP-848, Kafka 4.0 or newer:
     /// incremental rebalances coordinated by the broker, with its `range`
     /// assignor, which keeps partition *p* of every topic on one member) or
@@ -56,6 +65,42 @@ pub struct Kafka {
     /// Default: the broker's `message.max.bytes`, capped by the producer's.
     #[serde(default)]
     pub max_record_bytes: Option<usize>,
+}
+
+impl Kafka {
+    /// The option tables, by their name in the file.
+    pub fn option_tables(&self) -> [(&'static str, &BTreeMap<String, String>); 3] {
+        [
+            ("kafka.options", &self.options),
+            ("kafka.consumer_options", &self.consumer_options),
+            ("kafka.producer_options", &self.producer_options),
+        ]
+    }
+
+    /// A consumer's setting: `consumer_options` over `options`.
+    pub fn consumer_option(&self, key: &str) -> Option<&String> {
+        self.consumer_options
+            .get(key)
+            .or_else(|| self.options.get(key))
+    }
+
+    /// A producer's setting: `producer_options` over `options`.
+    pub fn producer_option(&self, key: &str) -> Option<&String> {
+        self.producer_options
+            .get(key)
+            .or_else(|| self.options.get(key))
+    }
+
+    /// Which table that reaches consumers sets `key`, if one does.
+    fn consumer_table_with(&self, key: &str) -> Option<&'static str> {
+        if self.consumer_options.contains_key(key) {
+            Some("kafka.consumer_options")
+        } else if self.options.contains_key(key) {
+            Some("kafka.options")
+        } else {
+            None
+        }
+    }
 }
 
 /// See [`Kafka::group_protocol`].
@@ -364,7 +409,7 @@ impl Config {
         match self.kafka.group_protocol {
             GroupProtocol::Classic => {
                 if self.runtime.in_place
-                    && let Some(s) = self.kafka.options.get("partition.assignment.strategy")
+                    && let Some(s) = self.kafka.consumer_option("partition.assignment.strategy")
                     && s != "range"
                 {
                     p.push(format!(
@@ -378,14 +423,14 @@ impl Config {
                     "session.timeout.ms",
                     "heartbeat.interval.ms",
                 ] {
-                    if self.kafka.options.contains_key(key) {
+                    if let Some(table) = self.kafka.consumer_table_with(key) {
                         p.push(format!(
-                            "kafka.options.\"{key}\": not used by the consumer group protocol (kafka.group_protocol = \"consumer\"), where the broker sets it (group.consumer.* broker settings); remove it, or set kafka.group_protocol = \"classic\""
+                            "{table}.\"{key}\": not used by the consumer group protocol (kafka.group_protocol = \"consumer\"), where the broker sets it (group.consumer.* broker settings); remove it, or set kafka.group_protocol = \"classic\""
                         ));
                     }
                 }
                 if self.runtime.in_place
-                    && let Some(a) = self.kafka.options.get("group.remote.assignor")
+                    && let Some(a) = self.kafka.consumer_option("group.remote.assignor")
                     && a != "range"
                 {
                     p.push(format!(
@@ -410,10 +455,12 @@ impl Config {
             "isolation.level",
             "bootstrap.servers",
         ] {
-            if self.kafka.options.contains_key(key) {
-                p.push(format!(
-                    "kafka.options.\"{key}\": baton sets this itself; remove it"
-                ));
+            for (table, options) in self.kafka.option_tables() {
+                if options.contains_key(key) {
+                    p.push(format!(
+                        "{table}.\"{key}\": baton sets this itself; remove it"
+                    ));
+                }
             }
         }
         p
@@ -493,6 +540,27 @@ paths = ["examples"]
         assert!(msg.contains("baton.toml"), "{msg}");
         assert!(msg.contains("unknown field `commit_intervall`"), "{msg}");
         assert!(msg.contains("line 9"), "{msg}");
+    }
+
+    #[test]
+    fn consumer_settings_are_checked_in_either_table_that_reaches_the_consumer() {
+        let text =
+            format!("{MINIMAL}\n[kafka.consumer_options]\n\"session.timeout.ms\" = \"6000\"\n");
+        let msg = Config::load("baton.toml", &text, [])
+            .expect_err("classic-only")
+            .to_string();
+        assert!(
+            msg.contains("kafka.consumer_options.\"session.timeout.ms\": not used by the consumer group protocol"),
+            "{msg}"
+        );
+        let text = format!("{MINIMAL}\n[kafka.producer_options]\n\"transactional.id\" = \"x\"\n");
+        let msg = Config::load("baton.toml", &text, [])
+            .expect_err("baton's own")
+            .to_string();
+        assert!(
+            msg.contains("kafka.producer_options.\"transactional.id\": baton sets this itself"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -39,10 +39,29 @@ fn fail(what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaFailure {
     move |source| KafkaFailure::Client { what, source }
 }
 
+/// A client of any kind: `kafka.options`.
 fn base(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
     for (k, v) in &cfg.kafka.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer: `kafka.options`, then `kafka.consumer_options`.
+fn consumer_base(cfg: &Config) -> ClientConfig {
+    let mut c = base(cfg);
+    for (k, v) in &cfg.kafka.consumer_options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A producer: `kafka.options`, then `kafka.producer_options`.
+fn producer_base(cfg: &Config) -> ClientConfig {
+    let mut c = base(cfg);
+    for (k, v) in &cfg.kafka.producer_options {
         c.set(k, v);
     }
     c
@@ -208,8 +227,12 @@ impl Consumer {
             assignments: AtomicU64::new(0),
             lag: Lag::default(),
         };
-        let mut client = base(cfg);
-        if !cfg.kafka.options.contains_key("statistics.interval.ms") {
+        let mut client = consumer_base(cfg);
+        if cfg
+            .kafka
+            .consumer_option("statistics.interval.ms")
+            .is_none()
+        {
             // The lag metric comes from these statistics.
             client.set("statistics.interval.ms", "5000");
         }
@@ -219,15 +242,14 @@ impl Consumer {
                 // assignor keeps partition p of every subscribed topic on one
                 // member (co-partitioning), and moves only what must move.
                 client.set("group.protocol", "consumer");
-                if !cfg.kafka.options.contains_key("group.remote.assignor") {
+                if cfg.kafka.consumer_option("group.remote.assignor").is_none() {
                     client.set("group.remote.assignor", "range");
                 }
             }
             GroupProtocol::Classic => {
                 let strategy = cfg
                     .kafka
-                    .options
-                    .get("partition.assignment.strategy")
+                    .consumer_option("partition.assignment.strategy")
                     .map_or(
                         if cfg.runtime.in_place {
                             "range"
@@ -250,7 +272,8 @@ impl Consumer {
                     );
             }
         }
-        if cfg.runtime.static_membership && !cfg.kafka.options.contains_key("group.instance.id") {
+        if cfg.runtime.static_membership && cfg.kafka.consumer_option("group.instance.id").is_none()
+        {
             client.set("group.instance.id", cfg.instance_id());
         }
         let inner: BaseConsumer<GroupContext> = client
@@ -398,7 +421,7 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(cfg: &Config, transactional_id: &str) -> Result<Producer, KafkaFailure> {
-        let mut client = base(cfg);
+        let mut client = producer_base(cfg);
         // Tuning the user did not set gets baton's defaults. A linger of a
         // few milliseconds made librdkafka's broker thread spin while
         // acknowledgements were outstanding (4 s of CPU per 20 000 events
@@ -409,7 +432,7 @@ impl Producer {
         // partitioned) process soon, so the new owner of its shards, whose
         // committed offsets wait for it, goes on (Kafka Streams: 10 s too).
         for (key, default) in [("linger.ms", "20"), ("transaction.timeout.ms", "10000")] {
-            if !cfg.kafka.options.contains_key(key) {
+            if cfg.kafka.producer_option(key).is_none() {
                 client.set(key, default);
             }
         }
@@ -614,13 +637,13 @@ const CLIENT_MESSAGE_MAX: usize = 1_000_000;
 
 /// The largest record baton may produce: `kafka.max_record_bytes`, or else
 /// the broker's `message.max.bytes`, never above what the producer itself
-/// takes (`message.max.bytes` of `[kafka.options]`, librdkafka's 1 000 000
+/// takes (`message.max.bytes` of `[kafka.producer_options]` or
+/// `[kafka.options]`, librdkafka's 1 000 000
 /// otherwise). A record's size counts its key, value and headers.
 pub fn record_limit(cfg: &Config) -> Result<usize, KafkaFailure> {
     let client = cfg
         .kafka
-        .options
-        .get("message.max.bytes")
+        .producer_option("message.max.bytes")
         .and_then(|v| v.parse().ok())
         .unwrap_or(CLIENT_MESSAGE_MAX);
     if let Some(n) = cfg.kafka.max_record_bytes {
@@ -681,7 +704,7 @@ pub fn committed_offsets(
     cfg: &Config,
     partitions: &[(String, i32)],
 ) -> Result<BTreeMap<(String, i32), i64>, KafkaFailure> {
-    let consumer: BaseConsumer = base(cfg)
+    let consumer: BaseConsumer = consumer_base(cfg)
         .set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -716,7 +739,7 @@ pub fn read_partition(
     topic: &str,
     partition: i32,
 ) -> Result<Vec<Incoming>, KafkaFailure> {
-    let consumer: BaseConsumer = base(cfg)
+    let consumer: BaseConsumer = consumer_base(cfg)
         .set("group.id", format!("{}-restore", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -768,8 +791,9 @@ pub fn read_partition(
 
 /// A plain (non-transactional) producer for `baton send` and simulated services.
 pub fn send_plain(cfg: &Config, records: &[Outgoing]) -> Result<(), KafkaFailure> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        base(cfg).create().map_err(fail("create producer"))?;
+    let producer: ThreadedProducer<DefaultProducerContext> = producer_base(cfg)
+        .create()
+        .map_err(fail("create producer"))?;
     let p = Producer { inner: producer };
     for r in records {
         p.send(r)?;
@@ -919,6 +943,59 @@ impl PlainProducer {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    fn with_tables() -> crate::config::Config {
+        crate::config::Config::load(
+            "baton.toml",
+            r#"
+[kafka]
+bootstrap_servers = "localhost:9092"
+input_topics = ["crm.events"]
+[kafka.options]
+"security.protocol" = "plaintext"
+[kafka.consumer_options]
+"fetch.wait.max.ms" = "10"
+[kafka.producer_options]
+"compression.type" = "lz4"
+[definitions]
+paths = ["examples"]
+"#,
+            [],
+        )
+        .expect("valid")
+    }
+
+    fn keys(c: &ClientConfig) -> BTreeMap<String, String> {
+        c.config_map()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn client_option_tables_reach_only_their_clients() {
+        let cfg = with_tables();
+        let consumer = keys(&consumer_base(&cfg));
+        let producer = keys(&producer_base(&cfg));
+        assert_eq!(
+            consumer.get("fetch.wait.max.ms").map(String::as_str),
+            Some("10")
+        );
+        assert!(!consumer.contains_key("compression.type"));
+        assert_eq!(
+            producer.get("compression.type").map(String::as_str),
+            Some("lz4")
+        );
+        assert!(!producer.contains_key("fetch.wait.max.ms"));
+        for c in [&consumer, &producer] {
+            assert_eq!(
+                c.get("security.protocol").map(String::as_str),
+                Some("plaintext")
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -186,6 +186,8 @@ pub struct Runtime {
     subscribe: Vec<String>,
     /// Faults a test injects (`None` in production).
     faults: Option<Armed>,
+    /// An in-place input was found partitioned by another hash (said once).
+    partitioner_warned: AtomicBool,
     /// Shard records that panicked once, with the panic's message.
     panicked: HashMap<(String, i32, i64), String>,
     /// Shard records not to process again (they panicked twice the same way,
@@ -546,6 +548,7 @@ impl Runtime {
             group_seq: 0,
             subscribe,
             faults: None,
+            partitioner_warned: AtomicBool::new(false),
             panicked: HashMap::new(),
             poisoned: HashMap::new(),
             in_place: cfg_in_place,
@@ -1289,6 +1292,16 @@ impl Runtime {
                                     payload: fwd.payload.take(),
                                 });
                             } else {
+                                if self.in_place
+                                    && !self.partitioner_warned.load(Ordering::Relaxed)
+                                    && m.key.as_deref() == Some(r.key.as_bytes())
+                                    && self.shards.contains_key(&m.partition)
+                                {
+                                    // Keyed by its correlation key, yet on another
+                                    // partition than murmur2 picks.
+                                    self.partitioner_warned.store(true, Ordering::Relaxed);
+                                    warn!(topic = %m.topic, partition = m.partition, key = %r.key, shard = ?fwd.partition, "an input keyed by its correlation key is not on the partition Kafka's default partitioner picks, so it takes the repartition hop: its producer must partition with murmur2 (librdkafka clients: partitioner=murmur2_random); baton_events_routed_total{{path=\"repartition\"}} counts these");
+                                }
                                 self.stats.routed(false);
                                 out.push(fwd);
                             }

@@ -88,6 +88,8 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
             options: BTreeMap::new(),
             group_protocol: Default::default(),
             max_record_bytes: None,
+            consumer_options: Default::default(),
+            producer_options: Default::default(),
         },
         topics: config::Topics {
             prefix: format!("{group}.baton"),
