@@ -368,6 +368,8 @@ fn readiness_waits_until_the_group_has_settled() {
     // instance id gets its shards back without waiting for a session timeout.
     b.stop();
     let left = Instant::now();
+    let mut cfg = cfg;
+    cfg.runtime.static_membership = true;
     let b = Running::start(cfg);
     let r = eventually(60, "the restarted process to be ready", || {
         let r = b.health.readiness();
