@@ -202,9 +202,7 @@ pub struct Runtime {
     /// `instance_id`): a process that restarts under the same instance id
     /// gets its shards back without moving anyone else's. The broker keeps a
     /// static member's shards for it for a session timeout after it went, so
-    /// a process that stops for good hands them over only then. Off by
-    /// default: under the consumer protocol a group that lost a static member
-    /// under in-place load was seen to leave input partitions unconsumed.
+    /// a process that stops for good hands them over only then.
     pub static_membership: bool,
     /// `/readyz` answers 200 only once the group has settled: the
     /// coordinator describes it as stable and every shard has an owner.
@@ -222,7 +220,7 @@ impl Default for Runtime {
             retention: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
             in_place: false,
-            static_membership: false,
+            static_membership: true,
             await_settled_group: true,
         }
     }
