@@ -206,7 +206,7 @@ impl Simulation {
                 }
                 Effect::CancelTimer(t) => {
                     self.timers
-                        .retain(|(_, p, k, tid)| !(p == &id.0 && k == &id.1 && tid == &t));
+                        .remove(&(t.due, id.0.clone(), id.1.clone(), t.id));
                 }
                 Effect::Audit(a) => {
                     if a.before != a.after {

@@ -1032,7 +1032,7 @@ impl Machine<'_> {
 
     fn finish(&mut self, status: Status) {
         for t in std::mem::take(&mut self.inst.timers) {
-            self.fx.push(Effect::CancelTimer(t.id));
+            self.fx.push(Effect::CancelTimer(t));
         }
         self.inst.tokens.clear();
         self.inst.expects.clear();
@@ -1108,7 +1108,7 @@ impl Machine<'_> {
     fn cancel_timer(&mut self, id: &str) {
         if let Some(pos) = self.inst.timers.iter().position(|t| t.id == id) {
             let t = self.inst.timers.remove(pos);
-            self.fx.push(Effect::CancelTimer(t.id));
+            self.fx.push(Effect::CancelTimer(t));
         }
     }
 

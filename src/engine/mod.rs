@@ -181,7 +181,9 @@ pub enum Effect {
     Entered(StepIdx),
     Command(Command),
     ScheduleTimer(Timer),
-    CancelTimer(String),
+    /// A pending timer is cancelled (it carries its due time, so an index
+    /// of timers by due time finds it without a scan).
+    CancelTimer(Timer),
     Audit(Audit),
     IncidentRaised {
         id: u32,

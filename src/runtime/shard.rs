@@ -467,7 +467,8 @@ fn step(
                 shard.timers.insert((t.due, id.clone(), t.id));
             }
             Effect::CancelTimer(t) => {
-                shard.timers.retain(|(_, i, tid)| !(i == &id && tid == &t));
+                // O(log n): the index is ordered by due time first.
+                shard.timers.remove(&(t.due, id.clone(), t.id));
             }
             Effect::Audit(a) => {
                 if !a.before.is_empty() {
