@@ -1,0 +1,203 @@
+//! A batch on the shards: one thread per shard, panics caught per record,
+//! and the records that must not be processed again.
+
+use super::*;
+
+/// How many records that panicked once are remembered.
+pub(super) const PANICS_KEPT: usize = 1000;
+
+/// A shard panicked on the record `at` (topic, partition, offset), or
+/// processing it would have produced a record above the size limit.
+pub(super) struct Panicked {
+    pub(super) at: Option<(String, i32, i64)>,
+    pub(super) message: String,
+    pub(super) oversized: bool,
+}
+
+/// A record not to process again: it becomes a dead letter of this kind.
+pub(super) struct Poison {
+    pub(super) kind: &'static str,
+    pub(super) reason: String,
+}
+
+/// Processes a shard's records of one batch; a panic is caught and says on
+/// which record it happened. Records that panicked twice become dead letters.
+pub(super) fn run_shard(
+    s: &mut shard::Shard,
+    p: i32,
+    records: &[Incoming],
+    ctx: &shard::Ctx<'_>,
+    poisoned: &HashMap<(String, i32, i64), Poison>,
+) -> Result<Vec<Outgoing>, Panicked> {
+    let mut out = Vec::new();
+    for m in records {
+        let at = (m.topic.clone(), m.partition, m.offset);
+        if let Some(poison) = poisoned.get(&at) {
+            shard::refuse(s, p, m, poison.kind, &poison.reason, ctx, &mut out);
+            continue;
+        }
+        let before = out.len();
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard::handle(s, p, m, ctx, &mut out)
+        }));
+        if let Err(payload) = step {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            return Err(Panicked {
+                at: Some(at),
+                message,
+                oversized: false,
+            });
+        }
+        if let Some(big) = out[before..]
+            .iter()
+            .find(|r| kafka::record_size(r) > ctx.max_record)
+        {
+            return Err(Panicked {
+                message: format!(
+                    "processing it would produce a record of {} bytes to {}, above the limit of {} bytes (kafka.max_record_bytes)",
+                    kafka::record_size(big),
+                    big.topic,
+                    ctx.max_record
+                ),
+                at: Some(at),
+                oversized: true,
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl Runtime {
+    /// Input records are routed and re-keyed; shard records are stepped, one
+    /// thread per shard, and everything they produce joins the transaction.
+    pub(super) fn process(&mut self, batch: Vec<Incoming>) -> Result<(), RuntimeError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Ok(mut t) = self.txn.lock() {
+            t.events += batch.len();
+        }
+        let mut by_shard: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
+        for m in batch {
+            if m.topic == self.repartition {
+                if !self.shards.contains_key(&m.partition) {
+                    // Not ready yet: held (not consumed) until its restore ends.
+                    self.start_restore(m.partition)?;
+                    if let Some(r) = self.restoring.get_mut(&m.partition) {
+                        r.held.push(m);
+                    }
+                    continue;
+                }
+                by_shard.entry(m.partition).or_default().push(m);
+            } else {
+                for local in self.handle_input(m)? {
+                    by_shard.entry(local.partition).or_default().push(local);
+                }
+            }
+        }
+        for (&p, records) in &by_shard {
+            if let Some(first) = records.first() {
+                self.prepare_shard(p, &first.topic, (first.offset + 1) as u64)?;
+            }
+            for m in records {
+                self.consumed(m)?;
+            }
+        }
+        let ctx = ctx(
+            &self.registry,
+            &self.cfg,
+            self.partitions,
+            &self.stats,
+            &self.tracer,
+            &self.repartition,
+            self.faults.as_ref(),
+        );
+        let poisoned = &self.poisoned;
+        let mut outputs: Vec<Result<Vec<Outgoing>, Panicked>> = Vec::new();
+        let work: Vec<(i32, &mut shard::Shard, &Vec<Incoming>)> = self
+            .shards
+            .iter_mut()
+            .filter_map(|(p, s)| by_shard.get(p).map(|r| (*p, s, r)))
+            .collect();
+        if work.len() <= 1 {
+            for (p, s, records) in work {
+                outputs.push(run_shard(s, p, records, &ctx, poisoned));
+            }
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .into_iter()
+                    .map(|(p, s, records)| {
+                        let ctx = &ctx;
+                        scope.spawn(move || run_shard(s, p, records, ctx, poisoned))
+                    })
+                    .collect();
+                for h in handles {
+                    outputs.push(h.join().unwrap_or_else(|_| {
+                        Err(Panicked {
+                            at: None,
+                            message: "a shard worker died".into(),
+                            oversized: false,
+                        })
+                    }));
+                }
+            });
+        }
+        let mut panics = Vec::new();
+        let mut records = Vec::new();
+        for o in outputs {
+            match o {
+                Ok(out) => records.extend(out),
+                Err(p) => panics.push(p),
+            }
+        }
+        if !panics.is_empty() {
+            return self.after_panic(panics);
+        }
+        for r in records {
+            self.send(r)?;
+        }
+        Ok(())
+    }
+
+    /// A shard panicked, or would have produced an oversized record: nothing
+    /// of the batch may commit. The transaction is aborted and the batch
+    /// processed again from the committed state; a record that panics a
+    /// second time the same way, or an oversized one, is dead-lettered then.
+    pub(super) fn after_panic(&mut self, panics: Vec<Panicked>) -> Result<(), RuntimeError> {
+        for p in panics {
+            let Some(at) = p.at else {
+                warn!(message = %p.message, "a shard worker panicked; processing the batch again");
+                continue;
+            };
+            if self.panicked.len() >= PANICS_KEPT {
+                self.panicked.clear();
+            }
+            if p.oversized {
+                warn!(topic = %at.0, partition = at.1, offset = at.2, reason = %p.message, "a record would produce an oversized record; processing the batch again without it");
+                let poison = Poison {
+                    kind: "oversized",
+                    reason: p.message,
+                };
+                self.poisoned.insert(at, poison);
+            } else if self.panicked.get(&at) == Some(&p.message) {
+                warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked again; processing the batch again without it");
+                let poison = Poison {
+                    kind: "panic",
+                    reason: format!("processing this record panicked twice: {}", p.message),
+                };
+                self.poisoned.insert(at, poison);
+            } else {
+                warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked; aborting the batch and processing it again");
+                self.panicked.insert(at, p.message);
+            }
+        }
+        self.abort_open();
+        self.stats.transaction(false);
+        self.recover()
+    }
+}

@@ -1,0 +1,143 @@
+//! Input records: decoded, correlated to their instances, and re-keyed onto
+//! the shards (or handed to their own shard in place).
+
+use super::*;
+
+impl Runtime {
+    /// A domain event: decode, find its processes, and forward it to their shards.
+    /// Returns the records to process in place on this process's shards.
+    pub(super) fn handle_input(&mut self, m: Incoming) -> Result<Vec<Incoming>, RuntimeError> {
+        if self.in_place
+            && let Some(r) = self.restoring.get_mut(&m.partition)
+        {
+            // Its shard is restoring: held (not consumed) so the partition's
+            // order is kept.
+            r.held.push(m);
+            return Ok(Vec::new());
+        }
+        self.stats.event_consumed(&m.topic);
+        self.consumed(&m)?;
+        let mut local = Vec::new();
+        let mut span = self.tracer.input(&m);
+        let plain = cloudevents::PlainJson {
+            type_field: self.cfg.events.type_field.clone(),
+            id_field: self.cfg.events.id_field.clone(),
+        };
+        let rec = cloudevents::Record {
+            topic: &m.topic,
+            partition: m.partition,
+            offset: m.offset,
+            timestamp: m.timestamp,
+            headers: &m.headers,
+            payload: m.payload.as_deref(),
+        };
+        let mut out = Vec::new();
+        let ctx = self.ctx();
+        match cloudevents::decode(&rec, &plain) {
+            Err(e) => {
+                span.error(&e.to_string());
+                out.push(ctx.dead_letter(&m, "undecodable", &e.to_string()))
+            }
+            Ok(event) => {
+                span.set("messaging.message.id", event.id.clone());
+                span.set("cloudevents.event_id", event.id.clone());
+                span.set("cloudevents.event_type", event.kind.clone());
+                span.set("cloudevents.event_source", event.source.clone());
+                if self.cfg.log.payloads {
+                    debug!(topic = %m.topic, partition = m.partition, offset = m.offset, event_id = %event.id, kind = %event.kind, data = %event.data, "event consumed");
+                }
+                let mut routed = 0;
+                let mut failures = Vec::new();
+                for def in self.registry.latest_all() {
+                    match engine::route(def, &event) {
+                        Ok(Some(r)) => {
+                            routed += 1;
+                            let origin = json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
+                            let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": shard::event_json(&event), "origin": origin });
+                            span.event(
+                                "routed",
+                                vec![
+                                    opentelemetry::KeyValue::new(
+                                        "baton.process",
+                                        def.process.clone(),
+                                    ),
+                                    opentelemetry::KeyValue::new(
+                                        "baton.instance.key",
+                                        r.key.clone(),
+                                    ),
+                                ],
+                            );
+                            let mut fwd = ctx.forward(&def.process, &r.key, &body, span.headers());
+                            if self.in_place
+                                && fwd.partition == Some(m.partition)
+                                && self.shards.contains_key(&m.partition)
+                            {
+                                // Same shard as the record's own partition: no hop.
+                                self.stats.routed(true);
+                                local.push(Incoming {
+                                    topic: m.topic.clone(),
+                                    partition: m.partition,
+                                    offset: m.offset,
+                                    timestamp: m.timestamp,
+                                    key: Some(std::mem::take(&mut fwd.key)),
+                                    headers: std::mem::take(&mut fwd.headers),
+                                    payload: fwd.payload.take(),
+                                });
+                            } else {
+                                if self.in_place
+                                    && !self.partitioner_warned.load(Ordering::Relaxed)
+                                    && m.key.as_deref() == Some(r.key.as_bytes())
+                                    && self.shards.contains_key(&m.partition)
+                                {
+                                    // Keyed by its correlation key, yet on another
+                                    // partition than murmur2 picks.
+                                    self.partitioner_warned.store(true, Ordering::Relaxed);
+                                    warn!(topic = %m.topic, partition = m.partition, key = %r.key, shard = ?fwd.partition, "an input keyed by its correlation key is not on the partition Kafka's default partitioner picks, so it takes the repartition hop: its producer must partition with murmur2 (librdkafka clients: partitioner=murmur2_random); baton_events_routed_total{{path=\"repartition\"}} counts these");
+                                }
+                                self.stats.routed(false);
+                                out.push(fwd);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => failures
+                            .push(format!("process {}: correlation failed: {e}", def.process)),
+                    }
+                }
+                // A correlation that fails for one process is not an error when another
+                // process took the event; only an event no process could take is dead.
+                if routed == 0 && !failures.is_empty() {
+                    span.error(&failures.join("; "));
+                    out.push(ctx.dead_letter(&m, "correlation", &failures.join("; ")));
+                } else if routed == 0 {
+                    let reason = format!(
+                        "no process starts on or correlates events of type {}",
+                        event.kind
+                    );
+                    span.error(&reason);
+                    out.push(ctx.dead_letter(&m, "no-process", &reason));
+                } else if !failures.is_empty() {
+                    debug!(
+                        ?failures,
+                        "processes that could not correlate an event another process took"
+                    );
+                }
+            }
+        }
+        if let Some(big) = out.iter().find(|r| kafka::record_size(r) > ctx.max_record) {
+            // Nothing of it is produced, and no state changed yet.
+            let reason = format!(
+                "forwarding it would produce a record of {} bytes to {}, above the limit of {} bytes (kafka.max_record_bytes)",
+                kafka::record_size(big),
+                big.topic,
+                ctx.max_record
+            );
+            span.error(&reason);
+            out = vec![ctx.dead_letter(&m, "oversized", &reason)];
+            local.clear();
+        }
+        for r in out {
+            self.send(r)?;
+        }
+        Ok(local)
+    }
+}

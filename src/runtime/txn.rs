@@ -1,0 +1,271 @@
+//! The transaction in flight: records and offsets join it, the revocation
+//! hook and the commit end it, and a failed one rewinds everything to what
+//! was committed.
+
+use super::*;
+
+/// The transaction in flight, shared with the revocation hook.
+#[derive(Default)]
+pub(super) struct Txn {
+    pub(super) open: bool,
+    pub(super) offsets: Offsets,
+    /// Shards written in this transaction (their repairs are done).
+    pub(super) shards: BTreeSet<i32>,
+    pub(super) events: usize,
+    pub(super) started: Option<Instant>,
+    /// Set by the revocation hook: the transaction was committed (true) or failed (false).
+    pub(super) ended_by_hook: Option<bool>,
+    /// A batch is being processed: what the transaction holds is not yet
+    /// everything the consumed offsets stand for, so it must not commit.
+    pub(super) in_batch: bool,
+}
+
+/// Creates the group consumer (not yet subscribed) with its revocation hook.
+pub(super) fn consumer(
+    cfg: &Config,
+    txn: &Arc<Mutex<Txn>>,
+    producer: &Arc<Producer>,
+) -> Result<Consumer, RuntimeError> {
+    let consumer = Consumer::new(cfg)?;
+    let txn = txn.clone();
+    let producer = producer.clone();
+    // Before partitions go, the work done on them is committed, so the
+    // next owner starts exactly where this one stopped.
+    consumer.on_revoke(Box::new(move |c, lost| {
+        let Ok(mut t) = txn.lock() else { return };
+        if !t.open {
+            return;
+        }
+        if lost || t.in_batch {
+            // The group fenced this member (it missed its session,
+            // e.g. paused or partitioned away): another member owns
+            // these shards and reprocesses from the committed offsets,
+            // so this work must never commit. Nor may a batch cut
+            // short by an error (the hook also runs when a failed
+            // runtime drops its consumer): half of it would commit
+            // with all of its offsets.
+            if lost {
+                warn!("partitions lost to the group; aborting the open transaction");
+            } else {
+                warn!("revocation during an unfinished batch; aborting the open transaction");
+            }
+            let _ = producer.abort();
+            t.open = false;
+            t.ended_by_hook = Some(false);
+            return;
+        }
+        let ok = match producer.commit(c, &t.offsets) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "commit before revocation failed; aborting");
+                let _ = producer.abort();
+                false
+            }
+        };
+        t.open = false;
+        t.ended_by_hook = Some(ok);
+    }));
+    Ok(consumer)
+}
+
+impl Runtime {
+    pub(super) fn set_in_batch(&self, on: bool) {
+        if let Ok(mut t) = self.txn.lock() {
+            t.in_batch = on;
+        }
+    }
+
+    /// Aborts the transaction in flight (the runtime is failing).
+    pub(super) fn abort_open(&mut self) {
+        let Ok(mut t) = self.txn.lock() else { return };
+        if t.open {
+            warn!("the runtime failed; aborting the open transaction");
+            if let Err(e) = self.producer.abort() {
+                warn!(error = %e, "abort failed; the broker aborts the transaction after its timeout");
+            }
+        }
+        *t = Txn::default();
+    }
+
+    /// A transaction failed: state and positions go back to what was
+    /// committed. A position that cannot be read or set is not guessed: the
+    /// consumer is rebuilt, and its shards start again from what was committed.
+    pub(super) fn recover(&mut self) -> Result<(), RuntimeError> {
+        warn!("transaction failed; restoring shards and rewinding to committed offsets");
+        if let Ok(mut t) = self.txn.lock() {
+            *t = Txn::default();
+        }
+        // Input records held for shards still restoring are read again from
+        // the committed offsets the inputs are rewound to below.
+        let repartition = self.repartition.clone();
+        for r in self.restoring.values_mut() {
+            r.held.retain(|m| m.topic == repartition);
+        }
+        match self.rewind() {
+            Ok(()) => Ok(()),
+            Err(e @ RuntimeError::Definition(_)) => Err(e),
+            Err(e) => {
+                warn!(error = %e, "cannot rewind to the committed offsets; rebuilding the consumer");
+                self.rejoin()
+            }
+        }
+    }
+
+    /// Rebuilds the owned shards and moves every assigned partition back to
+    /// its committed offset (the log start where nothing was committed yet).
+    pub(super) fn rewind(&mut self) -> Result<(), RuntimeError> {
+        let owned: Vec<i32> = self.shards.keys().copied().collect();
+        for p in owned {
+            self.restore(p)?;
+            let at = self.shards.get(&p).map_or(-1, |s| s.position);
+            self.consumer.seek(&self.repartition, p, at)?;
+        }
+        for (topic, p) in self.consumer.assignment() {
+            if topic == self.repartition {
+                continue;
+            }
+            let at = self.consumer.committed(&topic, p)?.map_or(-1, |(o, _)| o);
+            self.consumer.seek(&topic, p, at)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn committed(&mut self) {
+        if let Ok(t) = self.txn.lock() {
+            debug!(
+                events = t.events,
+                shards = t.shards.len(),
+                "transaction committed"
+            );
+        }
+        self.stats.transaction(true);
+        if let Ok(mut t) = self.txn.lock() {
+            *t = Txn::default();
+        }
+    }
+
+    pub(super) fn begin(&mut self) -> Result<(), RuntimeError> {
+        let mut t = self
+            .txn
+            .lock()
+            .map_err(|_| RuntimeError::Setup("transaction state poisoned".into()))?;
+        if !t.open {
+            self.producer.begin()?;
+            t.open = true;
+            t.started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    pub(super) fn send(&mut self, r: Outgoing) -> Result<(), RuntimeError> {
+        self.begin()?;
+        if self.faults.as_ref().is_some_and(Armed::send_fails) {
+            return Err(RuntimeError::Kafka(KafkaFailure::Topic {
+                topic: r.topic,
+                problem: "injected fault: produce fails".into(),
+            }));
+        }
+        self.producer.send(&r)?;
+        Ok(())
+    }
+
+    /// Commits when the batch is full or old enough (or `force`).
+    pub(super) fn maybe_commit(&mut self, force: bool) -> Result<(), RuntimeError> {
+        let offsets = {
+            let Ok(t) = self.txn.lock() else {
+                return Ok(());
+            };
+            if !t.open {
+                return Ok(());
+            }
+            let old = t
+                .started
+                .is_some_and(|s| s.elapsed() >= self.cfg.runtime.commit_interval);
+            if !(force || old || t.events >= self.cfg.runtime.max_batch) {
+                return Ok(());
+            }
+            self.stats.metrics.batch_events.observe(t.events as f64);
+            t.offsets.clone()
+        };
+        let started = Instant::now();
+        let result = if self.faults.as_ref().is_some_and(Armed::commit_fails) {
+            Err(KafkaFailure::Topic {
+                topic: "(transaction)".into(),
+                problem: "injected fault: the commit fails".into(),
+            })
+        } else {
+            self.producer.commit(&self.consumer.inner, &offsets)
+        };
+        self.stats
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => self.committed(),
+            Err(e) => {
+                warn!(error = %e, "commit failed");
+                self.stats.transaction(false);
+                let _ = self.producer.abort();
+                self.recover()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the transaction for shard `p`; the first time, it rewrites the keys
+    /// whose latest changelog record never committed (with `position`).
+    pub(super) fn prepare_shard(
+        &mut self,
+        p: i32,
+        topic: &str,
+        position: u64,
+    ) -> Result<(), RuntimeError> {
+        let source = if topic == self.repartition { "" } else { topic };
+        self.begin()?;
+        let fresh = self
+            .txn
+            .lock()
+            .map(|mut t| t.shards.insert(p))
+            .unwrap_or(false);
+        if !fresh {
+            return Ok(());
+        }
+        let repair = self
+            .shards
+            .get_mut(&p)
+            .map(|s| std::mem::take(&mut s.repair))
+            .unwrap_or_default();
+        for key in repair {
+            let payload = self
+                .shards
+                .get(&p)
+                .and_then(|s| s.instances.get(&key))
+                .map(|i| wire::encode_changelog_at(source, position, i));
+            let r = Outgoing {
+                topic: self.changelog.clone(),
+                partition: Some(p),
+                key: key.into_bytes(),
+                payload,
+                headers: Vec::new(),
+            };
+            self.send(r)?;
+        }
+        Ok(())
+    }
+
+    // ---- records ------------------------------------------------------------
+
+    pub(super) fn consumed(&mut self, m: &Incoming) -> Result<(), RuntimeError> {
+        self.begin()?;
+        if let Ok(mut t) = self.txn.lock() {
+            // Offsets only move forward: a record processed in place is
+            // recorded again after later records of its partition were.
+            let next = m.offset + 1;
+            t.offsets
+                .entry((m.topic.clone(), m.partition))
+                .and_modify(|(o, _)| *o = (*o).max(next))
+                .or_insert((next, String::new()));
+        }
+        Ok(())
+    }
+}
