@@ -384,10 +384,13 @@ fn step(
         return out.push(ctx.dead_letter(source, "no-definition", &reason));
     };
     span.set("baton.process.version", i64::from(def.version));
+    // Time comes from the input, never from the clock: the event's own time,
+    // else the time its record was written (a timer's: its due time), so
+    // processing a partition again gives the same result.
     let now = match (at, input) {
         (Some(t), _) => t,
         (None, Input::Event(e)) if e.time > 0 => e.time,
-        _ => now_ms(),
+        _ => source.timestamp.unwrap_or_else(now_ms),
     };
     let inst = shard.instances.entry(id.clone()).or_insert_with(|| {
         let mut i = Instance::new(&def.process, def.version, key);
@@ -624,5 +627,95 @@ fn rejected(
             &event.data,
         )),
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Stats;
+
+    fn registry() -> Registry {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/order-to-cash.yaml");
+        let text = std::fs::read_to_string(path).expect("example");
+        let mut reg = Registry::default();
+        reg.deploy(
+            crate::dsl::parse("order-to-cash.yaml", &text).expect("valid"),
+            &text,
+        )
+        .expect("deploy");
+        reg
+    }
+
+    fn shard() -> Shard {
+        Shard {
+            instances: HashMap::new(),
+            timers: BTreeSet::new(),
+            position: 0,
+            in_flight: BTreeSet::new(),
+            repair: Vec::new(),
+        }
+    }
+
+    /// An event without a time of its own used to take the wall clock's:
+    /// processing the same partition again gave other timestamps and other
+    /// timer due times.
+    #[test]
+    fn time_comes_from_the_record_not_the_clock() {
+        let registry = registry();
+        let topics = Topics::default();
+        let stats = Stats::default();
+        let tracer = Tracer::disabled();
+        let ctx = Ctx {
+            registry: &registry,
+            topics: &topics,
+            retention: 3_600_000,
+            partitions: 2,
+            stats: &stats,
+            tracer: &tracer,
+            repartition: "baton.repartition",
+            log_payloads: false,
+            max_record: usize::MAX,
+            faults: None,
+        };
+        let event = Event {
+            id: "placed-1".into(),
+            kind: "com.acme.order.placed".into(),
+            source: "test".into(),
+            time: 0,
+            data: json!({"orderId": "o-1", "customerId": "c-1", "total": 5, "lines": [], "address": "x"}),
+        };
+        let body = json!({"input": "event", "process": "order-to-cash", "key": "o-1", "event": event_json(&event)});
+        let written: Millis = 1_700_000_000_000;
+        let record = Incoming {
+            topic: "baton.repartition".into(),
+            partition: 0,
+            offset: 7,
+            timestamp: Some(written),
+            key: Some(b"order-to-cash/o-1".to_vec()),
+            headers: Vec::new(),
+            payload: Some(serde_json::to_vec(&body).expect("json")),
+        };
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let mut s = shard();
+            let mut out = Vec::new();
+            handle(&mut s, 0, &record, &ctx, &mut out);
+            let inst = s
+                .instances
+                .get("order-to-cash/o-1")
+                .expect("started")
+                .clone();
+            assert_eq!(inst.updated_at, written);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            runs.push((inst, s.timers));
+        }
+        assert_eq!(runs[0], runs[1], "the same record gave another state");
+        assert!(
+            runs[0]
+                .1
+                .iter()
+                .all(|(due, _, _)| *due > written && *due < written + 86_400_000)
+        );
     }
 }
