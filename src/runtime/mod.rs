@@ -37,7 +37,7 @@ mod txn;
 use faults::Armed;
 pub use faults::Faults;
 pub use partition::{murmur2, now_ms, shard_of};
-use process::Poison;
+use process::{Local, Poison};
 use restore::{Hashes, Restoring, hashes};
 use settle::GroupWatcher;
 pub use stats::Stats;

@@ -20,25 +20,29 @@ pub(super) struct Poison {
     pub(super) reason: String,
 }
 
+/// A record for a shard, with its input when routing decoded it already.
+pub(super) type Local = (Incoming, Option<shard::ShardInput>);
+
 /// Processes a shard's records of one batch; a panic is caught and says on
 /// which record it happened. Records that panicked twice become dead letters.
 pub(super) fn run_shard(
     s: &mut shard::Shard,
     p: i32,
-    records: &[Incoming],
+    records: &mut [Local],
     ctx: &shard::Ctx<'_>,
     poisoned: &HashMap<(String, i32, i64), Poison>,
 ) -> Result<Vec<Outgoing>, Panicked> {
     let mut out = Vec::new();
-    for m in records {
+    for (m, input) in records.iter_mut() {
         let at = (m.topic.clone(), m.partition, m.offset);
+        let input = input.take();
         if let Some(poison) = poisoned.get(&at) {
-            shard::refuse(s, p, m, poison.kind, &poison.reason, ctx, &mut out);
+            shard::refuse(s, p, m, input, poison.kind, &poison.reason, ctx, &mut out);
             continue;
         }
         let before = out.len();
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            shard::handle(s, p, m, ctx, &mut out)
+            shard::handle(s, p, m, input, ctx, &mut out)
         }));
         if let Err(payload) = step {
             let message = payload
@@ -81,7 +85,7 @@ impl Runtime {
         if let Ok(mut t) = self.txn.lock() {
             t.events += batch.len();
         }
-        let mut by_shard: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<i32, Vec<Local>> = BTreeMap::new();
         for m in batch {
             if m.topic == self.repartition {
                 if !self.shards.contains_key(&m.partition) {
@@ -92,18 +96,18 @@ impl Runtime {
                     }
                     continue;
                 }
-                by_shard.entry(m.partition).or_default().push(m);
+                by_shard.entry(m.partition).or_default().push((m, None));
             } else {
                 for local in self.handle_input(m)? {
-                    by_shard.entry(local.partition).or_default().push(local);
+                    by_shard.entry(local.0.partition).or_default().push(local);
                 }
             }
         }
         for (&p, records) in &by_shard {
-            if let Some(first) = records.first() {
+            if let Some((first, _)) = records.first() {
                 self.prepare_shard(p, &first.topic, (first.offset + 1) as u64)?;
             }
-            for m in records {
+            for (m, _) in records {
                 self.consumed(m)?;
             }
         }
@@ -118,10 +122,12 @@ impl Runtime {
         );
         let poisoned = &self.poisoned;
         let mut outputs: Vec<Result<Vec<Outgoing>, Panicked>> = Vec::new();
-        let work: Vec<(i32, &mut shard::Shard, &Vec<Incoming>)> = self
+        let mut records: HashMap<i32, &mut Vec<Local>> =
+            by_shard.iter_mut().map(|(p, r)| (*p, r)).collect();
+        let work: Vec<(i32, &mut shard::Shard, &mut Vec<Local>)> = self
             .shards
             .iter_mut()
-            .filter_map(|(p, s)| by_shard.get(p).map(|r| (*p, s, r)))
+            .filter_map(|(p, s)| records.remove(p).map(|r| (*p, s, r)))
             .collect();
         if work.len() <= 1 {
             for (p, s, records) in work {

@@ -5,8 +5,9 @@ use super::*;
 
 impl Runtime {
     /// A domain event: decode, find its processes, and forward it to their shards.
-    /// Returns the records to process in place on this process's shards.
-    pub(super) fn handle_input(&mut self, m: Incoming) -> Result<Vec<Incoming>, RuntimeError> {
+    /// Returns the records to process in place on this process's shards,
+    /// with their input already decoded.
+    pub(super) fn handle_input(&mut self, m: Incoming) -> Result<Vec<Local>, RuntimeError> {
         if self.in_place
             && let Some(r) = self.restoring.get_mut(&m.partition)
         {
@@ -52,8 +53,6 @@ impl Runtime {
                     match engine::route(def, &event) {
                         Ok(Some(r)) => {
                             routed += 1;
-                            let origin = json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
-                            let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": shard::event_json(&event), "origin": origin });
                             span.event(
                                 "routed",
                                 vec![
@@ -67,23 +66,33 @@ impl Runtime {
                                     ),
                                 ],
                             );
-                            let mut fwd = ctx.forward(&def.process, &r.key, &body, span.headers());
+                            let id = format!("{}/{}", def.process, r.key);
                             if self.in_place
-                                && fwd.partition == Some(m.partition)
+                                && shard_of(&id, self.partitions) == m.partition
                                 && self.shards.contains_key(&m.partition)
                             {
-                                // Same shard as the record's own partition: no hop.
+                                // Same shard as the record's own partition: no
+                                // hop, and the event goes as it was decoded.
                                 self.stats.routed(true);
-                                local.push(Incoming {
+                                let record = Incoming {
                                     topic: m.topic.clone(),
                                     partition: m.partition,
                                     offset: m.offset,
                                     timestamp: m.timestamp,
-                                    key: Some(std::mem::take(&mut fwd.key)),
-                                    headers: std::mem::take(&mut fwd.headers),
-                                    payload: fwd.payload.take(),
-                                });
+                                    key: Some(id.into_bytes()),
+                                    headers: span.headers(),
+                                    payload: m.payload.clone(),
+                                };
+                                let input = shard::ShardInput {
+                                    process: def.process.clone(),
+                                    key: r.key.clone(),
+                                    kind: shard::Kind::Event(event.clone()),
+                                };
+                                local.push((record, Some(input)));
                             } else {
+                                let origin = json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
+                                let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": shard::event_json(&event), "origin": origin });
+                                let fwd = ctx.forward(&def.process, &r.key, &body, span.headers());
                                 if self.in_place
                                     && !self.partitioner_warned.load(Ordering::Relaxed)
                                     && m.key.as_deref() == Some(r.key.as_bytes())

@@ -184,29 +184,90 @@ pub(super) fn due_timers(
     }
 }
 
-/// Processes one record of the shard's partition.
+/// What a shard record asks for, decoded once.
+pub(super) enum Kind {
+    Event(Event),
+    Call { parent: ParentRef, vars: Vars },
+    Timer { timer: String, due: Millis },
+}
+
+/// A shard record's input: for which instance, and what.
+pub(super) struct ShardInput {
+    pub process: String,
+    pub key: String,
+    pub kind: Kind,
+}
+
+impl ShardInput {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Event(_) => "event",
+            Kind::Call { .. } => "call",
+            Kind::Timer { .. } => "timer",
+        }
+    }
+}
+
+/// Decodes a record of the repartition topic; the reason when it is not
+/// baton's.
+pub(super) fn decode(m: &Incoming) -> Result<ShardInput, &'static str> {
+    let body: Json = match m.payload.as_deref().map(serde_json::from_slice::<Json>) {
+        Some(Ok(b)) => b,
+        _ => return Err("repartition record is not baton's JSON"),
+    };
+    let process = body["process"].as_str().unwrap_or_default().to_string();
+    let key = body["key"].as_str().unwrap_or_default().to_string();
+    let kind = match body["input"].as_str() {
+        Some("event") => match event_from_json(&body["event"]) {
+            Some(e) => Kind::Event(e),
+            None => return Err("repartition record has no valid event"),
+        },
+        Some("call") => Kind::Call {
+            parent: ParentRef {
+                process: body["parent"]["process"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                key: body["parent"]["key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                version: body["parent"]["version"].as_u64().unwrap_or(0) as u32,
+            },
+            vars: serde_json::from_value(body["vars"].clone()).unwrap_or_default(),
+        },
+        Some("timer") => Kind::Timer {
+            timer: body["timer"].as_str().unwrap_or_default().to_string(),
+            due: body["due"].as_u64().unwrap_or(0),
+        },
+        _ => return Err("repartition record of unknown kind"),
+    };
+    Ok(ShardInput { process, key, kind })
+}
+
+/// Processes one record of the shard's partition: `input` is the record's
+/// input when the caller decoded it already (in place), else it is decoded
+/// from the record.
 pub(super) fn handle(
     shard: &mut Shard,
     p: i32,
     m: &Incoming,
+    input: Option<ShardInput>,
     ctx: &Ctx<'_>,
     out: &mut Vec<Outgoing>,
 ) {
     if m.topic == ctx.repartition {
         shard.position = m.offset + 1;
     }
-    let body: Json = match m.payload.as_deref().map(serde_json::from_slice::<Json>) {
-        Some(Ok(b)) => b,
-        _ => {
-            return out.push(ctx.dead_letter(
-                m,
-                "undecodable",
-                "repartition record is not baton's JSON",
-            ));
-        }
+    let decoded = match input {
+        Some(i) => i,
+        None => match decode(m) {
+            Ok(i) => i,
+            Err(reason) => return out.push(ctx.dead_letter(m, "undecodable", reason)),
+        },
     };
-    let process = body["process"].as_str().unwrap_or_default().to_string();
-    let key = body["key"].as_str().unwrap_or_default().to_string();
+    let name = decoded.name();
+    let ShardInput { process, key, kind } = decoded;
     // Only a recording tracer needs the instance's trace.
     let instance_trace = if ctx.tracer.enabled() {
         shard
@@ -219,39 +280,11 @@ pub(super) fn handle(
     let mut span = ctx.tracer.shard(m, instance_trace);
     span.set("baton.process", process.clone());
     span.set("baton.instance.key", key.clone());
-    span.set(
-        "baton.input",
-        body["input"].as_str().unwrap_or("unknown").to_string(),
-    );
-    let input = match body["input"].as_str() {
-        Some("event") => match event_from_json(&body["event"]) {
-            Some(e) => Input::Event(e),
-            None => {
-                return out.push(ctx.dead_letter(
-                    m,
-                    "undecodable",
-                    "repartition record has no valid event",
-                ));
-            }
-        },
-        Some("call") => {
-            let parent = ParentRef {
-                process: body["parent"]["process"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                key: body["parent"]["key"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                version: body["parent"]["version"].as_u64().unwrap_or(0) as u32,
-            };
-            let vars: Vars = serde_json::from_value(body["vars"].clone()).unwrap_or_default();
-            Input::Call { parent, vars }
-        }
-        Some("timer") => {
-            let timer = body["timer"].as_str().unwrap_or_default().to_string();
-            let due = body["due"].as_u64().unwrap_or(0);
+    span.set("baton.input", name.to_string());
+    let input = match kind {
+        Kind::Event(e) => Input::Event(e),
+        Kind::Call { parent, vars } => Input::Call { parent, vars },
+        Kind::Timer { timer, due } => {
             let id = format!("{process}/{key}");
             shard.in_flight.remove(&(due, id.clone(), timer.clone()));
             if timer.contains("/timeout/") {
@@ -276,13 +309,6 @@ pub(super) fn handle(
                 out,
             );
         }
-        _ => {
-            return out.push(ctx.dead_letter(
-                m,
-                "undecodable",
-                "repartition record of unknown kind",
-            ));
-        }
     };
     if let Input::Event(e) = &input {
         if let Some(f) = ctx.faults {
@@ -301,10 +327,12 @@ pub(super) fn handle(
 /// A record of the shard's partition that is not processed: it becomes a
 /// dead letter, and the instance it is for, where that exists, gets an
 /// incident naming it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn refuse(
     shard: &mut Shard,
     p: i32,
     m: &Incoming,
+    input: Option<ShardInput>,
     kind: &str,
     reason: &str,
     ctx: &Ctx<'_>,
@@ -314,28 +342,21 @@ pub(super) fn refuse(
         shard.position = m.offset + 1;
     }
     out.push(ctx.dead_letter(m, kind, reason));
-    let Some(body) = m
-        .payload
-        .as_deref()
-        .and_then(|b| serde_json::from_slice::<Json>(b).ok())
+    let Some(ShardInput {
+        process,
+        key,
+        kind: Kind::Event(event),
+    }) = input.or_else(|| decode(m).ok())
     else {
         return;
     };
-    let (Some(process), Some(key)) = (body["process"].as_str(), body["key"].as_str()) else {
-        return;
-    };
-    let exists = shard.instances.contains_key(&format!("{process}/{key}"));
-    if let (true, Some("event"), Some(event)) = (
-        exists,
-        body["input"].as_str(),
-        event_from_json(&body["event"]),
-    ) {
+    if shard.instances.contains_key(&format!("{process}/{key}")) {
         let input = Input::Refused {
             event,
             reason: reason.to_string(),
         };
         let span = ctx.tracer.shard(m, None);
-        step(shard, p, process, key, &input, None, span, m, ctx, out);
+        step(shard, p, &process, &key, &input, None, span, m, ctx, out);
     }
 }
 
@@ -700,7 +721,7 @@ mod tests {
         for _ in 0..2 {
             let mut s = shard();
             let mut out = Vec::new();
-            handle(&mut s, 0, &record, &ctx, &mut out);
+            handle(&mut s, 0, &record, None, &ctx, &mut out);
             let inst = s
                 .instances
                 .get("order-to-cash/o-1")
