@@ -313,10 +313,13 @@ fn killing_baton_mid_stream_loses_and_duplicates_no_command() {
     let mut origins = BTreeSet::new();
     for p in 0..PARTITIONS {
         for r in kafka::read_partition(&cfg, &cfg.topics.repartition(), p).expect("read") {
-            let body: serde_json::Value =
-                serde_json::from_slice(r.payload.as_deref().unwrap_or_default())
-                    .unwrap_or_default();
-            if body["input"] == "event" && !origins.insert(body["origin"].to_string()) {
+            let record = baton::wire::decode_shard(r.payload.as_deref().unwrap_or_default())
+                .expect("a shard record");
+            if let baton::wire::ShardInputKind::Event {
+                origin: Some(o), ..
+            } = record.input
+                && !origins.insert((o.topic, o.partition, o.offset))
+            {
                 twice += 1;
             }
         }

@@ -86,13 +86,26 @@ impl Runtime {
                                 let input = shard::ShardInput {
                                     process: def.process.clone(),
                                     key: r.key.clone(),
-                                    kind: shard::Kind::Event(event.clone()),
+                                    input: shard::Kind::Event {
+                                        event: event.clone(),
+                                        origin: None,
+                                    },
                                 };
                                 local.push((record, Some(input)));
                             } else {
-                                let origin = json!({ "topic": m.topic, "partition": m.partition, "offset": m.offset });
-                                let body = json!({ "input": "event", "process": def.process, "key": r.key, "event": shard::event_json(&event), "origin": origin });
-                                let fwd = ctx.forward(&def.process, &r.key, &body, span.headers());
+                                let record = shard::ShardInput {
+                                    process: def.process.clone(),
+                                    key: r.key.clone(),
+                                    input: shard::Kind::Event {
+                                        event: event.clone(),
+                                        origin: Some(wire::Origin {
+                                            topic: m.topic.clone(),
+                                            partition: m.partition,
+                                            offset: m.offset,
+                                        }),
+                                    },
+                                };
+                                let fwd = ctx.forward(&record, span.headers());
                                 if self.in_place
                                     && !self.partitioner_warned.load(Ordering::Relaxed)
                                     && m.key.as_deref() == Some(r.key.as_bytes())

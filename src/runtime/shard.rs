@@ -14,9 +14,7 @@ use tracing::{debug, info, warn};
 use super::stats::bump;
 use super::{Stats, now_ms, shard_of};
 use crate::config::Topics;
-use crate::engine::{
-    self, Effect, Event, Input, Instance, Millis, ParentRef, Purpose, Registry, Rejection, Vars,
-};
+use crate::engine::{self, Effect, Event, Input, Instance, Millis, Purpose, Registry, Rejection};
 use crate::kafka::{Incoming, Outgoing};
 use crate::telemetry::{Span, Tracer};
 use crate::wire::{self, cloudevents};
@@ -73,19 +71,13 @@ pub(super) struct Ctx<'a> {
 impl Ctx<'_> {
     /// A record that re-keys `body` onto the shard of `<process>/<key>`;
     /// `headers` carry the trace context.
-    pub fn forward(
-        &self,
-        process: &str,
-        key: &str,
-        body: &Json,
-        headers: Vec<(String, Vec<u8>)>,
-    ) -> Outgoing {
-        let id = format!("{process}/{key}");
+    pub fn forward(&self, record: &ShardInput, headers: Vec<(String, Vec<u8>)>) -> Outgoing {
+        let id = format!("{}/{}", record.process, record.key);
         Outgoing {
             topic: self.topics.repartition(),
             partition: Some(shard_of(&id, self.partitions)),
             key: id.into_bytes(),
-            payload: Some(serde_json::to_vec(body).unwrap_or_default()),
+            payload: Some(wire::encode_shard(record)),
             headers,
         }
     }
@@ -144,21 +136,6 @@ impl Ctx<'_> {
     }
 }
 
-/// The event as baton's own records carry it.
-pub(super) fn event_json(e: &Event) -> Json {
-    json!({ "id": e.id, "type": e.kind, "source": e.source, "time": e.time, "data": e.data })
-}
-
-fn event_from_json(v: &Json) -> Option<Event> {
-    Some(Event {
-        id: v["id"].as_str()?.to_string(),
-        kind: v["type"].as_str()?.to_string(),
-        source: v["source"].as_str().unwrap_or_default().to_string(),
-        time: v["time"].as_u64().unwrap_or(0),
-        data: v["data"].clone(),
-    })
-}
-
 /// The records that write the shard's due timers to its partition; they fire
 /// when read back, so every state change has a position.
 pub(super) fn due_timers(
@@ -177,72 +154,29 @@ pub(super) fn due_timers(
         let Some((process, key)) = id.split_once('/') else {
             continue;
         };
-        let body = json!({ "input": "timer", "process": process, "key": key, "timer": timer_id, "due": at });
-        let mut r = ctx.forward(process, key, &body, Vec::new());
+        let record = ShardInput {
+            process: process.to_string(),
+            key: key.to_string(),
+            input: Kind::Timer {
+                timer: timer_id,
+                due: at,
+            },
+        };
+        let mut r = ctx.forward(&record, Vec::new());
         r.partition = Some(p);
         out.push(r);
     }
 }
 
-/// What a shard record asks for, decoded once.
-pub(super) enum Kind {
-    Event(Event),
-    Call { parent: ParentRef, vars: Vars },
-    Timer { timer: String, due: Millis },
-}
-
-/// A shard record's input: for which instance, and what.
-pub(super) struct ShardInput {
-    pub process: String,
-    pub key: String,
-    pub kind: Kind,
-}
-
-impl ShardInput {
-    fn name(&self) -> &'static str {
-        match self.kind {
-            Kind::Event(_) => "event",
-            Kind::Call { .. } => "call",
-            Kind::Timer { .. } => "timer",
-        }
-    }
-}
+pub(super) use crate::wire::{ShardInputKind as Kind, ShardRecord as ShardInput};
 
 /// Decodes a record of the repartition topic; the reason when it is not
 /// baton's.
-pub(super) fn decode(m: &Incoming) -> Result<ShardInput, &'static str> {
-    let body: Json = match m.payload.as_deref().map(serde_json::from_slice::<Json>) {
-        Some(Ok(b)) => b,
-        _ => return Err("repartition record is not baton's JSON"),
-    };
-    let process = body["process"].as_str().unwrap_or_default().to_string();
-    let key = body["key"].as_str().unwrap_or_default().to_string();
-    let kind = match body["input"].as_str() {
-        Some("event") => match event_from_json(&body["event"]) {
-            Some(e) => Kind::Event(e),
-            None => return Err("repartition record has no valid event"),
-        },
-        Some("call") => Kind::Call {
-            parent: ParentRef {
-                process: body["parent"]["process"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                key: body["parent"]["key"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                version: body["parent"]["version"].as_u64().unwrap_or(0) as u32,
-            },
-            vars: serde_json::from_value(body["vars"].clone()).unwrap_or_default(),
-        },
-        Some("timer") => Kind::Timer {
-            timer: body["timer"].as_str().unwrap_or_default().to_string(),
-            due: body["due"].as_u64().unwrap_or(0),
-        },
-        _ => return Err("repartition record of unknown kind"),
-    };
-    Ok(ShardInput { process, key, kind })
+pub(super) fn decode(m: &Incoming) -> Result<ShardInput, String> {
+    match m.payload.as_deref() {
+        Some(bytes) => wire::decode_shard(bytes).map_err(|e| e.to_string()),
+        None => Err("repartition record without a value".into()),
+    }
 }
 
 /// Processes one record of the shard's partition: `input` is the record's
@@ -263,11 +197,15 @@ pub(super) fn handle(
         Some(i) => i,
         None => match decode(m) {
             Ok(i) => i,
-            Err(reason) => return out.push(ctx.dead_letter(m, "undecodable", reason)),
+            Err(reason) => return out.push(ctx.dead_letter(m, "undecodable", &reason)),
         },
     };
     let name = decoded.name();
-    let ShardInput { process, key, kind } = decoded;
+    let ShardInput {
+        process,
+        key,
+        input: kind,
+    } = decoded;
     // Only a recording tracer needs the instance's trace.
     let instance_trace = if ctx.tracer.enabled() {
         shard
@@ -282,7 +220,7 @@ pub(super) fn handle(
     span.set("baton.instance.key", key.clone());
     span.set("baton.input", name.to_string());
     let input = match kind {
-        Kind::Event(e) => Input::Event(e),
+        Kind::Event { event, .. } => Input::Event(event),
         Kind::Call { parent, vars } => Input::Call { parent, vars },
         Kind::Timer { timer, due } => {
             let id = format!("{process}/{key}");
@@ -345,7 +283,7 @@ pub(super) fn refuse(
     let Some(ShardInput {
         process,
         key,
-        kind: Kind::Event(event),
+        input: Kind::Event { event, .. },
     }) = input.or_else(|| decode(m).ok())
     else {
         return;
@@ -540,12 +478,13 @@ fn step(
                 vars,
                 parent,
             } => {
-                let body = json!({
-                    "input": "call", "process": child, "key": ckey, "vars": vars,
-                    "parent": { "process": parent.process, "key": parent.key, "version": parent.version },
-                });
+                let record = ShardInput {
+                    process: child,
+                    key: ckey,
+                    input: Kind::Call { parent, vars },
+                };
                 let trace = step_span.as_ref().unwrap_or(&span).headers();
-                out.push(ctx.forward(&child, &ckey, &body, trace));
+                out.push(ctx.forward(&record, trace));
             }
             Effect::Ended { status, parent } => {
                 ctx.stats.ended(process, status);
@@ -558,9 +497,15 @@ fn step(
                     .timers
                     .insert((due, id.clone(), RETENTION_TIMER.to_string()));
                 if let Some(parent) = parent {
-                    let ev = Event::child_ended(process, key, status, &vars, now);
-                    let body = json!({ "input": "event", "process": parent.process, "key": parent.key, "event": event_json(&ev) });
-                    out.push(ctx.forward(&parent.process, &parent.key, &body, span.headers()));
+                    let record = ShardInput {
+                        input: Kind::Event {
+                            event: Event::child_ended(process, key, status, &vars, now),
+                            origin: None,
+                        },
+                        process: parent.process,
+                        key: parent.key,
+                    };
+                    out.push(ctx.forward(&record, span.headers()));
                 }
             }
             Effect::Discard => discard = true,
@@ -601,14 +546,24 @@ fn rejected(
 ) -> Outgoing {
     ctx.stats.dead_letter("rejected");
     info!(instance = %id, event_id = %event.id, %reason, "event rejected");
-    // Where the event first entered baton, when the record says.
-    let origin = source
-        .payload
-        .as_deref()
-        .and_then(|p| serde_json::from_slice::<Json>(p).ok())
-        .filter(|b| b["event"]["id"].as_str() == Some(event.id.as_str()))
-        .map(|b| b["origin"].clone())
-        .unwrap_or(Json::Null);
+    // Where the event first entered baton: the record itself when it was
+    // processed in place, else what the repartition record says.
+    let origin = if source.topic == ctx.repartition {
+        decode(source).ok().and_then(|r| match r.input {
+            Kind::Event { event: e, origin } if e.id == event.id => origin,
+            _ => None,
+        })
+    } else {
+        Some(wire::Origin {
+            topic: source.topic.clone(),
+            partition: source.partition,
+            offset: source.offset,
+        })
+    };
+    let origin = origin.map_or(
+        Json::Null,
+        |o| json!({ "topic": o.topic, "partition": o.partition, "offset": o.offset }),
+    );
     let mut headers = vec![
         (
             "content-type".to_string(),
@@ -706,7 +661,14 @@ mod tests {
             time: 0,
             data: json!({"orderId": "o-1", "customerId": "c-1", "total": 5, "lines": [], "address": "x"}),
         };
-        let body = json!({"input": "event", "process": "order-to-cash", "key": "o-1", "event": event_json(&event)});
+        let body = ShardInput {
+            process: "order-to-cash".into(),
+            key: "o-1".into(),
+            input: Kind::Event {
+                event,
+                origin: None,
+            },
+        };
         let written: Millis = 1_700_000_000_000;
         let record = Incoming {
             topic: "baton.repartition".into(),
@@ -715,7 +677,7 @@ mod tests {
             timestamp: Some(written),
             key: Some(b"order-to-cash/o-1".to_vec()),
             headers: Vec::new(),
-            payload: Some(serde_json::to_vec(&body).expect("json")),
+            payload: Some(wire::encode_shard(&body)),
         };
         let mut runs = Vec::new();
         for _ in 0..2 {

@@ -1,5 +1,7 @@
 //! The only place that knows encodings: protobuf instance snapshots for the
-//! changelog, and CloudEvents ([`cloudevents`]) for events in and commands out.
+//! changelog, protobuf shard records for the repartition topic
+//! ([`encode_shard`], [`decode_shard`]), and CloudEvents ([`cloudevents`])
+//! for events in and commands out.
 //!
 //! [`encode`] and [`decode`] convert between [`Instance`] and
 //! `baton.v1.InstanceSnapshot` (`proto/baton/v1/instance.proto`). Decoding
@@ -7,6 +9,9 @@
 //! it never panics.
 
 pub mod cloudevents;
+mod shard;
+
+pub use shard::{Origin, ShardInputKind, ShardRecord, decode_shard, encode_shard};
 
 use prost::Message;
 
@@ -29,6 +34,8 @@ pub const FORMAT: u32 = 1;
 pub enum WireError {
     #[error("not a protobuf instance snapshot: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    #[error("not a baton shard record: {0}")]
+    Shard(prost::DecodeError),
     #[error("snapshot format {0} is not supported (this build reads format {FORMAT})")]
     Format(u32),
     #[error("snapshot field `{field}`: {reason}")]
