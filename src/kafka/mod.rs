@@ -524,17 +524,22 @@ impl Producer {
     }
 }
 
-/// Creates missing topics; checks partitions and the changelog's compaction on existing ones.
-pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(), KafkaFailure> {
-    let admin: AdminClient<DefaultClientContext> =
-        base(cfg).create().map_err(fail("create admin client"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A current-thread runtime for the admin client's futures.
+fn admin_runtime() -> Result<tokio::runtime::Runtime, KafkaFailure> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| KafkaFailure::Topic {
             topic: "(admin)".into(),
             problem: e.to_string(),
-        })?;
+        })
+}
+
+/// Creates missing topics; checks partitions and the changelog's compaction on existing ones.
+pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(), KafkaFailure> {
+    let admin: AdminClient<DefaultClientContext> =
+        base(cfg).create().map_err(fail("create admin client"))?;
+    let rt = admin_runtime()?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(30))
@@ -658,13 +663,7 @@ pub fn record_limit(cfg: &Config) -> Result<usize, KafkaFailure> {
     let Some(broker) = metadata.brokers().first().map(|b| b.id()) else {
         return Ok(client);
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| KafkaFailure::Topic {
-            topic: "(admin)".into(),
-            problem: e.to_string(),
-        })?;
+    let rt = admin_runtime()?;
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let described = match rt
         .block_on(admin.describe_configs([&ResourceSpecifier::Broker(broker)], &opts))

@@ -34,9 +34,14 @@ pub(super) fn run_shard(
 ) -> Result<Vec<Outgoing>, Panicked> {
     let mut out = Vec::new();
     for (m, input) in records.iter_mut() {
-        let at = (m.topic.clone(), m.partition, m.offset);
+        // The record's coordinates are only built when a record is poisoned
+        // or panics: not on every record.
+        let at = || (m.topic.clone(), m.partition, m.offset);
         let input = input.take();
-        if let Some(poison) = poisoned.get(&at) {
+        if let Some(poison) = (!poisoned.is_empty())
+            .then(|| poisoned.get(&at()))
+            .flatten()
+        {
             shard::refuse(s, p, m, input, poison.kind, &poison.reason, ctx, &mut out);
             continue;
         }
@@ -51,7 +56,7 @@ pub(super) fn run_shard(
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".into());
             return Err(Panicked {
-                at: Some(at),
+                at: Some(at()),
                 message,
                 oversized: false,
             });
@@ -67,7 +72,7 @@ pub(super) fn run_shard(
                     big.topic,
                     ctx.max_record
                 ),
-                at: Some(at),
+                at: Some(at()),
                 oversized: true,
             });
         }
