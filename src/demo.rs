@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
-use crate::config::{self, Config};
-use crate::dsl;
-use crate::engine::{Registry, format_rfc3339, parse_rfc3339};
-use crate::kafka::{KafkaFailure, MockBroker, Outgoing, PlainConsumer, PlainProducer};
-use crate::runtime::{self, Runtime, RuntimeError, Stats, now_ms};
-use crate::wire::cloudevents;
+use baton::config::{self, Config};
+use baton::dsl;
+use baton::engine::{Registry, format_rfc3339, parse_rfc3339};
+use baton::kafka::{KafkaFailure, MockBroker, Outgoing, PlainConsumer, PlainProducer};
+use baton::runtime::{self, Runtime, RuntimeError, Stats, now_ms};
+use baton::wire::cloudevents;
 
 /// The examples the demo deploys.
 pub const EXAMPLES: [(&str, &str); 3] = [
@@ -57,7 +57,7 @@ pub struct Options {
     /// Serve `/healthz`, `/readyz` and `/metrics` here while the demo runs.
     pub admin: Option<std::net::SocketAddr>,
     /// Spans of the demo's instances (off by default).
-    pub tracer: crate::telemetry::Tracer,
+    pub tracer: baton::telemetry::Tracer,
 }
 
 impl Default for Options {
@@ -70,7 +70,7 @@ impl Default for Options {
             silence_rate: 0.05,
             seed: 7,
             admin: None,
-            tracer: crate::telemetry::Tracer::disabled(),
+            tracer: baton::telemetry::Tracer::disabled(),
         }
     }
 }
@@ -83,7 +83,7 @@ pub enum DemoError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
-    Admin(#[from] crate::admin::AdminError),
+    Admin(#[from] baton::admin::AdminError),
     #[error("example {0}: {1}")]
     Example(String, String),
 }
@@ -210,7 +210,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
     let stop = Arc::new(AtomicBool::new(false));
     let rt = Runtime::new(cfg, registry, stats.clone())?.with_tracer(opts.tracer.clone());
     let _admin = match opts.admin {
-        Some(addr) => Some(crate::admin::serve(
+        Some(addr) => Some(baton::admin::serve(
             addr,
             stats.metrics.clone(),
             rt.health(),

@@ -3,6 +3,8 @@
 //! Domain events come in, process instances advance, command events go out.
 //!
 //! - [`engine`]: the pure, deterministic state machine (`step`).
+//! - [`shard`]: a partition's instances and timers as a pure state machine
+//!   (`Shard::apply`), driven by `baton run` and `baton simulate` alike.
 //! - [`dsl`]: process definitions in YAML, parsed and validated into the engine's model.
 //! - [`wire`]: protobuf snapshots of instance state, CloudEvents in and out.
 //! - [`config`]: `baton.toml` with environment overrides.
@@ -10,22 +12,20 @@
 //! - [`runtime`]: consume → step → produce, exactly once, sharded by partition.
 //! - [`telemetry`]: traces (OTLP), Prometheus metrics, logs.
 //! - [`admin`]: the admin HTTP port (`/healthz`, `/readyz`, `/metrics`).
-//! - [`demo`]: the embedded demo on an in-process Kafka.
 //! - [`simulate`]: runs definitions in memory on a virtual clock (`baton simulate`).
 //! - [`diagram`]: Mermaid flowcharts of definitions (`baton graph`).
-//! - [`bench`]: `baton bench`, end-to-end figures as ratios against a baseline.
-//! - [`cli`]: the command line.
 
 pub mod admin;
-pub mod bench;
-pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod diagram;
 pub mod dsl;
 pub mod engine;
 pub mod kafka;
 pub mod runtime;
+pub mod shard;
 pub mod simulate;
 pub mod telemetry;
 pub mod wire;
+
+// The command line, the embedded demo and `baton bench` are the binary's
+// (`src/main.rs`), not the library's.

@@ -1,3 +1,10 @@
+//! The `baton` command: the library's runtime and tools behind one CLI, plus
+//! the embedded demo and `baton bench`, which only the binary carries.
+
+mod bench;
+mod cli;
+mod demo;
+
 fn main() -> std::process::ExitCode {
-    baton::cli::main()
+    cli::main()
 }

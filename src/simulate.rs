@@ -15,16 +15,17 @@
 //!   `rejected`: number of events rejected or dead-lettered; `duplicates`:
 //!   number of events ignored because the instance had seen their id).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use serde_json::Value as Json;
 
 use crate::engine::{
-    self, Action, Definition, Effect, Event, Input, Instance, Millis, Purpose, Registry, Status,
-    format_rfc3339, parse_rfc3339,
+    self, Action, Event, Instance, Millis, Purpose, Registry, Rejection, Status, format_rfc3339,
+    parse_rfc3339,
 };
+use crate::shard::{self, Applied, Shard};
+use crate::wire::{ShardInputKind as Kind, ShardRecord};
 
 /// Default start of the virtual clock: 2026-01-05T09:00:00Z.
 pub const DEFAULT_CLOCK: Millis = 1_767_603_600_000;
@@ -46,14 +47,14 @@ pub struct Record {
     pub what: String,
 }
 
-/// The in-memory world: definitions, instances, timers and a clock.
+/// The in-memory world: definitions, one shard (the same code `baton run`
+/// runs on every partition) and a clock.
 pub struct Simulation {
     registry: Registry,
-    pub instances: BTreeMap<(String, String), Instance>,
-    timers: BTreeSet<(Millis, String, String, String)>,
+    shard: Shard,
     pub clock: Millis,
     pub log: Vec<Record>,
-    /// Commands emitted, in order: (type, id, purpose).
+    /// Commands emitted, in order.
     pub commands: Vec<engine::Command>,
     pub rejected: usize,
     /// Events ignored as repeats (an id the instance had seen).
@@ -65,8 +66,8 @@ impl Simulation {
     pub fn new(registry: Registry) -> Simulation {
         Simulation {
             registry,
-            instances: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            // Ended instances stay, so a scenario can check them.
+            shard: Shard::new(None),
             clock: DEFAULT_CLOCK,
             log: Vec::new(),
             commands: Vec::new(),
@@ -84,103 +85,90 @@ impl Simulation {
         });
     }
 
-    /// Delivers an event to every process it concerns.
+    /// An instance, by process and key.
+    pub fn instance(&self, process: &str, key: &str) -> Option<Cow<'_, Instance>> {
+        self.shard.instance(&format!("{process}/{key}"))
+    }
+
+    /// Every instance, ordered by process and key.
+    pub fn instances(&self) -> Vec<Cow<'_, Instance>> {
+        let mut all: Vec<Cow<'_, Instance>> = self.shard.instances().collect();
+        all.sort_by(|a, b| (&a.process, &a.key).cmp(&(&b.process, &b.key)));
+        all
+    }
+
+    /// Delivers an event to every process it concerns, routed as `baton
+    /// run` routes it.
     pub fn deliver(&mut self, event: Event) {
-        let defs: Vec<Arc<Definition>> = self.registry.latest_all().cloned().collect();
-        let mut routed = false;
-        let mut failures = Vec::new();
-        for def in defs {
-            match engine::route(&def, &event) {
-                Ok(Some(route)) => {
-                    routed = true;
-                    let id = (def.process.clone(), route.key.clone());
-                    let version = self.instances.get(&id).map_or(def.version, |i| i.version);
-                    let def = self
-                        .registry
-                        .get(&def.process, version)
-                        .cloned()
-                        .unwrap_or(def);
-                    self.instances
-                        .entry(id.clone())
-                        .or_insert_with(|| Instance::new(&def.process, def.version, &route.key));
-                    let name = format!("{}/{}", id.0, id.1);
-                    self.note(&name, format!("event {} ({})", event.kind, event.id));
-                    self.apply(&def, &id, Input::Event(event.clone()));
-                }
-                Ok(None) => {}
-                Err(e) => failures.push(format!("{}: {e}", def.process)),
-            }
-        }
-        // A correlation that fails for one process is not an error when another
-        // process took the event; only an event no process could take is dead.
-        if !routed {
+        let routes = shard::route(&self.registry, &event);
+        if let Some((_, why)) = routes.dead(&event) {
             self.rejected += 1;
-            let why = if failures.is_empty() {
-                "no process starts on or correlates this type".to_string()
-            } else {
-                failures.join("; ")
-            };
             self.note(
                 "-",
                 format!("dead letter {} ({}): {why}", event.kind, event.id),
             );
+            return;
+        }
+        for (process, key) in routes.to {
+            self.note(
+                &format!("{process}/{key}"),
+                format!("event {} ({})", event.kind, event.id),
+            );
+            self.feed(ShardRecord {
+                process,
+                key,
+                input: Kind::Event {
+                    event: event.clone(),
+                    origin: None,
+                },
+            });
         }
     }
 
     /// Moves the clock to `to`, firing every timer due on the way.
     pub fn advance_to(&mut self, to: Millis) {
-        while let Some(first) = self.timers.first().cloned() {
-            if first.0 > to {
-                break;
+        while let Some(record) = self.shard.next_due(to) {
+            if let Kind::Timer { timer, due } = &record.input {
+                self.clock = self.clock.max(*due);
+                let name = format!("{}/{}", record.process, record.key);
+                self.note(&name, format!("timer {timer} fired"));
             }
-            self.timers.remove(&first);
-            let (due, process, key, timer) = first;
-            self.clock = self.clock.max(due);
-            let id = (process, key);
-            let Some(inst) = self.instances.get(&id) else {
-                continue;
-            };
-            let Some(def) = self.registry.get(&inst.process, inst.version).cloned() else {
-                continue;
-            };
-            self.note(
-                &format!("{}/{}", id.0, id.1),
-                format!("timer {timer} fired"),
-            );
-            self.apply(&def, &id, Input::Timer(timer));
+            self.feed(record);
         }
         self.clock = self.clock.max(to);
     }
 
     /// Applies an operator action to an instance.
     pub fn operate(&mut self, process: &str, key: &str, action: Action) -> Result<(), String> {
-        let id = (process.to_string(), key.to_string());
-        let inst = self
-            .instances
-            .get(&id)
-            .ok_or_else(|| format!("no instance {process}/{key}"))?;
-        let def = self
-            .registry
-            .get(&inst.process, inst.version)
-            .cloned()
-            .ok_or_else(|| format!("definition {process} v{} is not deployed", inst.version))?;
+        if self.instance(process, key).is_none() {
+            return Err(format!("no instance {process}/{key}"));
+        }
         self.note(&format!("{process}/{key}"), format!("operator {action:?}"));
-        self.apply(&def, &id, Input::Operator(action));
+        self.feed(ShardRecord {
+            process: process.to_string(),
+            key: key.to_string(),
+            input: Kind::Operator(action),
+        });
         Ok(())
     }
 
-    fn apply(&mut self, def: &Definition, id: &(String, String), input: Input) {
-        let Some(inst) = self.instances.get_mut(id) else {
-            return;
-        };
-        let effects = engine::apply(def, inst, &input, self.clock);
-        let name = format!("{}/{}", id.0, id.1);
-        let mut follow_ups = Vec::new();
-        for fx in effects {
-            match fx {
+    /// Applies one input to the shard, then, in order, the inputs it
+    /// forwards to other instances (which `baton run` writes to their shards).
+    fn feed(&mut self, record: ShardRecord) {
+        let name = format!("{}/{}", record.process, record.key);
+        match self.shard.apply(&self.registry, record, self.clock, None) {
+            Ok(applied) => self.carry_out(applied),
+            Err(e) => self.note(&name, format!("  ! {e}")),
+        }
+    }
+
+    fn carry_out(&mut self, applied: Applied) {
+        let name = applied.id;
+        for action in applied.actions {
+            match action {
                 // The audit's before/after positions already show the steps.
-                Effect::Entered(_) => {}
-                Effect::Command(c) => {
+                shard::Action::Entered(_) => {}
+                shard::Action::Command(c) => {
                     let label = match c.purpose {
                         Purpose::Task => "command",
                         Purpose::Manual => "manual task",
@@ -196,19 +184,13 @@ impl Simulation {
                     );
                     self.commands.push(c);
                 }
-                Effect::ScheduleTimer(t) => {
+                shard::Action::Scheduled(t) => {
                     self.note(
                         &name,
                         format!("  ⏲ timer {} due {}", t.id, format_rfc3339(t.due)),
                     );
-                    self.timers
-                        .insert((t.due, id.0.clone(), id.1.clone(), t.id));
                 }
-                Effect::CancelTimer(t) => {
-                    self.timers
-                        .remove(&(t.due, id.0.clone(), id.1.clone(), t.id));
-                }
-                Effect::Audit(a) => {
+                shard::Action::Audit(a) => {
                     if a.before != a.after {
                         self.note(
                             &name,
@@ -216,8 +198,8 @@ impl Simulation {
                         );
                     }
                 }
-                Effect::VariablesChanged(names) => {
-                    if let Some(inst) = self.instances.get(id) {
+                shard::Action::Variables(names) => {
+                    if let Some(inst) = self.shard.instance(&name) {
                         let shown: Vec<String> = names
                             .iter()
                             .map(|n| format!("{n}={}", inst.vars.get(n).unwrap_or(&Json::Null)))
@@ -225,87 +207,31 @@ impl Simulation {
                         self.note(&name, format!("  vars {}", shown.join(" ")));
                     }
                 }
-                Effect::IncidentRaised {
-                    id: n,
-                    step,
-                    reason,
-                } => {
-                    self.note(&name, format!("  ! incident {n} at {step}: {reason}"));
+                shard::Action::Incident { id, step, reason } => {
+                    self.note(&name, format!("  ! incident {id} at {step}: {reason}"));
                 }
-                Effect::IncidentResolved {
-                    id: n, resolution, ..
-                } => {
-                    self.note(&name, format!("  ✓ incident {n} {resolution}"));
+                shard::Action::Resolved { id, resolution, .. } => {
+                    self.note(&name, format!("  ✓ incident {id} {resolution}"));
                 }
-                Effect::StartProcess {
-                    process,
-                    key,
-                    vars,
-                    parent,
-                } => {
-                    self.note(&name, format!("  → call {process}/{key}"));
-                    follow_ups.push(FollowUp::Start(process, key, vars, parent));
-                }
-                Effect::Ended { status, parent } => {
-                    self.note(&name, format!("  ■ {}", status.as_str()));
-                    if let Some(p) = parent {
-                        follow_ups.push(FollowUp::Notify(p.process, p.key, status));
+                shard::Action::Forward(record) => {
+                    if let Kind::Call { .. } = record.input {
+                        self.note(&name, format!("  → call {}/{}", record.process, record.key));
                     }
+                    self.feed(record);
                 }
-                Effect::Discard => {
-                    follow_ups.push(FollowUp::Discard);
+                shard::Action::Ended(status) => {
+                    self.note(&name, format!("  ■ {}", status.as_str()));
                 }
-                Effect::Rejected { event, reason } => {
+                shard::Action::Rejected { event, reason } => {
                     let event_id = &event.id;
                     // As in `baton run`: a repeated event is ignored, not a dead letter.
-                    if reason == crate::engine::Rejection::Duplicate {
+                    if reason == Rejection::Duplicate {
                         self.duplicates += 1;
                         self.note(&name, format!("  = duplicate {event_id} ignored"));
                         continue;
                     }
                     self.rejected += 1;
                     self.note(&name, format!("  ✗ rejected {event_id}: {reason}"));
-                }
-            }
-        }
-        for f in follow_ups {
-            match f {
-                FollowUp::Start(process, key, vars, parent) => {
-                    let Some(child_def) = self.registry.latest(&process).cloned() else {
-                        self.note(
-                            &name,
-                            format!("  ! called process `{process}` is not deployed"),
-                        );
-                        continue;
-                    };
-                    let cid = (process.clone(), key.clone());
-                    self.instances
-                        .entry(cid.clone())
-                        .or_insert_with(|| Instance::new(&process, child_def.version, &key));
-                    self.apply(&child_def, &cid, Input::Call { parent, vars });
-                }
-                FollowUp::Notify(process, key, status) => {
-                    let pid = (process, key);
-                    let (Some(child), Some(parent)) =
-                        (self.instances.get(id), self.instances.get(&pid))
-                    else {
-                        continue;
-                    };
-                    let event = Event::child_ended(
-                        &child.process,
-                        &child.key,
-                        status,
-                        &child.vars,
-                        self.clock,
-                    );
-                    let Some(pdef) = self.registry.get(&parent.process, parent.version).cloned()
-                    else {
-                        continue;
-                    };
-                    self.apply(&pdef, &pid, Input::Event(event));
-                }
-                FollowUp::Discard => {
-                    self.instances.remove(id);
                 }
             }
         }
@@ -460,10 +386,13 @@ impl Simulation {
             let process = match o.get("process").and_then(Json::as_str) {
                 Some(p) => p.to_string(),
                 None => {
-                    let matching: Vec<&(String, String)> =
-                        self.instances.keys().filter(|(_, k)| k == key).collect();
+                    let matching: Vec<Cow<'_, Instance>> = self
+                        .instances()
+                        .into_iter()
+                        .filter(|i| i.key == key)
+                        .collect();
                     match matching.as_slice() {
-                        [one] => one.0.clone(),
+                        [one] => one.process.clone(),
                         [] => return Err(format!("no instance with key {key}")),
                         _ => {
                             return Err(format!(
@@ -474,8 +403,7 @@ impl Simulation {
                 }
             };
             let inst = self
-                .instances
-                .get(&(process.clone(), key.to_string()))
+                .instance(&process, key)
                 .ok_or_else(|| format!("no instance {process}/{key}"))?;
             let def = self.registry.get(&inst.process, inst.version);
             if let Some(want) = o.get("status").and_then(Json::as_str)
@@ -550,7 +478,8 @@ impl Simulation {
     /// Final state of every instance, as text.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        for ((p, k), inst) in &self.instances {
+        for inst in self.instances() {
+            let (p, k) = (&inst.process, &inst.key);
             let def = self.registry.get(&inst.process, inst.version);
             let at: Vec<String> = inst
                 .tokens
@@ -576,17 +505,11 @@ impl Simulation {
 
     /// How many instances are in this status.
     pub fn count(&self, status: Status) -> usize {
-        self.instances
-            .values()
+        self.shard
+            .summaries()
             .filter(|i| i.status == status)
             .count()
     }
-}
-
-enum FollowUp {
-    Start(String, String, engine::Vars, engine::ParentRef),
-    Notify(String, String, Status),
-    Discard,
 }
 
 fn operator(v: &Json) -> Result<(String, String, Action), String> {

@@ -11,7 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{BenchError, io};
+/// Installing or starting the broker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the broker: {0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
+    let what = what.into();
+    move |source| BrokerError::Io { what, source }
+}
 
 /// `scripts/kafka.sh`, which installs, formats and runs the broker.
 const SCRIPT: &str = include_str!("../../scripts/kafka.sh");
@@ -51,7 +67,7 @@ fn script(action: &str) -> Command {
 
 /// Installs the pinned Kafka into the cache when it is not there yet (needs
 /// Java and Maven; the script says what to install when one is missing).
-pub fn install() -> Result<(), BenchError> {
+pub fn install() -> Result<(), BrokerError> {
     if kafka_home().join("libs/.complete").is_file() {
         return Ok(());
     }
@@ -65,7 +81,7 @@ pub fn install() -> Result<(), BenchError> {
         .output()
         .map_err(io("run bash for scripts/kafka.sh install"))?;
     if !out.status.success() {
-        return Err(BenchError::Broker(format!(
+        return Err(BrokerError::Failed(format!(
             "installing Apache Kafka {} failed: {}",
             kafka_version(),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -74,7 +90,7 @@ pub fn install() -> Result<(), BenchError> {
     Ok(())
 }
 
-fn free_port() -> Result<u16, BenchError> {
+fn free_port() -> Result<u16, BrokerError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -94,7 +110,7 @@ impl LocalKafka {
     /// Installs Kafka if needed, formats a fresh storage directory under
     /// `dir` and starts the broker; returns once it accepts requests.
     /// `extra` is appended to `server.properties` as it is.
-    pub fn start(dir: &Path, extra: &str) -> Result<LocalKafka, BenchError> {
+    pub fn start(dir: &Path, extra: &str) -> Result<LocalKafka, BrokerError> {
         install()?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
@@ -134,7 +150,7 @@ impl LocalKafka {
     }
 
     /// Runs the broker script and waits until the broker accepts requests.
-    fn spawn(&self, controller_port: u16, extra: &str) -> Result<(Child, ChildStdin), BenchError> {
+    fn spawn(&self, controller_port: u16, extra: &str) -> Result<(Child, ChildStdin), BrokerError> {
         let log = self.dir.join("broker.log");
         let mut child = script("run")
             .arg(&self.dir)
@@ -152,7 +168,7 @@ impl LocalKafka {
         let stdin = child
             .stdin
             .take()
-            .ok_or_else(|| BenchError::Broker("no standard input for the broker script".into()))?;
+            .ok_or_else(|| BrokerError::Failed("no standard input for the broker script".into()))?;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let started =
@@ -167,7 +183,7 @@ impl LocalKafka {
                 }
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                return Err(BenchError::Broker(format!(
+                return Err(BrokerError::Failed(format!(
                     "Apache Kafka {} exited while starting ({status}): {} {}",
                     kafka_version(),
                     err.trim(),
@@ -176,7 +192,7 @@ impl LocalKafka {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                return Err(BenchError::Broker(format!(
+                return Err(BrokerError::Failed(format!(
                     "Apache Kafka {} was not ready within 90 s; see {}",
                     kafka_version(),
                     log.display()
@@ -203,7 +219,7 @@ pub enum Broker {
 
 impl Broker {
     /// Starts Apache Kafka on free ports, with a store of its own in the temporary directory.
-    pub fn start() -> Result<Broker, BenchError> {
+    pub fn start() -> Result<Broker, BrokerError> {
         let dir = std::env::temp_dir().join(format!("baton-bench-kafka-{}", std::process::id()));
         Ok(Broker::Started(LocalKafka::start(&dir, "")?))
     }

@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 
 use super::BenchError;
 use super::worker::registry;
-use crate::config::Config;
-use crate::engine::{self, Event, Input, Instance};
-use crate::kafka::{self, KafkaFailure, Outgoing, PlainConsumer, PlainProducer};
-use crate::runtime::{now_ms, shard_of};
-use crate::wire::{self, cloudevents};
+use baton::config::Config;
+use baton::engine::{Event, Registry};
+use baton::kafka::{self, KafkaFailure, Outgoing, PlainConsumer, PlainProducer};
+use baton::runtime::{now_ms, shard_of};
+use baton::shard::Shard;
+use baton::wire::{self, ShardInputKind, ShardRecord, cloudevents};
 
 /// The topics order-to-cash sends its commands to.
 pub const COMMANDS: [&str; 3] = ["erp.commands", "payments.commands", "wms.commands"];
@@ -229,7 +230,7 @@ pub struct Seeder {
     producer: PlainProducer,
     changelog: String,
     partitions: i32,
-    def: Arc<engine::Definition>,
+    registry: Registry,
 }
 
 impl Seeder {
@@ -238,15 +239,11 @@ impl Seeder {
         changelog: &str,
         partitions: i32,
     ) -> Result<Seeder, BenchError> {
-        let def = registry()?
-            .latest("order-to-cash")
-            .cloned()
-            .ok_or_else(|| BenchError::Worker("order-to-cash is not deployed".into()))?;
         Ok(Seeder {
             producer,
             changelog: changelog.to_string(),
             partitions,
-            def,
+            registry: registry()?,
         })
     }
 
@@ -261,16 +258,30 @@ impl Seeder {
         let now = now_ms() + 86_400_000;
         for n in range {
             let order = format!("s-{n}");
-            let placed = Input::Event(Event {
-                id: format!("{order}/placed"),
-                kind: "com.acme.order.placed".into(),
-                source: "bench".into(),
-                time: 0,
-                data: order_data(&order, n),
-            });
-            let mut inst = Instance::new(&self.def.process, self.def.version, &order);
-            engine::apply(&self.def, &mut inst, &placed, now);
-            let id = format!("{}/{order}", self.def.process);
+            let placed = ShardRecord {
+                process: "order-to-cash".into(),
+                key: order.clone(),
+                input: ShardInputKind::Event {
+                    event: Event {
+                        id: format!("{order}/placed"),
+                        kind: "com.acme.order.placed".into(),
+                        source: "bench".into(),
+                        time: 0,
+                        data: order_data(&order, n),
+                    },
+                    origin: None,
+                },
+            };
+            // The instance as a shard leaves it, one shard per instance so
+            // that the seeder holds none of them.
+            let mut shard = Shard::new(None);
+            shard
+                .apply(&self.registry, placed, now, None)
+                .map_err(|e| BenchError::Worker(e.to_string()))?;
+            let id = format!("order-to-cash/{order}");
+            let inst = shard
+                .instance(&id)
+                .ok_or_else(|| BenchError::Worker(format!("{id} did not start")))?;
             let r = Outgoing {
                 topic: self.changelog.clone(),
                 partition: Some(shard_of(&id, self.partitions)),

@@ -17,7 +17,7 @@
 //! The measured process (baseline or baton) runs as a child process of its
 //! own ([`worker`]), so its CPU time and resident memory are its own and not
 //! the load generator's. This module owns orchestration and figures; it
-//! reaches Kafka only through [`crate::kafka`], and it never prints: progress
+//! reaches Kafka only through [`baton::kafka`], and it never prints: progress
 //! goes through a callback, the report is data ([`report`]).
 
 pub mod broker;
@@ -31,9 +31,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::config;
-use crate::kafka::{self, KafkaFailure};
-use crate::runtime::RuntimeError;
+use baton::config;
+use baton::kafka::{self, KafkaFailure};
+use baton::runtime::RuntimeError;
 
 pub use report::Report;
 use report::{Latency, StateRun, Throughput};
@@ -46,8 +46,8 @@ pub enum BenchError {
     Kafka(#[from] KafkaFailure),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("the broker: {0}")]
-    Broker(String),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
     #[error("the measured process: {0}")]
     Worker(String),
     #[error("{what}: {source}")]
@@ -142,8 +142,6 @@ pub enum Progress {
 
 /// Events per order: placed, reserved, charged, shipment created, invoice created, delivered.
 pub const EVENTS_PER_ORDER: u64 = 6;
-/// Commands per order: reserve, charge, create shipment, create invoice.
-pub const COMMANDS_PER_ORDER: u64 = 4;
 /// Orders that run before each measured window, so group joins and topic
 /// metadata are settled when the clock starts.
 const WARMUP_ORDERS: u64 = 10;
@@ -157,7 +155,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report,
     let run_id = format!(
         "bench-{}-{}",
         std::process::id(),
-        crate::runtime::now_ms() % 1_000_000_000
+        baton::runtime::now_ms() % 1_000_000_000
     );
     progress(Progress::Phase {
         name: "starting the broker".into(),
@@ -255,7 +253,7 @@ impl Bench<'_> {
         tracker: Arc<load::Tracker>,
     ) -> Result<load::Services, BenchError> {
         let mut topics = vec![(spec.input.clone(), spec.partitions, false)];
-        for t in crate::runtime::command_topics(&worker::registry()?) {
+        for t in baton::runtime::command_topics(&worker::registry()?) {
             topics.push((t, spec.partitions, false));
         }
         kafka::ensure_topics(&spec.config(), &topics)?;

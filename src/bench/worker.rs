@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{BenchError, Progress, io};
-use crate::config::{self, Config};
-use crate::dsl;
-use crate::engine::Registry;
-use crate::kafka::{Consumer, Offsets, Outgoing, Producer};
-use crate::runtime::{Runtime, Stats};
+use baton::config::{self, Config};
+use baton::dsl;
+use baton::engine::Registry;
+use baton::kafka::{Consumer, Offsets, Outgoing, Producer};
+use baton::runtime::{Runtime, Stats};
 
 /// The process definition every baton phase runs.
 pub const ORDER_TO_CASH: &str = include_str!("../../examples/order-to-cash.yaml");

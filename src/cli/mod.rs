@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::dsl;
-use crate::engine::Registry;
-use crate::simulate::Simulation;
+use baton::dsl;
+use baton::engine::Registry;
+use baton::simulate::Simulation;
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "Process orchestration over Kafka")]
@@ -215,7 +215,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let text = read(&file)?;
             match dsl::parse(&file.display().to_string(), &text) {
                 Ok(def) => {
-                    print!("{}", crate::diagram::mermaid(&def));
+                    print!("{}", baton::diagram::mermaid(&def));
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(diags) => {
@@ -254,15 +254,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Run { config, json_logs } => {
             let text = read(&config)?;
-            let mut cfg = crate::config::Config::load(
+            let mut cfg = baton::config::Config::load(
                 &config.display().to_string(),
                 &text,
                 std::env::vars(),
             )?;
             if json_logs {
-                cfg.log.format = crate::config::LogFormat::Json;
+                cfg.log.format = baton::config::LogFormat::Json;
             }
-            crate::telemetry::init_logs(&cfg.log);
+            baton::telemetry::init_logs(&cfg.log);
             let files = definition_files(&cfg.definitions.paths)?;
             let Some(registry) = load(&files)? else {
                 return Ok(ExitCode::from(1));
@@ -297,18 +297,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     flag.store(true, Ordering::Relaxed);
                 }
             });
-            let traces = crate::telemetry::init_traces(&cfg.telemetry, &cfg.instance_id())
+            let traces = baton::telemetry::init_traces(&cfg.telemetry, &cfg.instance_id())
                 .context("cannot set up trace export")?;
-            let stats = Arc::new(crate::runtime::Stats::default());
+            let stats = Arc::new(baton::runtime::Stats::default());
             let admin_cfg = cfg.admin.clone();
             let group = cfg.kafka.group_id.clone();
-            let mut runtime = crate::runtime::Runtime::new(cfg, registry, stats.clone())
+            let mut runtime = baton::runtime::Runtime::new(cfg, registry, stats.clone())
                 .context("cannot start the runtime")?;
             if let Some(t) = &traces {
                 runtime = runtime.with_tracer(t.tracer(&group));
             }
             let admin = if admin_cfg.enabled {
-                Some(crate::admin::serve(
+                Some(baton::admin::serve(
                     admin_cfg.listen,
                     stats.metrics.clone(),
                     runtime.health(),
@@ -332,16 +332,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             silence_rate,
             admin,
         } => {
-            crate::telemetry::init_logs(&crate::config::Log {
+            baton::telemetry::init_logs(&baton::config::Log {
                 level: "error".into(),
                 ..Default::default()
             });
             // Traces when the standard OTEL_EXPORTER_OTLP_* variables ask for them.
-            let telemetry = crate::config::Telemetry {
+            let telemetry = baton::config::Telemetry {
                 service_name: "baton-demo".into(),
                 ..Default::default()
             };
-            let traces = crate::telemetry::init_traces(&telemetry, "demo-1")
+            let traces = baton::telemetry::init_traces(&telemetry, "demo-1")
                 .context("cannot set up trace export")?;
             let opts = crate::demo::Options {
                 seconds,
@@ -351,7 +351,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 admin,
                 tracer: traces
                     .as_ref()
-                    .map_or_else(crate::telemetry::Tracer::disabled, |t| {
+                    .map_or_else(baton::telemetry::Tracer::disabled, |t| {
                         t.tracer("baton-demo")
                     }),
                 ..Default::default()
@@ -389,14 +389,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             worker,
         } => {
             if let Some(spec) = worker {
-                crate::telemetry::init_logs(&crate::config::Log {
+                baton::telemetry::init_logs(&baton::config::Log {
                     level: "warn,rdkafka=error".into(),
                     ..Default::default()
                 });
                 crate::bench::worker::serve(&spec).context("benchmark worker")?;
                 return Ok(ExitCode::SUCCESS);
             }
-            crate::telemetry::init_logs(&crate::config::Log {
+            baton::telemetry::init_logs(&baton::config::Log {
                 level: "error".into(),
                 ..Default::default()
             });
@@ -443,11 +443,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("{} is not JSON", f.display()))?,
                 (None, None) => serde_json::Value::Null,
             };
-            let now = crate::runtime::now_ms();
+            let now = baton::runtime::now_ms();
             let id = id.unwrap_or_else(|| format!("{source}-{now}"));
-            let payload = crate::wire::cloudevents::structured(&id, &kind, &source, now, &data);
-            let producer = crate::kafka::PlainProducer::new(&brokers)?;
-            producer.send(&crate::kafka::Outgoing {
+            let payload = baton::wire::cloudevents::structured(&id, &kind, &source, now, &data);
+            let producer = baton::kafka::PlainProducer::new(&brokers)?;
+            producer.send(&baton::kafka::Outgoing {
                 topic: topic.clone(),
                 partition: None,
                 key: key.unwrap_or_else(|| id.clone()).into_bytes(),

@@ -732,12 +732,26 @@ pub fn committed_offsets(
     Ok(out)
 }
 
-/// Reads one partition from its start to its current end (read_committed).
+/// Reads one partition from its start to its end (as of now) with a
+/// `read_committed` consumer: every committed record, in order.
 pub fn read_partition(
     cfg: &Config,
     topic: &str,
     partition: i32,
 ) -> Result<Vec<Incoming>, KafkaFailure> {
+    let mut out = Vec::new();
+    scan_partition(cfg, topic, partition, |r| out.push(r))?;
+    Ok(out)
+}
+
+/// Like [`read_partition`], handing each record to `each` as it arrives
+/// instead of holding them all: a restore keeps only what it needs.
+pub fn scan_partition(
+    cfg: &Config,
+    topic: &str,
+    partition: i32,
+    mut each: impl FnMut(Incoming),
+) -> Result<u64, KafkaFailure> {
     let consumer: BaseConsumer = consumer_base(cfg)
         .set("group.id", format!("{}-restore", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -748,9 +762,8 @@ pub fn read_partition(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
         .map_err(fail(format!("watermarks of {topic}/{partition}")))?;
-    let mut out = Vec::new();
     if high <= low {
-        return Ok(out);
+        return Ok(0);
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(low))
@@ -758,34 +771,45 @@ pub fn read_partition(
     consumer
         .assign(&tpl)
         .map_err(fail(format!("assign {topic}/{partition}")))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut count = 0u64;
+    // Given up when no record arrives for this long.
+    let patience = Duration::from_secs(120);
+    let mut progress = std::time::Instant::now();
     loop {
-        if let Ok(pos) = consumer.position()
-            && let Some(e) = pos.find_partition(topic, partition)
-            && let Offset::Offset(o) = e.offset()
-            && o >= high
-        {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(KafkaFailure::Topic {
-                topic: format!("{topic}/{partition}"),
-                problem: format!("restore did not reach offset {high} within 120 s"),
-            });
-        }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let done = m.offset() + 1 >= high;
-                out.push(Incoming::from(&m));
+                each(Incoming::from(&m));
+                count += 1;
+                progress = std::time::Instant::now();
                 if done {
                     break;
                 }
             }
             Some(Err(e)) => return Err(fail(format!("read {topic}/{partition}"))(e)),
-            None => {}
+            None => {
+                // Nothing more to read: the end may be a transaction marker
+                // or aborted records, which a read_committed read skips.
+                if let Ok(pos) = consumer.position()
+                    && let Some(e) = pos.find_partition(topic, partition)
+                    && let Offset::Offset(o) = e.offset()
+                    && o >= high
+                {
+                    break;
+                }
+                if progress.elapsed() > patience {
+                    return Err(KafkaFailure::Topic {
+                        topic: format!("{topic}/{partition}"),
+                        problem: format!(
+                            "reading towards offset {high} made no progress for {} s",
+                            patience.as_secs()
+                        ),
+                    });
+                }
+            }
         }
     }
-    Ok(out)
+    Ok(count)
 }
 
 /// A plain (non-transactional) producer for `baton send` and simulated services.

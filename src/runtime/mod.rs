@@ -51,7 +51,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::engine::{self, Instance, Millis, Registry};
+use crate::engine::{self, Millis, Registry};
 use crate::kafka::{self, Consumer, Incoming, KafkaFailure, Offsets, Outgoing, Producer};
 use crate::telemetry::metrics::Holdings;
 use crate::telemetry::{Health, Tracer};
@@ -78,7 +78,7 @@ pub struct Runtime {
     consumer: Consumer,
     producer: Arc<Producer>,
     txn: Arc<Mutex<Txn>>,
-    shards: HashMap<i32, shard::Shard>,
+    shards: HashMap<i32, shard::Owned>,
     restoring: HashMap<i32, Restoring>,
     inputs: Vec<String>,
     repartition: String,
@@ -106,6 +106,10 @@ pub struct Runtime {
     /// Shard records not to process again (they panicked twice the same way,
     /// or would produce an oversized record): dead-lettered when read again.
     poisoned: HashMap<(String, i32, i64), Poison>,
+    /// Write snapshots after every record, not once per instance and batch,
+    /// until the next commit: a batch had an oversized snapshot, and this
+    /// finds the record that made it so.
+    every_record: bool,
     /// Input records whose instance lives on their own partition's shard are
     /// processed there, without the repartition hop.
     in_place: bool,
@@ -127,7 +131,6 @@ fn ctx<'a>(
         repartition,
         registry,
         topics: &cfg.topics,
-        retention: cfg.runtime.retention.as_millis() as u64,
         partitions,
         stats,
         tracer,
@@ -222,6 +225,7 @@ impl Runtime {
             partitioner_warned: AtomicBool::new(false),
             panicked: HashMap::new(),
             poisoned: HashMap::new(),
+            every_record: false,
             in_place: cfg_in_place,
         })
     }
@@ -337,14 +341,13 @@ impl Runtime {
         let mut instances: HashMap<(&str, &str), i64> = HashMap::new();
         let mut incidents: HashMap<&str, i64> = HashMap::new();
         for s in self.shards.values() {
-            h.timers += s.timers.len() as i64;
-            for inst in s.instances.values() {
+            h.timers += s.state.timers().len() as i64;
+            for inst in s.state.summaries() {
                 *instances
-                    .entry((inst.process.as_str(), inst.status.as_str()))
+                    .entry((inst.process, inst.status.as_str()))
                     .or_default() += 1;
-                if !inst.incidents.is_empty() {
-                    *incidents.entry(inst.process.as_str()).or_default() +=
-                        inst.incidents.len() as i64;
+                if inst.incidents > 0 {
+                    *incidents.entry(inst.process).or_default() += inst.incidents as i64;
                 }
             }
         }

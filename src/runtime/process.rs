@@ -6,12 +6,21 @@ use super::*;
 /// How many records that panicked once are remembered.
 pub(super) const PANICS_KEPT: usize = 1000;
 
-/// A shard panicked on the record `at` (topic, partition, offset), or
-/// processing it would have produced a record above the size limit.
-pub(super) struct Panicked {
-    pub(super) at: Option<(String, i32, i64)>,
-    pub(super) message: String,
-    pub(super) oversized: bool,
+/// A record's coordinates: topic, partition, offset.
+pub(super) type Coords = (String, i32, i64);
+
+/// Why a shard's batch cannot commit.
+pub(super) enum Failed {
+    /// Processing this record panicked.
+    Panic { at: Coords, message: String },
+    /// Processing this record would produce a record above the size limit.
+    Oversized { at: Coords, message: String },
+    /// A snapshot or audit record the batch writes at its end is above the
+    /// size limit: the batch is processed again writing them record by
+    /// record, which finds the record that made it so.
+    Batched,
+    /// A shard's worker thread died.
+    Worker(String),
 }
 
 /// A record not to process again: it becomes a dead letter of this kind.
@@ -23,16 +32,31 @@ pub(super) struct Poison {
 /// A record for a shard, with its input when routing decoded it already.
 pub(super) type Local = (Incoming, Option<shard::ShardInput>);
 
+/// The record in `out` above the size limit, as a reason.
+fn oversized(out: &[Outgoing], max: usize) -> Option<String> {
+    out.iter().find(|r| kafka::record_size(r) > max).map(|big| {
+        format!(
+            "processing it would produce a record of {} bytes to {}, above the limit of {max} bytes (kafka.max_record_bytes)",
+            kafka::record_size(big),
+            big.topic,
+        )
+    })
+}
+
 /// Processes a shard's records of one batch; a panic is caught and says on
 /// which record it happened. Records that panicked twice become dead letters.
+/// Each instance's snapshot is written once, after the batch's last record,
+/// and the audit entries are packed, unless `every_record` asks for both
+/// after each record.
 pub(super) fn run_shard(
-    s: &mut shard::Shard,
+    s: &mut shard::Owned,
     p: i32,
     records: &mut [Local],
     ctx: &shard::Ctx<'_>,
-    poisoned: &HashMap<(String, i32, i64), Poison>,
-) -> Result<Vec<Outgoing>, Panicked> {
-    let mut out = Vec::new();
+    poisoned: &HashMap<Coords, Poison>,
+    every_record: bool,
+) -> Result<Vec<Outgoing>, Failed> {
+    let mut out = shard::Output::default();
     for (m, input) in records.iter_mut() {
         // The record's coordinates are only built when a record is poisoned
         // or panics: not on every record.
@@ -42,12 +66,15 @@ pub(super) fn run_shard(
             .then(|| poisoned.get(&at()))
             .flatten()
         {
-            shard::refuse(s, p, m, input, poison.kind, &poison.reason, ctx, &mut out);
+            shard::refuse(s, m, input, poison.kind, &poison.reason, ctx, &mut out);
             continue;
         }
-        let before = out.len();
+        let before = out.records.len();
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            shard::handle(s, p, m, input, ctx, &mut out)
+            shard::handle(s, m, input, ctx, &mut out);
+            if every_record {
+                out.flush(&mut s.state, p, ctx);
+            }
         }));
         if let Err(payload) = step {
             let message = payload
@@ -55,29 +82,18 @@ pub(super) fn run_shard(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".into());
-            return Err(Panicked {
-                at: Some(at()),
-                message,
-                oversized: false,
-            });
+            return Err(Failed::Panic { at: at(), message });
         }
-        if let Some(big) = out[before..]
-            .iter()
-            .find(|r| kafka::record_size(r) > ctx.max_record)
-        {
-            return Err(Panicked {
-                message: format!(
-                    "processing it would produce a record of {} bytes to {}, above the limit of {} bytes (kafka.max_record_bytes)",
-                    kafka::record_size(big),
-                    big.topic,
-                    ctx.max_record
-                ),
-                at: Some(at()),
-                oversized: true,
-            });
+        if let Some(message) = oversized(&out.records[before..], ctx.max_record) {
+            return Err(Failed::Oversized { at: at(), message });
         }
     }
-    Ok(out)
+    let before = out.records.len();
+    out.flush(&mut s.state, p, ctx);
+    if oversized(&out.records[before..], ctx.max_record).is_some() {
+        return Err(Failed::Batched);
+    }
+    Ok(out.records)
 }
 
 impl Runtime {
@@ -126,17 +142,18 @@ impl Runtime {
             self.faults.as_ref(),
         );
         let poisoned = &self.poisoned;
-        let mut outputs: Vec<Result<Vec<Outgoing>, Panicked>> = Vec::new();
+        let every_record = self.every_record;
+        let mut outputs: Vec<Result<Vec<Outgoing>, Failed>> = Vec::new();
         let mut records: HashMap<i32, &mut Vec<Local>> =
             by_shard.iter_mut().map(|(p, r)| (*p, r)).collect();
-        let work: Vec<(i32, &mut shard::Shard, &mut Vec<Local>)> = self
+        let work: Vec<(i32, &mut shard::Owned, &mut Vec<Local>)> = self
             .shards
             .iter_mut()
             .filter_map(|(p, s)| records.remove(p).map(|r| (*p, s, r)))
             .collect();
         if work.len() <= 1 {
             for (p, s, records) in work {
-                outputs.push(run_shard(s, p, records, &ctx, poisoned));
+                outputs.push(run_shard(s, p, records, &ctx, poisoned, every_record));
             }
         } else {
             std::thread::scope(|scope| {
@@ -144,17 +161,14 @@ impl Runtime {
                     .into_iter()
                     .map(|(p, s, records)| {
                         let ctx = &ctx;
-                        scope.spawn(move || run_shard(s, p, records, ctx, poisoned))
+                        scope.spawn(move || run_shard(s, p, records, ctx, poisoned, every_record))
                     })
                     .collect();
                 for h in handles {
-                    outputs.push(h.join().unwrap_or_else(|_| {
-                        Err(Panicked {
-                            at: None,
-                            message: "a shard worker died".into(),
-                            oversized: false,
-                        })
-                    }));
+                    outputs.push(
+                        h.join()
+                            .unwrap_or_else(|_| Err(Failed::Worker("a shard worker died".into()))),
+                    );
                 }
             });
         }
@@ -179,32 +193,41 @@ impl Runtime {
     /// of the batch may commit. The transaction is aborted and the batch
     /// processed again from the committed state; a record that panics a
     /// second time the same way, or an oversized one, is dead-lettered then.
-    pub(super) fn after_panic(&mut self, panics: Vec<Panicked>) -> Result<(), RuntimeError> {
-        for p in panics {
-            let Some(at) = p.at else {
-                warn!(message = %p.message, "a shard worker panicked; processing the batch again");
-                continue;
-            };
-            if self.panicked.len() >= PANICS_KEPT {
-                self.panicked.clear();
-            }
-            if p.oversized {
-                warn!(topic = %at.0, partition = at.1, offset = at.2, reason = %p.message, "a record would produce an oversized record; processing the batch again without it");
-                let poison = Poison {
-                    kind: "oversized",
-                    reason: p.message,
-                };
-                self.poisoned.insert(at, poison);
-            } else if self.panicked.get(&at) == Some(&p.message) {
-                warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked again; processing the batch again without it");
-                let poison = Poison {
-                    kind: "panic",
-                    reason: format!("processing this record panicked twice: {}", p.message),
-                };
-                self.poisoned.insert(at, poison);
-            } else {
-                warn!(topic = %at.0, partition = at.1, offset = at.2, message = %p.message, "processing a record panicked; aborting the batch and processing it again");
-                self.panicked.insert(at, p.message);
+    pub(super) fn after_panic(&mut self, failures: Vec<Failed>) -> Result<(), RuntimeError> {
+        if self.panicked.len() >= PANICS_KEPT {
+            self.panicked.clear();
+        }
+        for f in failures {
+            match f {
+                Failed::Worker(message) => {
+                    warn!(%message, "a shard worker panicked; processing the batch again");
+                }
+                Failed::Batched => {
+                    warn!(
+                        "a snapshot or audit record would be oversized; processing the batch again writing them record by record"
+                    );
+                    self.every_record = true;
+                }
+                Failed::Oversized { at, message } => {
+                    warn!(topic = %at.0, partition = at.1, offset = at.2, reason = %message, "a record would produce an oversized record; processing the batch again without it");
+                    let poison = Poison {
+                        kind: "oversized",
+                        reason: message,
+                    };
+                    self.poisoned.insert(at, poison);
+                }
+                Failed::Panic { at, message } if self.panicked.get(&at) == Some(&message) => {
+                    warn!(topic = %at.0, partition = at.1, offset = at.2, %message, "processing a record panicked again; processing the batch again without it");
+                    let poison = Poison {
+                        kind: "panic",
+                        reason: format!("processing this record panicked twice: {message}"),
+                    };
+                    self.poisoned.insert(at, poison);
+                }
+                Failed::Panic { at, message } => {
+                    warn!(topic = %at.0, partition = at.1, offset = at.2, %message, "processing a record panicked; aborting the batch and processing it again");
+                    self.panicked.insert(at, message);
+                }
             }
         }
         self.abort_open();

@@ -23,7 +23,7 @@ pub(super) fn hashes(registry: &Registry) -> Hashes {
 pub(super) fn check_definition(
     hashes: &Hashes,
     key: &str,
-    inst: &Instance,
+    inst: &wire::Peek,
 ) -> Result<(), RuntimeError> {
     let Some(deployed) = hashes
         .get(inst.process.as_str())
@@ -49,7 +49,7 @@ pub(super) fn check_definition(
 
 /// A shard being restored in the background, and records that arrived for it meanwhile.
 pub(super) struct Restoring {
-    pub(super) rx: std::sync::mpsc::Receiver<Result<shard::Shard, RuntimeError>>,
+    pub(super) rx: std::sync::mpsc::Receiver<Result<shard::Owned, RuntimeError>>,
     pub(super) held: Vec<Incoming>,
 }
 
@@ -108,32 +108,32 @@ pub(super) fn rebuild(
     committed: Committed,
     stats: &Stats,
     hashes: &Hashes,
-) -> Result<shard::Shard, RuntimeError> {
+) -> Result<shard::Owned, RuntimeError> {
     let started = Instant::now();
     // Snapshots up to these positions belong to committed transactions.
     let valid_until = |source: &str| committed.get(source).map_or(0, |o| (*o).max(0) as u64);
-    let records = kafka::read_partition(cfg, &cfg.topics.changelog(), p)?;
-    let mut latest: HashMap<String, Option<Instance>> = HashMap::new();
+    // The latest valid record of every key, as its bytes: decoded only when
+    // an input comes for the instance.
+    let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     let mut repair: BTreeSet<String> = BTreeSet::new();
-    let count = records.len();
-    for r in records {
+    let count = kafka::scan_partition(cfg, &cfg.topics.changelog(), p, |r| {
         let Some(key) = r
             .key
             .as_deref()
             .and_then(|k| std::str::from_utf8(k).ok())
             .map(str::to_string)
         else {
-            continue;
+            return;
         };
-        match r.payload.as_deref() {
+        match r.payload {
             None => {
-                latest.insert(key.clone(), None);
                 repair.remove(&key);
+                latest.insert(key, None);
             }
-            Some(bytes) => match wire::decode_changelog_at(bytes) {
-                Ok((source, position, inst)) if position <= valid_until(&source) => {
-                    latest.insert(key.clone(), Some(inst));
+            Some(bytes) => match wire::changelog_position(&bytes) {
+                Ok((source, position)) if position <= valid_until(&source) => {
                     repair.remove(&key);
+                    latest.insert(key, Some(bytes));
                 }
                 Ok(_) => {
                     repair.insert(key);
@@ -143,20 +143,25 @@ pub(super) fn rebuild(
                 }
             },
         }
-    }
+    })?;
     let retention = cfg.runtime.retention.as_millis() as u64;
-    let mut shard = shard::Shard {
-        instances: HashMap::new(),
-        timers: BTreeSet::new(),
+    let mut shard = shard::Owned {
+        state: crate::shard::Shard::new(Some(retention)),
         position: committed.get("").copied().unwrap_or(-1),
-        in_flight: BTreeSet::new(),
         repair: repair.into_iter().collect(),
     };
-    for (key, inst) in latest {
-        if let Some(inst) = inst {
-            check_definition(hashes, &key, &inst)?;
-            shard.add_timers(&key, &inst, retention);
-            shard.instances.insert(key, inst);
+    for (key, record) in latest {
+        let Some(record) = record else {
+            continue;
+        };
+        match wire::peek_changelog(&record) {
+            Ok(peek) => {
+                check_definition(hashes, &key, &peek)?;
+                shard.state.insert_record(key, record, &peek);
+            }
+            Err(e) => {
+                warn!(partition = p, instance = %key, error = %e, "unreadable changelog record skipped")
+            }
         }
     }
     let took = started.elapsed();
@@ -164,12 +169,12 @@ pub(super) fn rebuild(
     info!(
         partition = p,
         records = count,
-        instances = shard.instances.len(),
+        instances = shard.state.len(),
         repaired = shard.repair.len(),
         ms,
         "shard restored"
     );
-    stats.restored(count as u64, shard.instances.len() as u64, took);
+    stats.restored(count, shard.state.len() as u64, took);
     Ok(shard)
 }
 
@@ -215,7 +220,7 @@ impl Runtime {
     pub(super) fn spawn_restore(
         &self,
         p: i32,
-    ) -> std::sync::mpsc::Receiver<Result<shard::Shard, RuntimeError>> {
+    ) -> std::sync::mpsc::Receiver<Result<shard::Owned, RuntimeError>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let cfg = self.cfg.clone();
         let stats = self.stats.clone();
@@ -271,7 +276,7 @@ impl Runtime {
         Ok(ready)
     }
 
-    pub(super) fn install(&mut self, p: i32, shard: shard::Shard) {
+    pub(super) fn install(&mut self, p: i32, shard: shard::Owned) {
         self.shards.insert(p, shard);
     }
 }

@@ -47,99 +47,68 @@ impl Runtime {
                 if self.cfg.log.payloads {
                     debug!(topic = %m.topic, partition = m.partition, offset = m.offset, event_id = %event.id, kind = %event.kind, data = %event.data, "event consumed");
                 }
-                let mut routed = 0;
-                let mut failures = Vec::new();
-                for def in self.registry.latest_all() {
-                    match engine::route(def, &event) {
-                        Ok(Some(r)) => {
-                            routed += 1;
-                            span.event(
-                                "routed",
-                                vec![
-                                    opentelemetry::KeyValue::new(
-                                        "baton.process",
-                                        def.process.clone(),
-                                    ),
-                                    opentelemetry::KeyValue::new(
-                                        "baton.instance.key",
-                                        r.key.clone(),
-                                    ),
-                                ],
-                            );
-                            let id = format!("{}/{}", def.process, r.key);
-                            if self.in_place
-                                && shard_of(&id, self.partitions) == m.partition
-                                && self.shards.contains_key(&m.partition)
-                            {
-                                // Same shard as the record's own partition: no
-                                // hop, and the event goes as it was decoded.
-                                self.stats.routed(true);
-                                let record = Incoming {
-                                    topic: m.topic.clone(),
-                                    partition: m.partition,
-                                    offset: m.offset,
-                                    timestamp: m.timestamp,
-                                    key: Some(id.into_bytes()),
-                                    headers: span.headers(),
-                                    payload: m.payload.clone(),
-                                };
-                                let input = shard::ShardInput {
-                                    process: def.process.clone(),
-                                    key: r.key.clone(),
-                                    input: shard::Kind::Event {
-                                        event: event.clone(),
-                                        origin: None,
-                                    },
-                                };
-                                local.push((record, Some(input)));
-                            } else {
-                                let record = shard::ShardInput {
-                                    process: def.process.clone(),
-                                    key: r.key.clone(),
-                                    input: shard::Kind::Event {
-                                        event: event.clone(),
-                                        origin: Some(wire::Origin {
-                                            topic: m.topic.clone(),
-                                            partition: m.partition,
-                                            offset: m.offset,
-                                        }),
-                                    },
-                                };
-                                let fwd = ctx.forward(&record, span.headers());
-                                if self.in_place
-                                    && !self.partitioner_warned.load(Ordering::Relaxed)
-                                    && m.key.as_deref() == Some(r.key.as_bytes())
-                                    && self.shards.contains_key(&m.partition)
-                                {
-                                    // Keyed by its correlation key, yet on another
-                                    // partition than murmur2 picks.
-                                    self.partitioner_warned.store(true, Ordering::Relaxed);
-                                    warn!(topic = %m.topic, partition = m.partition, key = %r.key, shard = ?fwd.partition, "an input keyed by its correlation key is not on the partition Kafka's default partitioner picks, so it takes the repartition hop: its producer must partition with murmur2 (librdkafka clients: partitioner=murmur2_random); baton_events_routed_total{{path=\"repartition\"}} counts these");
-                                }
-                                self.stats.routed(false);
-                                out.push(fwd);
-                            }
+                let routes = crate::shard::route(&self.registry, &event);
+                for (process, key) in &routes.to {
+                    span.event(
+                        "routed",
+                        vec![
+                            opentelemetry::KeyValue::new("baton.process", process.clone()),
+                            opentelemetry::KeyValue::new("baton.instance.key", key.clone()),
+                        ],
+                    );
+                    let id = format!("{process}/{key}");
+                    let input = |origin| shard::ShardInput {
+                        process: process.clone(),
+                        key: key.clone(),
+                        input: shard::Kind::Event {
+                            event: event.clone(),
+                            origin,
+                        },
+                    };
+                    if self.in_place
+                        && shard_of(&id, self.partitions) == m.partition
+                        && self.shards.contains_key(&m.partition)
+                    {
+                        // Same shard as the record's own partition: no
+                        // hop, and the event goes as it was decoded.
+                        self.stats.routed(true);
+                        let record = Incoming {
+                            topic: m.topic.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                            timestamp: m.timestamp,
+                            key: Some(id.into_bytes()),
+                            headers: span.headers(),
+                            payload: m.payload.clone(),
+                        };
+                        local.push((record, Some(input(None))));
+                    } else {
+                        let origin = wire::Origin {
+                            topic: m.topic.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                        };
+                        let fwd = ctx.forward(&input(Some(origin)), span.headers());
+                        if self.in_place
+                            && !self.partitioner_warned.load(Ordering::Relaxed)
+                            && m.key.as_deref() == Some(key.as_bytes())
+                            && self.shards.contains_key(&m.partition)
+                        {
+                            // Keyed by its correlation key, yet on another
+                            // partition than murmur2 picks.
+                            self.partitioner_warned.store(true, Ordering::Relaxed);
+                            warn!(topic = %m.topic, partition = m.partition, %key, shard = ?fwd.partition, "an input keyed by its correlation key is not on the partition Kafka's default partitioner picks, so it takes the repartition hop: its producer must partition with murmur2 (librdkafka clients: partitioner=murmur2_random); baton_events_routed_total{{path=\"repartition\"}} counts these");
                         }
-                        Ok(None) => {}
-                        Err(e) => failures
-                            .push(format!("process {}: correlation failed: {e}", def.process)),
+                        self.stats.routed(false);
+                        out.push(fwd);
                     }
                 }
-                // A correlation that fails for one process is not an error when another
-                // process took the event; only an event no process could take is dead.
-                if routed == 0 && !failures.is_empty() {
-                    span.error(&failures.join("; "));
-                    out.push(ctx.dead_letter(&m, "correlation", &failures.join("; ")));
-                } else if routed == 0 {
-                    let reason = format!(
-                        "no process starts on or correlates events of type {}",
-                        event.kind
-                    );
+                if let Some((kind, reason)) = routes.dead(&event) {
                     span.error(&reason);
-                    out.push(ctx.dead_letter(&m, "no-process", &reason));
-                } else if !failures.is_empty() {
+                    out.push(ctx.dead_letter(&m, kind, &reason));
+                } else if !routes.failures.is_empty() {
                     debug!(
-                        ?failures,
+                        failures = ?routes.failures,
                         "processes that could not correlate an event another process took"
                     );
                 }

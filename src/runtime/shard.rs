@@ -1,10 +1,10 @@
-//! One shard: the instances of one repartition partition, their timers, and
-//! how a record on the shard's partition becomes engine steps and records to
-//! write. Shards never touch Kafka themselves: they return the records, so
-//! the runtime can process several shards in parallel and write their
-//! results into one transaction.
+//! A shard's records as the runtime sees them: each record is decoded into
+//! its typed input, applied to the pure [`crate::shard::Shard`], and the
+//! actions it returns become records, spans and counters. Shards never touch
+//! Kafka themselves: they return the records, so the runtime can process
+//! several shards in parallel and write their results into one transaction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
@@ -14,39 +14,122 @@ use tracing::{debug, info, warn};
 use super::stats::bump;
 use super::{Stats, now_ms, shard_of};
 use crate::config::Topics;
-use crate::engine::{self, Effect, Event, Input, Instance, Millis, Purpose, Registry, Rejection};
+use crate::engine::{self, Event, Millis, Purpose, Registry, Rejection};
 use crate::kafka::{Incoming, Outgoing};
+use crate::shard::{Action, Applied, Change, RETENTION_TIMER, Shard, ShardError};
 use crate::telemetry::{Span, Tracer};
 use crate::wire::{self, cloudevents};
 
 /// Bytes of a payload a dead letter keeps when the whole would be too large.
 pub(super) const TRUNCATED_PAYLOAD: usize = 4096;
 
-/// Timer id of the expiry of an ended instance's retention.
-pub(super) const RETENTION_TIMER: &str = "__retention__";
-
-/// The state a baton process holds for one shard it owns.
-pub(super) struct Shard {
-    pub instances: HashMap<String, Instance>,
-    pub timers: BTreeSet<(Millis, String, String)>,
+/// A shard this process owns: its state, and where it stands on its partition.
+pub(super) struct Owned {
+    pub state: Shard,
     /// Next offset of the shard's repartition partition.
     pub position: i64,
-    /// Timers already written as timer records (not fired twice while in flight).
-    pub in_flight: BTreeSet<(Millis, String, String)>,
     /// Keys whose latest changelog record came from an uncommitted transaction.
     pub repair: Vec<String>,
 }
 
-impl Shard {
-    pub fn add_timers(&mut self, id: &str, inst: &Instance, retention: Millis) {
-        for t in &inst.timers {
-            self.timers.insert((t.due, id.to_string(), t.id.clone()));
+/// An instance's snapshot to write: where the last record that changed it
+/// sits (its source topic, `""` for the repartition topic, and offset + 1),
+/// or `None` when it is forgotten.
+type Pending = Option<(String, u64)>;
+
+/// Version of the audit record's JSON (`{"v": 1, "shard": …, "entries": […]}`).
+pub(super) const AUDIT_VERSION: u32 = 1;
+
+/// What a shard's records of one batch produce: the records in order; the
+/// snapshots, one per instance however many of its inputs the batch holds;
+/// and the audit entries, packed into as few records as the size limit
+/// allows. [`Output::flush`] writes the last two.
+#[derive(Default)]
+pub(super) struct Output {
+    pub records: Vec<Outgoing>,
+    snapshots: BTreeMap<String, Pending>,
+    /// Audit entries in the order of the transitions, each as JSON.
+    audit: Vec<Vec<u8>>,
+}
+
+impl Output {
+    /// Writes the snapshots of the instances changed since the last flush,
+    /// and the audit entries since then. The shard keeps each instance as
+    /// the snapshot written for it until an input comes for it again.
+    pub fn flush(&mut self, shard: &mut Shard, p: i32, ctx: &Ctx<'_>) {
+        self.flush_audit(p, ctx);
+        for (id, pending) in std::mem::take(&mut self.snapshots) {
+            let payload = pending.and_then(|(origin, position)| {
+                shard
+                    .instance(&id)
+                    .map(|i| wire::encode_changelog_at(&origin, position, &i))
+            });
+            if let Some(record) = &payload {
+                shard.freeze(&id, record.clone());
+            }
+            self.records.push(ctx.changelog(p, &id, payload));
         }
-        if inst.status.is_ended() {
-            let due = inst.updated_at.saturating_add(retention);
-            self.timers
-                .insert((due, id.to_string(), RETENTION_TIMER.to_string()));
+    }
+
+    /// Packs the audit entries into records of at most the size limit, in
+    /// order: the audit partition of a shard reads as its transitions did.
+    fn flush_audit(&mut self, p: i32, ctx: &Ctx<'_>) {
+        let entries = std::mem::take(&mut self.audit);
+        if entries.is_empty() {
+            return;
         }
+        let head = format!("{{\"v\":{AUDIT_VERSION},\"shard\":{p},\"entries\":[");
+        // Room for the key, the headers and the record's framing.
+        let room = ctx.max_record.saturating_sub(head.len() + 256);
+        let mut body = head.clone().into_bytes();
+        let mut count = 0usize;
+        let pack = |body: Vec<u8>, count: usize| {
+            let mut body = body;
+            body.extend_from_slice(b"]}");
+            Outgoing {
+                topic: ctx.topics.audit(),
+                partition: Some(p),
+                key: format!("shard-{p}").into_bytes(),
+                payload: Some(body),
+                headers: vec![
+                    ("content-type".to_string(), b"application/json".to_vec()),
+                    (
+                        "baton.audit.entries".to_string(),
+                        count.to_string().into_bytes(),
+                    ),
+                ],
+            }
+        };
+        for e in entries {
+            if count > 0 && body.len() + 1 + e.len() > room {
+                self.records.push(pack(std::mem::take(&mut body), count));
+                body = head.clone().into_bytes();
+                count = 0;
+            }
+            if count > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&e);
+            count += 1;
+        }
+        self.records.push(pack(body, count));
+    }
+
+    fn change(&mut self, id: String, change: Change, source: &Incoming, ctx: &Ctx<'_>) {
+        let pending = match change {
+            Change::None => return,
+            Change::Forgotten => None,
+            Change::Saved => {
+                // The position guard: where the record that causes this change sits.
+                let origin = if source.topic == ctx.repartition {
+                    ""
+                } else {
+                    source.topic.as_str()
+                };
+                Some((origin.to_string(), (source.offset + 1).max(0) as u64))
+            }
+        };
+        self.snapshots.insert(id, pending);
     }
 }
 
@@ -54,7 +137,6 @@ impl Shard {
 pub(super) struct Ctx<'a> {
     pub registry: &'a Registry,
     pub topics: &'a Topics,
-    pub retention: Millis,
     pub partitions: i32,
     pub stats: &'a Stats,
     pub tracer: &'a Tracer,
@@ -139,29 +221,13 @@ impl Ctx<'_> {
 /// The records that write the shard's due timers to its partition; they fire
 /// when read back, so every state change has a position.
 pub(super) fn due_timers(
-    shard: &mut Shard,
+    shard: &mut Owned,
     p: i32,
     now: Millis,
     ctx: &Ctx<'_>,
     out: &mut Vec<Outgoing>,
 ) {
-    while let Some(timer) = shard.timers.first().filter(|t| t.0 <= now).cloned() {
-        shard.timers.remove(&timer);
-        if !shard.in_flight.insert(timer.clone()) {
-            continue;
-        }
-        let (at, id, timer_id) = timer;
-        let Some((process, key)) = id.split_once('/') else {
-            continue;
-        };
-        let record = ShardInput {
-            process: process.to_string(),
-            key: key.to_string(),
-            input: Kind::Timer {
-                timer: timer_id,
-                due: at,
-            },
-        };
+    for record in shard.state.due(now) {
         let mut r = ctx.forward(&record, Vec::new());
         r.partition = Some(p);
         out.push(r);
@@ -183,118 +249,95 @@ pub(super) fn decode(m: &Incoming) -> Result<ShardInput, String> {
 /// input when the caller decoded it already (in place), else it is decoded
 /// from the record.
 pub(super) fn handle(
-    shard: &mut Shard,
-    p: i32,
+    shard: &mut Owned,
     m: &Incoming,
     input: Option<ShardInput>,
     ctx: &Ctx<'_>,
-    out: &mut Vec<Outgoing>,
+    out: &mut Output,
 ) {
     if m.topic == ctx.repartition {
         shard.position = m.offset + 1;
     }
-    let decoded = match input {
+    let record = match input {
         Some(i) => i,
         None => match decode(m) {
             Ok(i) => i,
-            Err(reason) => return out.push(ctx.dead_letter(m, "undecodable", &reason)),
+            Err(reason) => return out.records.push(ctx.dead_letter(m, "undecodable", &reason)),
         },
     };
-    let name = decoded.name();
-    let ShardInput {
-        process,
-        key,
-        input: kind,
-    } = decoded;
     // Only a recording tracer needs the instance's trace.
     let instance_trace = if ctx.tracer.enabled() {
         shard
-            .instances
-            .get(&format!("{process}/{key}"))
-            .and_then(|i| i.trace.as_deref())
+            .state
+            .trace(&format!("{}/{}", record.process, record.key))
     } else {
         None
     };
     let mut span = ctx.tracer.shard(m, instance_trace);
-    span.set("baton.process", process.clone());
-    span.set("baton.instance.key", key.clone());
-    span.set("baton.input", name.to_string());
-    let input = match kind {
-        Kind::Event { event, .. } => Input::Event(event),
-        Kind::Call { parent, vars } => Input::Call { parent, vars },
-        Kind::Timer { timer, due } => {
-            let id = format!("{process}/{key}");
-            shard.in_flight.remove(&(due, id.clone(), timer.clone()));
+    span.set("baton.process", record.process.clone());
+    span.set("baton.instance.key", record.key.clone());
+    span.set("baton.input", record.name().to_string());
+    match &record.input {
+        Kind::Timer { timer, .. } => {
             if timer.contains("/timeout/") {
                 bump(&ctx.stats.timeouts);
             }
-            if timer == RETENTION_TIMER {
-                // The ended instance's retention passed: forget it, tombstone its key.
-                shard.instances.remove(&id);
-                return out.push(ctx.changelog(p, &id, None));
+            if timer != RETENTION_TIMER {
+                span.set("baton.timer", timer.clone());
             }
-            span.set("baton.timer", timer.clone());
-            return step(
-                shard,
-                p,
-                &process,
-                &key,
-                &Input::Timer(timer),
-                Some(due),
-                span,
-                m,
-                ctx,
-                out,
-            );
         }
-    };
-    if let Input::Event(e) = &input {
-        if let Some(f) = ctx.faults {
-            f.on_event(&e.id);
+        Kind::Event { event: e, .. } => {
+            if let Some(f) = ctx.faults {
+                f.on_event(&e.id);
+            }
+            span.set("messaging.message.id", e.id.clone());
+            span.set("cloudevents.event_id", e.id.clone());
+            span.set("cloudevents.event_type", e.kind.clone());
+            if ctx.log_payloads {
+                debug!(instance = %format!("{}/{}", record.process, record.key), event_id = %e.id, kind = %e.kind, data = %e.data, "event delivered");
+            }
         }
-        span.set("messaging.message.id", e.id.clone());
-        span.set("cloudevents.event_id", e.id.clone());
-        span.set("cloudevents.event_type", e.kind.clone());
-        if ctx.log_payloads {
-            debug!(instance = %format!("{process}/{key}"), event_id = %e.id, kind = %e.kind, data = %e.data, "event delivered");
+        Kind::Call { .. } | Kind::Operator(_) => {}
+    }
+    let now = m.timestamp.unwrap_or_else(now_ms);
+    let trace = span.traceparent();
+    match shard.state.apply(ctx.registry, record, now, trace) {
+        Ok(applied) => carry_out(applied, span, m, ctx, out),
+        Err(e) => {
+            let kind = match e {
+                ShardError::Undeployed { .. } => "no-definition",
+                ShardError::State { .. } => "undecodable-state",
+            };
+            let reason = e.to_string();
+            span.error(&reason);
+            out.records.push(ctx.dead_letter(m, kind, &reason));
         }
     }
-    step(shard, p, &process, &key, &input, None, span, m, ctx, out);
 }
 
 /// A record of the shard's partition that is not processed: it becomes a
 /// dead letter, and the instance it is for, where that exists, gets an
 /// incident naming it.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn refuse(
-    shard: &mut Shard,
-    p: i32,
+    shard: &mut Owned,
     m: &Incoming,
     input: Option<ShardInput>,
     kind: &str,
     reason: &str,
     ctx: &Ctx<'_>,
-    out: &mut Vec<Outgoing>,
+    out: &mut Output,
 ) {
     if m.topic == ctx.repartition {
         shard.position = m.offset + 1;
     }
-    out.push(ctx.dead_letter(m, kind, reason));
-    let Some(ShardInput {
-        process,
-        key,
-        input: Kind::Event { event, .. },
-    }) = input.or_else(|| decode(m).ok())
-    else {
+    out.records.push(ctx.dead_letter(m, kind, reason));
+    let Some(record) = input.or_else(|| decode(m).ok()) else {
         return;
     };
-    if shard.instances.contains_key(&format!("{process}/{key}")) {
-        let input = Input::Refused {
-            event,
-            reason: reason.to_string(),
-        };
+    let now = m.timestamp.unwrap_or_else(now_ms);
+    if let Ok(Some(applied)) = shard.state.refuse(ctx.registry, record, reason, now) {
         let span = ctx.tracer.shard(m, None);
-        step(shard, p, &process, &key, &input, None, span, m, ctx, out);
+        carry_out(applied, span, m, ctx, out);
     }
 }
 
@@ -308,78 +351,38 @@ fn command_kind(c: &engine::Command) -> &'static str {
     }
 }
 
-/// Runs one engine step for an instance and turns its effects into records.
-#[allow(clippy::too_many_arguments)]
-fn step(
-    shard: &mut Shard,
-    p: i32,
-    process: &str,
-    key: &str,
-    input: &Input,
-    at: Option<Millis>,
-    mut span: Span,
-    source: &Incoming,
-    ctx: &Ctx<'_>,
-    out: &mut Vec<Outgoing>,
-) {
-    let id = format!("{process}/{key}");
-    // The position guard: where the record that causes this change sits.
-    let position = (source.offset + 1).max(0) as u64;
-    let origin = if source.topic == ctx.repartition {
-        ""
-    } else {
-        source.topic.as_str()
-    };
-    let existing_version = shard.instances.get(&id).map(|i| i.version);
-    let def = match existing_version {
-        Some(v) => ctx.registry.get(process, v),
-        None => ctx.registry.latest(process),
+/// Maps what the shard did for one input to records, spans and counters.
+fn carry_out(applied: Applied, mut span: Span, source: &Incoming, ctx: &Ctx<'_>, out: &mut Output) {
+    let Applied {
+        id,
+        at: now,
+        version,
+        status,
+        started,
+        transitions,
+        change,
+        actions,
+    } = applied;
+    let (process, key) = id.split_once('/').unwrap_or((id.as_str(), ""));
+    if let Some(v) = version {
+        span.set("baton.process.version", i64::from(v));
     }
-    .cloned();
-    let Some(def) = def else {
-        let reason =
-            format!("process {process} (version {existing_version:?}) is not deployed here");
-        span.error(&reason);
-        return out.push(ctx.dead_letter(source, "no-definition", &reason));
-    };
-    span.set("baton.process.version", i64::from(def.version));
-    // Time comes from the input, never from the clock: the event's own time,
-    // else the time its record was written (a timer's: its due time), so
-    // processing a partition again gives the same result.
-    let now = match (at, input) {
-        (Some(t), _) => t,
-        (None, Input::Event(e)) if e.time > 0 => e.time,
-        _ => source.timestamp.unwrap_or_else(now_ms),
-    };
-    let inst = shard.instances.entry(id.clone()).or_insert_with(|| {
-        let mut i = Instance::new(&def.process, def.version, key);
-        i.definition = def.hash.clone();
-        i
-    });
-    let was_pending = inst.status == engine::Status::Pending;
-    let transitions = inst.transitions;
-    let effects = engine::apply(&def, inst, input, now);
-    if was_pending && inst.status == engine::Status::Active {
+    if started {
         ctx.stats.started(process);
     }
-    ctx.stats
-        .transitions(process, inst.transitions.saturating_sub(transitions));
-    if inst.trace.is_none() {
-        // The instance's trace: inputs without a trace context join it later.
-        inst.trace = span.traceparent();
+    if transitions > 0 {
+        ctx.stats.transitions(process, transitions);
     }
-    span.set("baton.instance.status", inst.status.as_str());
-    let snapshot = wire::encode_changelog_at(origin, position, inst);
-    let vars = inst.vars.clone();
-    let version = i64::from(def.version);
-    let mut discard = false;
+    if let Some(s) = status {
+        span.set("baton.instance.status", s.as_str());
+    }
+    let version = i64::from(version.unwrap_or_default());
     let mut compensating = false;
-    // Effects after an `Entered` belong to that step: its span is their parent.
+    // Actions after an `Entered` belong to that step: its span is their parent.
     let mut step_span: Option<Span> = None;
-    for fx in effects {
-        match fx {
-            Effect::Entered(idx) => {
-                let name = def.steps.get(idx).map_or("?", |s| s.id.as_str());
+    for action in actions {
+        match action {
+            Action::Entered(name) => {
                 step_span = Some(span.child(
                     || format!("step {name}"),
                     SpanKind::Internal,
@@ -388,12 +391,12 @@ fn step(
                             KeyValue::new("baton.process", process.to_string()),
                             KeyValue::new("baton.process.version", version),
                             KeyValue::new("baton.instance.key", key.to_string()),
-                            KeyValue::new("baton.step", name.to_string()),
+                            KeyValue::new("baton.step", name.clone()),
                         ]
                     },
                 ));
             }
-            Effect::Command(c) => {
+            Action::Command(c) => {
                 ctx.stats.command(process, c.purpose, c.attempt);
                 compensating |= c.purpose == Purpose::Compensation;
                 let kind = command_kind(&c);
@@ -417,7 +420,7 @@ fn step(
                 );
                 let (headers, payload) =
                     cloudevents::encode_command(&c, process, now, send.headers());
-                out.push(Outgoing {
+                out.records.push(Outgoing {
                     topic: c.topic.clone(),
                     partition: None,
                     key: c.key.clone().into_bytes(),
@@ -425,14 +428,8 @@ fn step(
                     headers,
                 });
             }
-            Effect::ScheduleTimer(t) => {
-                shard.timers.insert((t.due, id.clone(), t.id));
-            }
-            Effect::CancelTimer(t) => {
-                // O(log n): the index is ordered by due time first.
-                shard.timers.remove(&(t.due, id.clone(), t.id));
-            }
-            Effect::Audit(a) => {
+            Action::Scheduled(_) | Action::Variables(_) => {}
+            Action::Audit(a) => {
                 if !a.before.is_empty() {
                     // The step(s) the input found the instance at.
                     span.set("baton.step", a.before.join(","));
@@ -442,15 +439,10 @@ fn step(
                     "key": a.key, "cause": format!("{:?}", a.cause), "before": a.before,
                     "after": a.after, "status": a.status.as_str(),
                 });
-                out.push(Outgoing {
-                    topic: ctx.topics.audit(),
-                    partition: Some(p),
-                    key: id.clone().into_bytes(),
-                    payload: Some(serde_json::to_vec(&body).unwrap_or_default()),
-                    headers: Vec::new(),
-                });
+                out.audit
+                    .push(serde_json::to_vec(&body).unwrap_or_default());
             }
-            Effect::IncidentRaised {
+            Action::Incident {
                 id: n,
                 step,
                 reason,
@@ -466,50 +458,28 @@ fn step(
                 );
                 warn!(instance = %id, incident = n, step, reason, "incident raised");
             }
-            Effect::IncidentResolved {
+            Action::Resolved {
                 id: n, resolution, ..
             } => {
                 info!(instance = %id, incident = n, resolution, "incident resolved");
             }
-            Effect::VariablesChanged(_) => {}
-            Effect::StartProcess {
-                process: child,
-                key: ckey,
-                vars,
-                parent,
-            } => {
-                let record = ShardInput {
-                    process: child,
-                    key: ckey,
-                    input: Kind::Call { parent, vars },
+            Action::Forward(record) => {
+                // A call belongs to its step; a child's end to the input.
+                let parent = match record.input {
+                    Kind::Call { .. } => step_span.as_ref().unwrap_or(&span),
+                    _ => &span,
                 };
-                let trace = step_span.as_ref().unwrap_or(&span).headers();
-                out.push(ctx.forward(&record, trace));
+                let headers = parent.headers();
+                out.records.push(ctx.forward(&record, headers));
             }
-            Effect::Ended { status, parent } => {
+            Action::Ended(status) => {
                 ctx.stats.ended(process, status);
                 span.event(
                     "instance ended",
                     vec![KeyValue::new("baton.instance.status", status.as_str())],
                 );
-                let due = now.saturating_add(ctx.retention);
-                shard
-                    .timers
-                    .insert((due, id.clone(), RETENTION_TIMER.to_string()));
-                if let Some(parent) = parent {
-                    let record = ShardInput {
-                        input: Kind::Event {
-                            event: Event::child_ended(process, key, status, &vars, now),
-                            origin: None,
-                        },
-                        process: parent.process,
-                        key: parent.key,
-                    };
-                    out.push(ctx.forward(&record, span.headers()));
-                }
             }
-            Effect::Discard => discard = true,
-            Effect::Rejected { event, reason } => {
+            Action::Rejected { event, reason } => {
                 if reason == Rejection::Duplicate {
                     ctx.stats.metrics.duplicates.inc();
                     debug!(instance = %id, event_id = %event.id, "duplicate event ignored");
@@ -522,7 +492,8 @@ fn step(
                         KeyValue::new("baton.reason", reason.to_string()),
                     ],
                 );
-                out.push(rejected(&id, &event, &reason, source, ctx));
+                out.records
+                    .push(rejected(&id, &event, &reason, source, ctx));
             }
         }
     }
@@ -530,10 +501,7 @@ fn step(
     if compensating {
         ctx.stats.compensated(process);
     }
-    if discard {
-        shard.instances.remove(&id);
-    }
-    out.push(ctx.changelog(p, &id, if discard { None } else { Some(snapshot) }));
+    out.change(id, change, source, ctx);
 }
 
 /// The dead-letter record of an event an instance did not use.
@@ -623,12 +591,10 @@ mod tests {
         reg
     }
 
-    fn shard() -> Shard {
-        Shard {
-            instances: HashMap::new(),
-            timers: BTreeSet::new(),
+    fn shard() -> Owned {
+        Owned {
+            state: Shard::new(Some(3_600_000)),
             position: 0,
-            in_flight: BTreeSet::new(),
             repair: Vec::new(),
         }
     }
@@ -645,7 +611,6 @@ mod tests {
         let ctx = Ctx {
             registry: &registry,
             topics: &topics,
-            retention: 3_600_000,
             partitions: 2,
             stats: &stats,
             tracer: &tracer,
@@ -682,16 +647,22 @@ mod tests {
         let mut runs = Vec::new();
         for _ in 0..2 {
             let mut s = shard();
-            let mut out = Vec::new();
-            handle(&mut s, 0, &record, None, &ctx, &mut out);
+            let mut out = Output::default();
+            handle(&mut s, &record, None, &ctx, &mut out);
+            out.flush(&mut s.state, 0, &ctx);
             let inst = s
-                .instances
-                .get("order-to-cash/o-1")
+                .state
+                .instance("order-to-cash/o-1")
                 .expect("started")
-                .clone();
+                .into_owned();
             assert_eq!(inst.updated_at, written);
             std::thread::sleep(std::time::Duration::from_millis(5));
-            runs.push((inst, s.timers));
+            let records: Vec<_> = out
+                .records
+                .into_iter()
+                .map(|r| (r.topic, r.key, r.payload))
+                .collect();
+            runs.push((inst, s.state.timers().clone(), records));
         }
         assert_eq!(runs[0], runs[1], "the same record gave another state");
         assert!(
@@ -700,5 +671,178 @@ mod tests {
                 .iter()
                 .all(|(due, _, _)| *due > written && *due < written + 86_400_000)
         );
+        assert!(
+            runs[0]
+                .2
+                .iter()
+                .any(|(topic, _, _)| *topic == topics.changelog()),
+            "no snapshot written"
+        );
+    }
+
+    /// Before, every input wrote its instance's snapshot: an instance with
+    /// three inputs in one batch wrote three. Now it writes one, of its
+    /// state after the last, guarded by that input's position.
+    #[test]
+    fn a_batch_writes_one_snapshot_per_instance() {
+        let registry = registry();
+        let topics = Topics::default();
+        let stats = Stats::default();
+        let tracer = Tracer::disabled();
+        let ctx = Ctx {
+            registry: &registry,
+            topics: &topics,
+            partitions: 1,
+            stats: &stats,
+            tracer: &tracer,
+            repartition: "baton.repartition",
+            log_payloads: false,
+            max_record: usize::MAX,
+            faults: None,
+        };
+        let event = |n: i64, kind: &str, data: Json| {
+            let body = ShardInput {
+                process: "order-to-cash".into(),
+                key: "o-1".into(),
+                input: Kind::Event {
+                    event: Event {
+                        id: format!("e-{n}"),
+                        kind: kind.into(),
+                        source: "test".into(),
+                        time: 1_700_000_000_000 + n as u64,
+                        data,
+                    },
+                    origin: None,
+                },
+            };
+            Incoming {
+                topic: "baton.repartition".into(),
+                partition: 0,
+                offset: n,
+                timestamp: Some(1_700_000_000_000),
+                key: Some(b"order-to-cash/o-1".to_vec()),
+                headers: Vec::new(),
+                payload: Some(wire::encode_shard(&body)),
+            }
+        };
+        let records = [
+            event(
+                10,
+                "com.acme.order.placed",
+                json!({"orderId": "o-1", "customerId": "c-1", "total": 5, "lines": [], "address": "x"}),
+            ),
+            event(
+                11,
+                "com.acme.inventory.reserved",
+                json!({"orderId": "o-1", "reservationId": "r-1"}),
+            ),
+        ];
+        for every_record in [false, true] {
+            let mut s = shard();
+            let mut out = Output::default();
+            for m in &records {
+                handle(&mut s, m, None, &ctx, &mut out);
+                if every_record {
+                    out.flush(&mut s.state, 0, &ctx);
+                }
+            }
+            out.flush(&mut s.state, 0, &ctx);
+            let snapshots: Vec<_> = out
+                .records
+                .iter()
+                .filter(|r| r.topic == topics.changelog())
+                .collect();
+            assert_eq!(snapshots.len(), if every_record { 2 } else { 1 });
+            let last = snapshots
+                .last()
+                .and_then(|r| r.payload.as_deref())
+                .expect("a snapshot");
+            let (origin, position, inst) = wire::decode_changelog_at(last).expect("decodes");
+            assert_eq!((origin.as_str(), position), ("", 12));
+            assert_eq!(
+                Some(&inst),
+                s.state.instance("order-to-cash/o-1").as_deref()
+            );
+            assert!(inst.transitions >= 2, "both inputs applied");
+            // The audit: packed per flush, every entry there and in order.
+            let audits: Vec<Json> = out
+                .records
+                .iter()
+                .filter(|r| r.topic == topics.audit())
+                .map(|r| {
+                    serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).expect("JSON")
+                })
+                .collect();
+            assert_eq!(audits.len(), if every_record { 2 } else { 1 });
+            let entries: Vec<&Json> = audits
+                .iter()
+                .flat_map(|a| {
+                    assert_eq!(a["v"], json!(AUDIT_VERSION));
+                    assert_eq!(a["shard"], json!(0));
+                    a["entries"].as_array().expect("entries")
+                })
+                .collect();
+            assert_eq!(entries.len(), 2, "{entries:?}");
+            assert!(
+                entries[0]["cause"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("e-10")
+            );
+            assert!(
+                entries[1]["cause"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("e-11")
+            );
+        }
+    }
+
+    /// Audit entries that do not fit one record under the size limit are
+    /// split over several, in order; none is lost.
+    #[test]
+    fn audit_entries_are_split_at_the_size_limit() {
+        let registry = registry();
+        let topics = Topics::default();
+        let stats = Stats::default();
+        let tracer = Tracer::disabled();
+        let ctx = Ctx {
+            registry: &registry,
+            topics: &topics,
+            partitions: 1,
+            stats: &stats,
+            tracer: &tracer,
+            repartition: "baton.repartition",
+            log_payloads: false,
+            max_record: 1_000,
+            faults: None,
+        };
+        let mut out = Output::default();
+        for n in 0..25 {
+            out.audit
+                .push(format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(60)).into_bytes());
+        }
+        out.flush(&mut Shard::new(None), 3, &ctx);
+        assert!(
+            out.records.len() > 2,
+            "split into {} records",
+            out.records.len()
+        );
+        let mut seen = Vec::new();
+        for r in &out.records {
+            assert!(crate::kafka::record_size(r) <= 1_000);
+            assert_eq!(r.partition, Some(3));
+            let v: Json =
+                serde_json::from_slice(r.payload.as_deref().unwrap_or_default()).expect("JSON");
+            let entries = v["entries"].as_array().expect("entries");
+            let header = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == "baton.audit.entries")
+                .map(|(_, v)| v.clone());
+            assert_eq!(header, Some(entries.len().to_string().into_bytes()));
+            seen.extend(entries.iter().filter_map(|e| e["n"].as_u64()));
+        }
+        assert_eq!(seen, (0..25).collect::<Vec<u64>>());
     }
 }

@@ -139,6 +139,7 @@ impl Runtime {
             );
         }
         self.stats.transaction(true);
+        self.every_record = false;
         if let Ok(mut t) = self.txn.lock() {
             *t = Txn::default();
         }
@@ -239,8 +240,8 @@ impl Runtime {
             let payload = self
                 .shards
                 .get(&p)
-                .and_then(|s| s.instances.get(&key))
-                .map(|i| wire::encode_changelog_at(source, position, i));
+                .and_then(|s| s.state.instance(&key))
+                .map(|i| wire::encode_changelog_at(source, position, &i));
             let r = Outgoing {
                 topic: self.changelog.clone(),
                 partition: Some(p),

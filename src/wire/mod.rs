@@ -9,8 +9,10 @@
 //! it never panics.
 
 pub mod cloudevents;
+mod peek;
 mod shard;
 
+pub use peek::{Peek, changelog_position, peek_changelog};
 pub use shard::{Origin, ShardInputKind, ShardRecord, decode_shard, encode_shard};
 
 use prost::Message;
@@ -222,16 +224,7 @@ fn from_proto(s: pb::InstanceSnapshot) -> Result<Instance, WireError> {
     if s.process.is_empty() {
         return Err(bad("process", "empty"));
     }
-    let status = match pb::Status::try_from(s.status) {
-        Ok(pb::Status::Pending) => Status::Pending,
-        Ok(pb::Status::Active) => Status::Active,
-        Ok(pb::Status::Completed) => Status::Completed,
-        Ok(pb::Status::Failed) => Status::Failed,
-        Ok(pb::Status::Cancelled) => Status::Cancelled,
-        Ok(pb::Status::Unspecified) | Err(_) => {
-            return Err(bad("status", format!("unknown value {}", s.status)));
-        }
-    };
+    let status = peek::status(s.status)?;
     let mut vars = Vars::new();
     for (k, v) in &s.vars {
         vars.insert(k.clone(), json(&format!("vars.{k}"), v)?);

@@ -4,7 +4,7 @@
 use prost::Message;
 
 use super::{WireError, bad, pb};
-use crate::engine::{Event, Millis, ParentRef, Vars};
+use crate::engine::{Action, Event, Millis, ParentRef, Vars};
 
 /// Where an event entered baton.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,7 @@ pub enum ShardInputKind {
         parent: ParentRef,
         vars: Vars,
     },
+    Operator(Action),
 }
 
 /// A shard record: for which instance, and what.
@@ -40,12 +41,13 @@ pub struct ShardRecord {
 }
 
 impl ShardRecord {
-    /// `event`, `timer` or `call`.
+    /// `event`, `timer`, `call` or `operator`.
     pub fn name(&self) -> &'static str {
         match self.input {
             ShardInputKind::Event { .. } => "event",
             ShardInputKind::Timer { .. } => "timer",
             ShardInputKind::Call { .. } => "call",
+            ShardInputKind::Operator(_) => "operator",
         }
     }
 }
@@ -76,6 +78,7 @@ pub fn encode_shard(r: &ShardRecord) -> Vec<u8> {
             parent_version: parent.version,
             vars: serde_json::to_vec(vars).unwrap_or_default(),
         }),
+        ShardInputKind::Operator(a) => Input::Operator(encode_action(a)),
     };
     pb::ShardRecord {
         process: r.process.clone(),
@@ -122,11 +125,62 @@ pub fn decode_shard(bytes: &[u8]) -> Result<ShardRecord, WireError> {
             vars: serde_json::from_slice(&c.vars)
                 .map_err(|err| bad("call.vars", err.to_string()))?,
         },
+        Some(Input::Operator(o)) => ShardInputKind::Operator(decode_action(o)?),
     };
     Ok(ShardRecord {
         process: r.process,
         key: r.key,
         input,
+    })
+}
+
+fn encode_action(a: &Action) -> pb::OperatorInput {
+    use pb::operator_input::Action as A;
+    let action = match a {
+        Action::Retry { incident } => A::Retry(pb::Resolve {
+            incident: *incident,
+        }),
+        Action::Skip { incident } => A::Skip(pb::Resolve {
+            incident: *incident,
+        }),
+        Action::Cancel { compensate, reason } => A::Cancel(pb::Cancel {
+            compensate: *compensate,
+            reason: reason.clone(),
+        }),
+        Action::SetVariable { name, value } => A::Set(pb::SetVariable {
+            name: name.clone(),
+            value: serde_json::to_vec(value).unwrap_or_default(),
+        }),
+    };
+    pb::OperatorInput {
+        action: Some(action),
+    }
+}
+
+fn decode_action(o: pb::OperatorInput) -> Result<Action, WireError> {
+    use pb::operator_input::Action as A;
+    Ok(match o.action {
+        None => return Err(bad("operator.action", "missing")),
+        Some(A::Retry(r)) => Action::Retry {
+            incident: r.incident,
+        },
+        Some(A::Skip(r)) => Action::Skip {
+            incident: r.incident,
+        },
+        Some(A::Cancel(c)) => Action::Cancel {
+            compensate: c.compensate,
+            reason: c.reason,
+        },
+        Some(A::Set(s)) => {
+            if s.name.is_empty() {
+                return Err(bad("operator.set.name", "empty"));
+            }
+            Action::SetVariable {
+                name: s.name,
+                value: serde_json::from_slice(&s.value)
+                    .map_err(|err| bad("operator.set.value", err.to_string()))?,
+            }
+        }
     })
 }
 
@@ -177,6 +231,23 @@ mod tests {
                 },
             },
         ];
+        let actions = [
+            Action::Retry { incident: Some(3) },
+            Action::Skip { incident: None },
+            Action::Cancel {
+                compensate: true,
+                reason: "customer asked".into(),
+            },
+            Action::SetVariable {
+                name: "limit".into(),
+                value: json!({"eur": 5000}),
+            },
+        ];
+        let records = records.into_iter().chain(actions.map(|a| ShardRecord {
+            process: "p".into(),
+            key: "k".into(),
+            input: ShardInputKind::Operator(a),
+        }));
         for r in records {
             assert_eq!(decode_shard(&encode_shard(&r)).expect("decodes"), r);
         }

@@ -8,6 +8,10 @@
 #![allow(dead_code)]
 
 pub mod admin;
+/// The broker launcher of `baton bench` (binary-side), compiled into the
+/// tests from the same source, so both run one broker set-up.
+#[path = "../../src/bench/broker.rs"]
+pub mod broker;
 pub mod oracle;
 pub mod orders;
 pub mod otlp;
@@ -17,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use baton::bench::broker::LocalKafka;
+use broker::LocalKafka;
 
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {

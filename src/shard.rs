@@ -1,0 +1,855 @@
+//! A shard as a state machine: the instances of one partition, their timers,
+//! and what one input does to them.
+//!
+//! [`Shard::apply`] takes one typed input ([`ShardRecord`]: an event, a due
+//! timer, a call, an operator action) and the time it happens at, and returns
+//! [`Applied`]: whether the instance's state changed and the [`Action`]s the
+//! caller carries out. Nothing here knows Kafka, the clock, spans or metrics:
+//! `baton run` maps actions to records, spans and counters, and `baton
+//! simulate` runs the same code on a virtual clock, so a scenario that passes
+//! in simulation takes the same steps in production.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::engine::{
+    self, Audit, Command, Effect, Event, Input, Instance, Millis, Registry, Rejection, Status,
+    Timer,
+};
+use crate::wire::{self, ShardInputKind as Kind, ShardRecord};
+
+/// Timer id of the expiry of an ended instance's retention.
+pub const RETENTION_TIMER: &str = "__retention__";
+
+/// A pending timer: due time, instance id (`process/key`), timer id; the
+/// ids are the shard's own copies, shared with its instance map.
+pub type TimerKey = (Millis, Arc<str>, Arc<str>);
+
+/// What an input asked of the shard that it cannot do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("process {process} (version {version:?}) is not deployed here")]
+    Undeployed {
+        process: String,
+        version: Option<u32>,
+    },
+    #[error("the state of instance {id} does not decode: {reason}")]
+    State { id: String, reason: String },
+}
+
+/// What the caller carries out for one input, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// The instance entered this step: the actions that follow, up to the
+    /// next `Entered`, were caused by entering it.
+    Entered(String),
+    /// Publish a command event.
+    Command(Command),
+    /// A timer was scheduled (the shard holds it until it falls due).
+    Scheduled(Timer),
+    /// One transition, for the audit trail.
+    Audit(Audit),
+    /// These variables changed.
+    Variables(Vec<String>),
+    Incident {
+        id: u32,
+        step: String,
+        reason: String,
+    },
+    Resolved {
+        id: u32,
+        step: String,
+        resolution: String,
+    },
+    /// An input for another instance, on its own shard: a call's start, or
+    /// the end of a child told to its caller.
+    Forward(ShardRecord),
+    /// The instance ended.
+    Ended(Status),
+    /// An event the instance did not use ([`Rejection::Duplicate`]: seen before).
+    Rejected {
+        event: Box<Event>,
+        reason: Rejection,
+    },
+}
+
+/// How an input changed the instance's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing to write: the input found no instance to act on.
+    None,
+    /// The instance's state is new: write its snapshot.
+    Saved,
+    /// The instance is gone (its retention passed, or it held nothing):
+    /// delete its snapshot.
+    Forgotten,
+}
+
+/// What applying one input did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The instance, `process/key`.
+    pub id: String,
+    /// The time the input ran at.
+    pub at: Millis,
+    /// The definition version the instance runs, when an engine step ran.
+    pub version: Option<u32>,
+    /// The instance's status after the input.
+    pub status: Option<Status>,
+    /// The input started the instance.
+    pub started: bool,
+    /// Transitions the input caused.
+    pub transitions: u64,
+    pub change: Change,
+    pub actions: Vec<Action>,
+}
+
+impl Applied {
+    fn nothing(id: String, at: Millis, change: Change) -> Applied {
+        Applied {
+            id,
+            at,
+            version: None,
+            status: None,
+            started: false,
+            transitions: 0,
+            change,
+            actions: Vec::new(),
+        }
+    }
+}
+
+/// The instances that an event concerns under the latest deployed
+/// definitions, and the processes that could not correlate it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routes {
+    /// `(process, key)` of every instance the event goes to.
+    pub to: Vec<(String, String)>,
+    /// Why a process that might want it could not say which instance.
+    pub failures: Vec<String>,
+}
+
+impl Routes {
+    /// When no instance takes the event: the dead-letter kind and reason.
+    pub fn dead(&self, event: &Event) -> Option<(&'static str, String)> {
+        if !self.to.is_empty() {
+            None
+        } else if self.failures.is_empty() {
+            Some((
+                "no-process",
+                format!(
+                    "no process starts on or correlates events of type {}",
+                    event.kind
+                ),
+            ))
+        } else {
+            // A correlation that fails for one process is not an error when
+            // another process took the event; only an event no process could
+            // take is dead.
+            Some(("correlation", self.failures.join("; ")))
+        }
+    }
+}
+
+/// Which instances an event goes to.
+pub fn route(registry: &Registry, event: &Event) -> Routes {
+    let mut routes = Routes::default();
+    for def in registry.latest_all() {
+        match engine::route(def, event) {
+            Ok(Some(r)) => routes.to.push((def.process.clone(), r.key)),
+            Ok(None) => {}
+            Err(e) => routes
+                .failures
+                .push(format!("process {}: correlation failed: {e}", def.process)),
+        }
+    }
+    routes
+}
+
+/// An instance as the shard holds it.
+#[derive(Debug, Clone, PartialEq)]
+enum Slot {
+    /// Decoded: changed since it was last [frozen](Shard::freeze), or never frozen.
+    Hot(Box<Instance>),
+    /// Not touched since its snapshot was written: the snapshot's changelog
+    /// record, decoded when an input comes for it.
+    Cold(Cold),
+}
+
+/// An untouched instance: its changelog record and what summaries need.
+#[derive(Debug, Clone, PartialEq)]
+struct Cold {
+    record: Box<[u8]>,
+    version: u32,
+    status: Status,
+    incidents: u32,
+    trace: Option<Box<str>>,
+}
+
+/// What the shard knows of an instance without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary<'a> {
+    /// `process/key`.
+    pub id: &'a str,
+    pub process: &'a str,
+    pub version: u32,
+    pub status: Status,
+    /// Open incidents.
+    pub incidents: usize,
+}
+
+/// The instances and timers of one shard. An instance an input touched is
+/// held decoded until the caller [freezes](Shard::freeze) it with the
+/// snapshot it wrote; an idle one costs its snapshot's bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shard {
+    instances: HashMap<Arc<str>, Slot>,
+    timers: BTreeSet<TimerKey>,
+    /// Timers handed out by [`Shard::due`] whose input has not come back yet.
+    in_flight: BTreeSet<TimerKey>,
+    /// Timer ids, held once however many instances use them.
+    names: HashSet<Arc<str>>,
+    /// How long an ended instance is kept; `None`: for ever.
+    retention: Option<Millis>,
+}
+
+impl Shard {
+    /// An empty shard that keeps ended instances for `retention`.
+    pub fn new(retention: Option<Millis>) -> Shard {
+        Shard {
+            retention,
+            ..Shard::default()
+        }
+    }
+
+    /// The shard's one copy of a timer id.
+    fn name(names: &mut HashSet<Arc<str>>, id: &str) -> Arc<str> {
+        if let Some(n) = names.get(id) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(id);
+        names.insert(n.clone());
+        n
+    }
+
+    /// Schedules the timers of an instance as it was restored, and the end
+    /// of its retention when it has ended.
+    fn arm(&mut self, id: &Arc<str>, timers: &[(&str, Millis)], ended_at: Option<Millis>) {
+        for (timer, due) in timers {
+            let name = Shard::name(&mut self.names, timer);
+            self.timers.insert((*due, id.clone(), name));
+        }
+        if let (Some(at), Some(r)) = (ended_at, self.retention) {
+            let name = Shard::name(&mut self.names, RETENTION_TIMER);
+            self.timers.insert((at.saturating_add(r), id.clone(), name));
+        }
+    }
+
+    /// Adds an instance, decoded, with its timers.
+    pub fn insert(&mut self, id: String, inst: Instance) {
+        let id: Arc<str> = Arc::from(id);
+        let timers: Vec<(&str, Millis)> =
+            inst.timers.iter().map(|t| (t.id.as_str(), t.due)).collect();
+        let ended = inst.status.is_ended().then_some(inst.updated_at);
+        self.arm(&id, &timers, ended);
+        self.instances.insert(id, Slot::Hot(Box::new(inst)));
+    }
+
+    /// Adds an instance as its changelog record (`crate::wire`'s
+    /// `encode_changelog_at`), with the summary `peek` read from it: it is
+    /// decoded only when an input comes for it.
+    pub fn insert_record(&mut self, id: String, record: Vec<u8>, peek: &wire::Peek) {
+        let id: Arc<str> = Arc::from(id);
+        let timers: Vec<(&str, Millis)> = peek
+            .timers
+            .iter()
+            .map(|(t, due)| (t.as_str(), *due))
+            .collect();
+        let ended = peek.status.is_ended().then_some(peek.updated_at);
+        self.arm(&id, &timers, ended);
+        let cold = Cold {
+            record: record.into_boxed_slice(),
+            version: peek.version,
+            status: peek.status,
+            incidents: peek.incidents as u32,
+            trace: peek.trace.as_deref().map(Box::from),
+        };
+        self.instances.insert(id, Slot::Cold(cold));
+    }
+
+    /// Marks an instance untouched: `record` is the changelog record just
+    /// written for it, what it is kept as until an input comes for it.
+    pub fn freeze(&mut self, id: &str, record: Vec<u8>) {
+        if let Some(slot) = self.instances.get_mut(id)
+            && let Slot::Hot(inst) = slot
+        {
+            *slot = Slot::Cold(Cold {
+                record: record.into_boxed_slice(),
+                version: inst.version,
+                status: inst.status,
+                incidents: inst.incidents.len() as u32,
+                trace: inst.trace.as_deref().map(Box::from),
+            });
+        }
+    }
+
+    /// An instance, decoded (`None` also when its record no longer decodes).
+    pub fn instance(&self, id: &str) -> Option<Cow<'_, Instance>> {
+        match self.instances.get(id)? {
+            Slot::Hot(i) => Some(Cow::Borrowed(i)),
+            Slot::Cold(c) => thaw(&c.record).ok().map(Cow::Owned),
+        }
+    }
+
+    /// Every instance, decoded.
+    pub fn instances(&self) -> impl Iterator<Item = Cow<'_, Instance>> {
+        self.instances.keys().filter_map(|id| self.instance(id))
+    }
+
+    /// What the shard knows of every instance without decoding one.
+    pub fn summaries(&self) -> impl Iterator<Item = Summary<'_>> {
+        self.instances.iter().map(|(id, slot)| {
+            let (version, status, incidents) = match slot {
+                Slot::Hot(i) => (i.version, i.status, i.incidents.len()),
+                Slot::Cold(c) => (c.version, c.status, c.incidents as usize),
+            };
+            Summary {
+                id,
+                process: id.split_once('/').map_or(id.as_ref(), |(p, _)| p),
+                version,
+                status,
+                incidents,
+            }
+        })
+    }
+
+    /// The trace context an instance keeps (see [`Shard::apply`]).
+    pub fn trace(&self, id: &str) -> Option<&str> {
+        match self.instances.get(id)? {
+            Slot::Hot(i) => i.trace.as_deref(),
+            Slot::Cold(c) => c.trace.as_deref(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// The pending timers, by due time.
+    pub fn timers(&self) -> &BTreeSet<TimerKey> {
+        &self.timers
+    }
+
+    /// The timers due at `now`, as the inputs that fire them. Each is handed
+    /// out once: it stays in flight until its input is applied.
+    pub fn due(&mut self, now: Millis) -> Vec<ShardRecord> {
+        std::iter::from_fn(|| self.next_due(now)).collect()
+    }
+
+    /// The first timer due at `now`, as the input that fires it.
+    pub fn next_due(&mut self, now: Millis) -> Option<ShardRecord> {
+        while let Some(timer) = self.timers.pop_first() {
+            if timer.0 > now {
+                self.timers.insert(timer);
+                return None;
+            }
+            if !self.in_flight.insert(timer.clone()) {
+                continue;
+            }
+            let (at, id, timer) = timer;
+            if let Some((process, key)) = id.split_once('/') {
+                return Some(ShardRecord {
+                    process: process.to_string(),
+                    key: key.to_string(),
+                    input: Kind::Timer {
+                        timer: timer.to_string(),
+                        due: at,
+                    },
+                });
+            }
+        }
+        None
+    }
+
+    /// Applies one input. `now` is when its record was written; a timer
+    /// runs at its due time and an event that carries its own time at that
+    /// time, so applying the same inputs again gives the same result.
+    /// `trace` is the input's trace context (W3C `traceparent`): an instance
+    /// without one keeps it, so inputs without a context join its trace.
+    pub fn apply(
+        &mut self,
+        registry: &Registry,
+        record: ShardRecord,
+        now: Millis,
+        trace: Option<String>,
+    ) -> Result<Applied, ShardError> {
+        let ShardRecord {
+            process,
+            key,
+            input,
+        } = record;
+        let (input, now) = match input {
+            Kind::Event { event, .. } => {
+                let at = if event.time > 0 { event.time } else { now };
+                (Input::Event(event), at)
+            }
+            Kind::Call { parent, vars } => (Input::Call { parent, vars }, now),
+            Kind::Operator(a) => (Input::Operator(a), now),
+            Kind::Timer { timer, due } => {
+                let id = format!("{process}/{key}");
+                self.in_flight
+                    .remove(&(due, Arc::from(id.as_str()), Arc::from(timer.as_str())));
+                if timer == RETENTION_TIMER {
+                    // The ended instance's retention passed: forget it.
+                    let change = match self.instances.remove(id.as_str()) {
+                        Some(_) => Change::Forgotten,
+                        None => Change::None,
+                    };
+                    return Ok(Applied::nothing(id, due, change));
+                }
+                if !self.instances.contains_key(id.as_str()) {
+                    // The instance is gone; so is its timer.
+                    return Ok(Applied::nothing(id, due, Change::None));
+                }
+                (Input::Timer(timer), due)
+            }
+        };
+        self.step(registry, &process, &key, &input, now, trace)
+    }
+
+    /// An event the caller could not process (its results would be too
+    /// large, or processing it panicked): the instance it is for, if that
+    /// exists, gets an incident naming it, and the event counts as seen.
+    pub fn refuse(
+        &mut self,
+        registry: &Registry,
+        record: ShardRecord,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Option<Applied>, ShardError> {
+        let ShardRecord {
+            process,
+            key,
+            input: Kind::Event { event, .. },
+        } = record
+        else {
+            return Ok(None);
+        };
+        if !self
+            .instances
+            .contains_key(format!("{process}/{key}").as_str())
+        {
+            return Ok(None);
+        }
+        let input = Input::Refused {
+            event,
+            reason: reason.to_string(),
+        };
+        self.step(registry, &process, &key, &input, now, None)
+            .map(Some)
+    }
+
+    /// Runs one engine step for an instance and turns its effects into actions.
+    fn step(
+        &mut self,
+        registry: &Registry,
+        process: &str,
+        key: &str,
+        input: &Input,
+        now: Millis,
+        trace: Option<String>,
+    ) -> Result<Applied, ShardError> {
+        let id = format!("{process}/{key}");
+        let (handle, existing) = match self.instances.get_key_value(id.as_str()) {
+            Some((k, Slot::Hot(i))) => (k.clone(), Some(i.version)),
+            Some((k, Slot::Cold(c))) => (k.clone(), Some(c.version)),
+            None => (Arc::from(id.as_str()), None),
+        };
+        let def = match existing {
+            Some(v) => registry.get(process, v),
+            None => registry.latest(process),
+        }
+        .cloned()
+        .ok_or_else(|| ShardError::Undeployed {
+            process: process.to_string(),
+            version: existing,
+        })?;
+        let Shard {
+            instances,
+            timers,
+            names,
+            retention,
+            ..
+        } = self;
+        let slot = instances.entry(handle.clone()).or_insert_with(|| {
+            let mut i = Instance::new(&def.process, def.version, key);
+            i.definition = def.hash.clone();
+            Slot::Hot(Box::new(i))
+        });
+        if let Slot::Cold(c) = slot {
+            let inst = thaw(&c.record).map_err(|e| ShardError::State {
+                id: id.clone(),
+                reason: e.to_string(),
+            })?;
+            *slot = Slot::Hot(Box::new(inst));
+        }
+        let Slot::Hot(inst) = slot else {
+            unreachable!("thawed above");
+        };
+        let was_pending = inst.status == engine::Status::Pending;
+        let before = inst.transitions;
+        let effects = engine::apply(&def, inst, input, now);
+        if inst.trace.is_none() {
+            inst.trace = trace;
+        }
+        let mut applied = Applied {
+            id,
+            at: now,
+            version: Some(def.version),
+            status: Some(inst.status),
+            started: was_pending && inst.status == engine::Status::Active,
+            transitions: inst.transitions.saturating_sub(before),
+            change: Change::Saved,
+            actions: Vec::with_capacity(effects.len()),
+        };
+        for fx in effects {
+            let action = match fx {
+                Effect::Entered(idx) => Action::Entered(
+                    def.steps
+                        .get(idx)
+                        .map_or_else(|| "?".to_string(), |s| s.id.clone()),
+                ),
+                Effect::Command(c) => Action::Command(c),
+                Effect::ScheduleTimer(t) => {
+                    let name = Shard::name(names, &t.id);
+                    timers.insert((t.due, handle.clone(), name));
+                    Action::Scheduled(t)
+                }
+                Effect::CancelTimer(t) => {
+                    // O(log n): the index is ordered by due time first.
+                    if let Some(name) = names.get(t.id.as_str()) {
+                        timers.remove(&(t.due, handle.clone(), name.clone()));
+                    }
+                    continue;
+                }
+                Effect::Audit(a) => Action::Audit(a),
+                Effect::VariablesChanged(names) => Action::Variables(names),
+                Effect::IncidentRaised { id, step, reason } => {
+                    Action::Incident { id, step, reason }
+                }
+                Effect::IncidentResolved {
+                    id,
+                    step,
+                    resolution,
+                } => Action::Resolved {
+                    id,
+                    step,
+                    resolution,
+                },
+                Effect::StartProcess {
+                    process,
+                    key,
+                    vars,
+                    parent,
+                } => Action::Forward(ShardRecord {
+                    process,
+                    key,
+                    input: Kind::Call { parent, vars },
+                }),
+                Effect::Ended { status, parent } => {
+                    if let Some(r) = retention {
+                        let name = Shard::name(names, RETENTION_TIMER);
+                        timers.insert((now.saturating_add(*r), handle.clone(), name));
+                    }
+                    applied.actions.push(Action::Ended(status));
+                    let Some(parent) = parent else {
+                        continue;
+                    };
+                    Action::Forward(ShardRecord {
+                        input: Kind::Event {
+                            event: Event::child_ended(process, key, status, &inst.vars, now),
+                            origin: None,
+                        },
+                        process: parent.process,
+                        key: parent.key,
+                    })
+                }
+                Effect::Discard => {
+                    applied.change = Change::Forgotten;
+                    continue;
+                }
+                Effect::Rejected { event, reason } => Action::Rejected { event, reason },
+            };
+            applied.actions.push(action);
+        }
+        if applied.change == Change::Forgotten {
+            instances.remove(&handle);
+        }
+        Ok(applied)
+    }
+}
+
+/// Decodes a cold instance's changelog record.
+fn thaw(record: &[u8]) -> Result<Instance, wire::WireError> {
+    wire::decode_changelog_at(record).map(|(_, _, i)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn registry() -> Registry {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/order-to-cash.yaml");
+        let text = std::fs::read_to_string(path).expect("example");
+        let mut reg = Registry::default();
+        reg.deploy(
+            crate::dsl::parse("order-to-cash.yaml", &text).expect("valid"),
+            &text,
+        )
+        .expect("deploy");
+        reg
+    }
+
+    fn placed(order: &str) -> ShardRecord {
+        ShardRecord {
+            process: "order-to-cash".into(),
+            key: order.into(),
+            input: Kind::Event {
+                event: Event {
+                    id: format!("{order}/placed"),
+                    kind: "com.acme.order.placed".into(),
+                    source: "test".into(),
+                    time: 0,
+                    data: json!({"orderId": order, "customerId": "c-1", "total": 5, "lines": [], "address": "x"}),
+                },
+                origin: None,
+            },
+        }
+    }
+
+    const T0: Millis = 1_700_000_000_000;
+
+    #[test]
+    fn an_input_gives_the_same_actions_and_state_every_time() {
+        let reg = registry();
+        let run = || {
+            let mut s = Shard::new(Some(60_000));
+            let applied = s.apply(&reg, placed("o-1"), T0, None).expect("deployed");
+            (applied, s)
+        };
+        let (a, s) = run();
+        assert_eq!((a.clone(), s.clone()), run());
+        assert_eq!(a.id, "order-to-cash/o-1");
+        assert_eq!(a.at, T0);
+        assert!(a.started);
+        assert_eq!(a.change, Change::Saved);
+        assert!(
+            a.actions
+                .iter()
+                .any(|x| matches!(x, Action::Command(c) if c.kind == "com.acme.inventory.reserve"))
+        );
+        // Every scheduled timer is in the index, and nothing else is.
+        let scheduled: BTreeSet<TimerKey> = a
+            .actions
+            .iter()
+            .filter_map(|x| match x {
+                Action::Scheduled(t) => {
+                    Some((t.due, Arc::from(a.id.as_str()), Arc::from(t.id.as_str())))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(!scheduled.is_empty());
+        assert_eq!(s.timers(), &scheduled);
+    }
+
+    #[test]
+    fn a_due_timer_is_handed_out_once_and_fires_at_its_due_time() {
+        let reg = registry();
+        let mut s = Shard::new(None);
+        s.apply(&reg, placed("o-1"), T0, None).expect("deployed");
+        let (due, _, timer) = s.timers().first().cloned().expect("a timer");
+        assert!(s.due(due - 1).is_empty(), "not due yet");
+        let fired = s.due(due);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(
+            fired[0].input,
+            Kind::Timer {
+                timer: timer.to_string(),
+                due
+            }
+        );
+        assert!(s.due(due + 1).is_empty(), "handed out twice");
+        let a = s
+            .apply(&reg, fired[0].clone(), due + 5_000, None)
+            .expect("deployed");
+        assert_eq!(a.at, due, "a timer runs at its due time");
+        assert!(a.transitions > 0 || !a.actions.is_empty());
+    }
+
+    #[test]
+    fn an_ended_instance_is_forgotten_when_its_retention_passes() {
+        let reg = registry();
+        let mut s = Shard::new(Some(60_000));
+        s.apply(&reg, placed("o-1"), T0, None).expect("deployed");
+        let cancel = ShardRecord {
+            process: "order-to-cash".into(),
+            key: "o-1".into(),
+            input: Kind::Operator(engine::Action::Cancel {
+                compensate: false,
+                reason: "test".into(),
+            }),
+        };
+        let a = s.apply(&reg, cancel, T0 + 1_000, None).expect("deployed");
+        assert!(a.actions.contains(&Action::Ended(Status::Cancelled)));
+        let retention = s
+            .timers()
+            .iter()
+            .find(|t| &*t.2 == RETENTION_TIMER)
+            .cloned()
+            .expect("retention timer");
+        assert_eq!(retention.0, T0 + 1_000 + 60_000);
+        let fired = s.due(retention.0);
+        let gone = fired
+            .into_iter()
+            .map(|r| s.apply(&reg, r, retention.0, None).expect("deployed"))
+            .find(|a| a.change == Change::Forgotten)
+            .expect("forgotten");
+        assert_eq!(gone.id, "order-to-cash/o-1");
+        assert!(s.is_empty());
+        // A timer of an instance that is gone does nothing.
+        let late = ShardRecord {
+            process: "order-to-cash".into(),
+            key: "o-1".into(),
+            input: Kind::Timer {
+                timer: "reserve/timeout/1".into(),
+                due: retention.0 + 1,
+            },
+        };
+        let a = s
+            .apply(&reg, late, retention.0 + 1, None)
+            .expect("deployed");
+        assert_eq!((a.change, a.actions.len()), (Change::None, 0));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_refused_event_raises_an_incident_and_an_unknown_process_is_an_error() {
+        let reg = registry();
+        let mut s = Shard::new(None);
+        assert_eq!(
+            s.refuse(&reg, placed("o-1"), "too large", T0).expect("ok"),
+            None,
+            "no instance, nothing to tell"
+        );
+        s.apply(&reg, placed("o-1"), T0, None).expect("deployed");
+        let mut again = placed("o-1");
+        if let Kind::Event { event, .. } = &mut again.input {
+            event.id = "o-1/other".into();
+        }
+        let a = s
+            .refuse(&reg, again, "too large", T0 + 1)
+            .expect("ok")
+            .expect("applied");
+        assert!(
+            a.actions.iter().any(
+                |x| matches!(x, Action::Incident { reason, .. } if reason.contains("too large"))
+            )
+        );
+        let mut other = placed("x-1");
+        other.process = "nowhere".into();
+        assert_eq!(
+            s.apply(&reg, other, T0, None),
+            Err(ShardError::Undeployed {
+                process: "nowhere".into(),
+                version: None
+            })
+        );
+    }
+
+    #[test]
+    fn routes_name_every_instance_and_say_why_none() {
+        let reg = registry();
+        let placed = match placed("o-9").input {
+            Kind::Event { event, .. } => event,
+            _ => unreachable!(),
+        };
+        let r = route(&reg, &placed);
+        assert_eq!(r.to, vec![("order-to-cash".to_string(), "o-9".to_string())]);
+        assert_eq!(r.dead(&placed), None);
+        let stray = Event {
+            kind: "com.acme.unknown".into(),
+            ..placed
+        };
+        let (kind, reason) = route(&reg, &stray).dead(&stray).expect("dead");
+        assert_eq!(kind, "no-process");
+        assert!(reason.contains("com.acme.unknown"), "{reason}");
+    }
+
+    /// An instance kept as its snapshot's bytes (frozen after a step, or
+    /// restored from the changelog) continues exactly as a decoded one.
+    #[test]
+    fn a_frozen_or_restored_instance_continues_as_a_decoded_one() {
+        let reg = registry();
+        let reserved = ShardRecord {
+            process: "order-to-cash".into(),
+            key: "o-1".into(),
+            input: Kind::Event {
+                event: Event {
+                    id: "o-1/reserved".into(),
+                    kind: "com.acme.inventory.reserved".into(),
+                    source: "test".into(),
+                    time: T0 + 10,
+                    data: json!({"orderId": "o-1", "reservationId": "r-1"}),
+                },
+                origin: None,
+            },
+        };
+        let id = "order-to-cash/o-1";
+        let mut hot = Shard::new(None);
+        hot.apply(&reg, placed("o-1"), T0, Some("00-t-s-01".into()))
+            .expect("deployed");
+        let snapshot = wire::encode_changelog_at("", 1, &hot.instance(id).expect("there"));
+
+        let mut frozen = hot.clone();
+        frozen.freeze(id, snapshot.clone());
+        let mut restored = Shard::new(None);
+        let peek = wire::peek_changelog(&snapshot).expect("peeks");
+        restored.insert_record(id.to_string(), snapshot, &peek);
+        for other in [&frozen, &restored] {
+            assert_eq!(other.timers(), hot.timers());
+            assert_eq!(other.trace(id), Some("00-t-s-01"));
+            assert_eq!(other.instance(id), hot.instance(id));
+            assert_eq!(
+                other.summaries().collect::<Vec<_>>(),
+                hot.summaries().collect::<Vec<_>>()
+            );
+        }
+        let want = hot
+            .apply(&reg, reserved.clone(), T0, None)
+            .expect("deployed");
+        for mut other in [frozen, restored] {
+            let got = other
+                .apply(&reg, reserved.clone(), T0, None)
+                .expect("deployed");
+            assert_eq!(got, want);
+            assert_eq!(other.instance(id), hot.instance(id));
+            assert_eq!(other.timers(), hot.timers());
+        }
+        // A record that does not decode is an error naming the instance, not a panic.
+        let mut broken = Shard::new(None);
+        let mut peek = peek.clone();
+        peek.timers.clear();
+        broken.insert_record(id.to_string(), b"\x12\x02no".to_vec(), &peek);
+        match broken.apply(&reg, reserved, T0, None) {
+            Err(ShardError::State { id: got, .. }) => assert_eq!(got, id),
+            other => panic!("expected a state error, got {other:?}"),
+        }
+    }
+}
