@@ -82,6 +82,30 @@ fn bench_pipeline_produces_a_complete_report() {
         .sum();
     assert_eq!(bucketed, u(h, "/commands"));
 
+    // The passthrough at the same rate: every record timed.
+    let pass = &report["passthrough_half"];
+    assert!(u(pass, "/commands") > 0, "passthrough records timed");
+    assert!(f(pass, "/p50_ms") <= f(pass, "/p99_ms"));
+    // Both again at each commit interval asked for.
+    let intervals: Vec<u64> = report["intervals"]
+        .as_array()
+        .expect("interval runs")
+        .iter()
+        .map(|r| {
+            assert!(u(r, "/baton/commands") > 0 && u(r, "/passthrough/commands") > 0);
+            u(r, "/commit_interval_ms")
+        })
+        .collect();
+    assert_eq!(intervals, vec![20, 100]);
+    // Full speed again with the state's instances idle in the shards.
+    let loaded = &report["loaded"];
+    assert_eq!(u(loaded, "/instances"), 300);
+    assert_eq!(u(loaded, "/throughput/events"), orders * EVENTS_PER_ORDER);
+    assert!(f(loaded, "/ratio") > 0.0);
+    // Records written per event are counted (snapshot, command, packed audit).
+    assert!(f(&report, "/full/records_per_event") > 1.0);
+    assert!((f(&report, "/baseline/records_per_event") - 1.0).abs() < 1e-9);
+
     // State: every size restored completely, memory measured.
     let state = report["state"].as_array().expect("state runs");
     let sizes: Vec<u64> = state.iter().map(|s| u(s, "/instances")).collect();
@@ -96,7 +120,16 @@ fn bench_pipeline_produces_a_complete_report() {
 
     // The files: JSON that reads back, a table, and two non-empty charts.
     let table = std::fs::read_to_string(out.join("report.txt")).expect("report.txt");
-    for part in ["baseline", "half load", "p99", "restore ms", "goals"] {
+    for part in [
+        "baseline",
+        "half load",
+        "p99",
+        "passthrough, record → record",
+        "commit interval",
+        "idle instances",
+        "restore ms",
+        "goals",
+    ] {
         assert!(table.contains(part), "the table shows {part}:\n{table}");
     }
     for chart in ["latency.svg", "throughput.svg"] {

@@ -124,6 +124,11 @@ impl Tracker {
         }
     }
 
+    /// Orders (or records) sent and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        self.sent.lock().map_or(0, |s| s.len())
+    }
+
     /// The latencies (ms) recorded so far.
     pub fn take_latencies(&self) -> Vec<f64> {
         self.latencies
@@ -216,6 +221,38 @@ impl Services {
             }
         });
         Services { stop, thread }
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Reads what the passthrough wrote (read_committed) and times each record
+/// from the moment its input was sent.
+pub struct Sink {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sink {
+    pub fn start(consumer: PlainConsumer, tracker: Arc<Tracker>) -> Sink {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+                    continue;
+                };
+                if let Some(key) = m.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+                    && tracker.command(key)
+                {
+                    tracker.forget(key);
+                }
+            }
+        });
+        Sink { stop, thread }
     }
 
     pub fn stop(self) {

@@ -86,6 +86,12 @@ pub struct Options {
     /// Partitions of every topic (and so shards).
     pub partitions: i32,
     pub commit_interval: Duration,
+    /// Commit intervals at which baton and the passthrough are also timed at
+    /// half load.
+    pub latency_intervals: Vec<Duration>,
+    /// Measure full speed again with the state phase's instances idle in
+    /// the shards.
+    pub loaded: bool,
     pub max_batch: usize,
     /// Run baton with `runtime.in_place` (the load is keyed by order with
     /// Kafka's default partitioner, the case in-place processing is for).
@@ -111,6 +117,8 @@ impl Options {
             memory_instances: vec![100_000, 1_000_000],
             partitions: 2,
             commit_interval: rt.commit_interval,
+            latency_intervals: vec![Duration::from_millis(20), Duration::from_millis(100)],
+            loaded: true,
             max_batch: rt.max_batch,
             in_place: true,
             session_timeout: Duration::from_secs(6),
@@ -174,9 +182,43 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report,
     };
 
     let baseline = bench.baseline(progress)?;
-    let full = bench.full_speed(progress)?;
-    let half = bench.half_load(progress, full.events_per_s)?;
-    let (empty_rss, state) = bench.state(progress)?;
+    let full = bench.full_speed(progress, &bench.spec("full", Mode::Baton), 0)?;
+    let interval = opts.commit_interval;
+    let half = bench.half_load(progress, full.events_per_s, interval)?;
+    // The passthrough at baton's half-load event rate.
+    let passthrough_half = bench.passthrough_half(progress, half.events_per_s, interval)?;
+    let mut intervals = Vec::new();
+    for &at in &opts.latency_intervals {
+        let (baton, passthrough) = if at == interval {
+            (half.clone(), passthrough_half.clone())
+        } else {
+            let baton = bench.half_load(progress, full.events_per_s, at)?;
+            let passthrough = bench.passthrough_half(progress, baton.events_per_s, at)?;
+            (baton, passthrough)
+        };
+        intervals.push(report::IntervalRun {
+            commit_interval_ms: at.as_millis() as u64,
+            baton,
+            passthrough,
+        });
+    }
+    let (empty_rss, state, state_spec) = bench.state(progress)?;
+    let loaded = match (opts.loaded, state.last()) {
+        (true, Some(last)) => {
+            // The same changelog, a new group and input: every instance is
+            // restored into the shards before the orders start.
+            let mut spec = state_spec;
+            spec.group = format!("{}-loaded", spec.group);
+            spec.input = format!("{}.loaded-orders", spec.prefix);
+            let throughput = bench.full_speed(progress, &spec, last.instances)?;
+            Some(report::Loaded {
+                instances: last.instances,
+                ratio: ratio(throughput.events_per_s, full.events_per_s),
+                throughput,
+            })
+        }
+        _ => None,
+    };
 
     let report = Report {
         baton_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -194,6 +236,9 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report,
         baseline,
         full,
         half,
+        passthrough_half,
+        intervals,
+        loaded,
         empty_rss_bytes: empty_rss,
         restore_instances: opts.restore_instances,
         state,
@@ -221,6 +266,10 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn spec(&self, phase: &str, mode: Mode) -> WorkerSpec {
+        self.spec_at(phase, mode, self.opts.commit_interval)
+    }
+
+    fn spec_at(&self, phase: &str, mode: Mode, interval: Duration) -> WorkerSpec {
         let prefix = format!("{}.{phase}", self.run_id);
         WorkerSpec {
             mode,
@@ -230,7 +279,7 @@ impl Bench<'_> {
             output: format!("{prefix}.out"),
             prefix,
             partitions: self.opts.partitions,
-            commit_interval_ms: self.opts.commit_interval.as_millis() as u64,
+            commit_interval_ms: interval.as_millis() as u64,
             max_batch: self.opts.max_batch,
             in_place: self.opts.in_place,
             session_timeout_ms: self.opts.session_timeout.as_millis() as u64,
@@ -315,31 +364,43 @@ impl Bench<'_> {
         Ok(Throughput::between(&samples, &start, &end))
     }
 
-    /// baton on order-to-cash with simulated services, as fast as it goes.
-    fn full_speed(&self, progress: &mut dyn FnMut(Progress)) -> Result<Throughput, BenchError> {
+    /// baton on order-to-cash with simulated services, as fast as it goes;
+    /// `idle` instances are restored into the shards first.
+    fn full_speed(
+        &self,
+        progress: &mut dyn FnMut(Progress),
+        spec: &WorkerSpec,
+        idle: u64,
+    ) -> Result<Throughput, BenchError> {
         let total = self.opts.orders;
-        let spec = self.spec("full", Mode::Baton);
+        let tag = if idle > 0 { "loaded" } else { "full" };
         kafka::ensure_topics(
             &spec.config(),
             &[(spec.input.clone(), spec.partitions, false)],
         )?;
         progress(Progress::Phase {
-            name: "baton at full speed: joining".into(),
-            total: 0,
+            name: format!("baton at full speed ({tag}): joining"),
+            total: idle,
         });
         let tracker = Arc::new(load::Tracker::default());
-        let services = self.services(&spec, tracker.clone())?;
-        let worker = self.spawn("full", &spec)?;
+        let services = self.services(spec, tracker.clone())?;
+        let worker = self.spawn(tag, spec)?;
+        if idle > 0 {
+            let partitions = spec.partitions as u64;
+            worker.wait_for(STALL, progress, |s| {
+                (s.restored, s.shards >= partitions && s.restored >= idle)
+            })?;
+        }
         let producer = self.producer()?;
-        let warm = self.warm_up(&worker, &producer, &spec, "f", &tracker, progress)?;
+        let warm = self.warm_up(&worker, &producer, spec, tag, &tracker, progress)?;
 
         progress(Progress::Phase {
-            name: "baton at full speed: order-to-cash".into(),
+            name: format!("baton at full speed ({tag}): order-to-cash"),
             total,
         });
         tracker.record.store(true, Ordering::Relaxed);
         for n in 0..total {
-            let id = format!("f-{n}");
+            let id = format!("{tag}-{n}");
             tracker.sent(&id);
             load::send(&producer, &load::placed(&spec.input, &id, n))?;
         }
@@ -361,26 +422,29 @@ impl Bench<'_> {
         &self,
         progress: &mut dyn FnMut(Progress),
         full_events_per_s: f64,
+        interval: Duration,
     ) -> Result<Latency, BenchError> {
         let rate = (full_events_per_s / EVENTS_PER_ORDER as f64 / 2.0).max(1.0);
         let orders = ((rate * self.opts.latency_seconds as f64) as u64).max(1);
-        let spec = self.spec("half", Mode::Baton);
+        let ms = interval.as_millis();
+        let phase = format!("half-{ms}ms");
+        let spec = self.spec_at(&phase, Mode::Baton, interval);
         kafka::ensure_topics(
             &spec.config(),
             &[(spec.input.clone(), spec.partitions, false)],
         )?;
         progress(Progress::Phase {
-            name: "baton at half load: joining".into(),
+            name: format!("baton at half load, {ms} ms commits: joining"),
             total: 0,
         });
         let tracker = Arc::new(load::Tracker::default());
         let services = self.services(&spec, tracker.clone())?;
-        let worker = self.spawn("half", &spec)?;
+        let worker = self.spawn(&phase, &spec)?;
         let producer = self.producer()?;
-        let warm = self.warm_up(&worker, &producer, &spec, "h", &tracker, progress)?;
+        let warm = self.warm_up(&worker, &producer, &spec, &phase, &tracker, progress)?;
 
         progress(Progress::Phase {
-            name: format!("baton at half load: {rate:.0} orders/s"),
+            name: format!("baton at half load, {ms} ms commits: {rate:.0} orders/s"),
             total: orders,
         });
         tracker.record.store(true, Ordering::Relaxed);
@@ -392,7 +456,7 @@ impl Bench<'_> {
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            let id = format!("h-{n}");
+            let id = format!("{phase}-{n}");
             tracker.sent(&id);
             load::send(&producer, &load::placed(&spec.input, &id, n))?;
             if n % 50 == 0 {
@@ -411,6 +475,95 @@ impl Bench<'_> {
         let mut latency = Latency::of(tracker.take_latencies(), rate);
         latency.orders = orders;
         latency.events_per_s = t.events_per_s;
+        latency.cpu_ms_per_1000_events = t.cpu_ms_per_1000_events;
+        latency.rss_peak_bytes = t.rss_peak_bytes;
+        Ok(latency)
+    }
+
+    /// The passthrough at `events_per_s`, paced: from the moment an event is
+    /// sent to the moment a read_committed consumer reads what the
+    /// passthrough wrote for it, at commit interval `interval`.
+    fn passthrough_half(
+        &self,
+        progress: &mut dyn FnMut(Progress),
+        events_per_s: f64,
+        interval: Duration,
+    ) -> Result<Latency, BenchError> {
+        let rate = events_per_s.max(1.0);
+        let events = ((rate * self.opts.latency_seconds as f64) as u64).max(1);
+        let ms = interval.as_millis();
+        let phase = format!("pass-{ms}ms");
+        let spec = self.spec_at(&phase, Mode::Passthrough, interval);
+        kafka::ensure_topics(
+            &spec.config(),
+            &[
+                (spec.input.clone(), spec.partitions, false),
+                (spec.output.clone(), spec.partitions, false),
+            ],
+        )?;
+        progress(Progress::Phase {
+            name: format!("passthrough at half load, {ms} ms commits: joining"),
+            total: 0,
+        });
+        let tracker = Arc::new(load::Tracker::default());
+        let sink = load::Sink::start(
+            kafka::PlainConsumer::with_options(
+                &self.bootstrap,
+                &format!("{}.sink", spec.group),
+                std::slice::from_ref(&spec.output),
+                &self.options,
+            )?,
+            tracker.clone(),
+        );
+        let worker = self.spawn(&phase, &spec)?;
+        let producer = self.producer()?;
+        // Warm-up: the passthrough and the sink have joined once these are through.
+        for n in 0..WARMUP_ORDERS {
+            let id = format!("{phase}-w-{n}");
+            tracker.sent(&id);
+            load::send(&producer, &load::placed(&spec.input, &id, n))?;
+        }
+        producer.flush()?;
+        let waited = Instant::now();
+        while tracker.outstanding() > 0 {
+            if waited.elapsed() > STALL {
+                return Err(BenchError::Stalled(format!(
+                    "the passthrough's warm-up did not come through within {} s",
+                    STALL.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        progress(Progress::Phase {
+            name: format!("passthrough at half load, {ms} ms commits: {rate:.0} events/s"),
+            total: events,
+        });
+        tracker.record.store(true, Ordering::Relaxed);
+        let paced = Instant::now();
+        for n in 0..events {
+            let due = paced + Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let id = format!("{phase}-{n}");
+            tracker.sent(&id);
+            load::send(&producer, &load::placed(&spec.input, &id, n))?;
+            if n % 200 == 0 {
+                progress(Progress::Step { done: n });
+            }
+        }
+        producer.flush()?;
+        let waited = Instant::now();
+        while tracker.outstanding() > 0 && waited.elapsed() < STALL {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let samples = worker.stop()?;
+        sink.stop();
+        let start = first_moving(&samples, WARMUP_ORDERS);
+        let end = samples.last().cloned().unwrap_or_default();
+        let t = Throughput::between(&samples, &start, &end);
+        let mut latency = Latency::of(tracker.take_latencies(), 0.0);
+        latency.events_per_s = rate;
         latency.cpu_ms_per_1000_events = t.cpu_ms_per_1000_events;
         latency.rss_peak_bytes = t.rss_peak_bytes;
         Ok(latency)
@@ -442,7 +595,7 @@ impl Bench<'_> {
     fn state(
         &self,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<(u64, Vec<StateRun>), BenchError> {
+    ) -> Result<(u64, Vec<StateRun>, WorkerSpec), BenchError> {
         let mut sizes = self.opts.memory_instances.clone();
         sizes.push(self.opts.restore_instances);
         sizes.sort_unstable();
@@ -516,7 +669,7 @@ impl Bench<'_> {
                 bytes_per_instance: idle.saturating_sub(empty_rss) as f64 / size as f64,
             });
         }
-        Ok((empty_rss, runs))
+        Ok((empty_rss, runs, base))
     }
 }
 

@@ -111,6 +111,8 @@ pub struct Sample {
     pub commands: u64,
     pub completed: u64,
     pub transactions: u64,
+    /// Records written (passthrough: one per event).
+    pub records: u64,
     pub restored: u64,
     /// Sum over shards of the time their restore took.
     pub restore_ms: u64,
@@ -129,6 +131,7 @@ impl Sample {
             commands: get(&stats.commands),
             completed: get(&stats.completed),
             transactions: get(&stats.transactions),
+            records: get(&stats.records),
             restored: get(&stats.restored_instances),
             restore_ms: get(&stats.restore_ms),
             shards: get(&stats.shards),
@@ -261,6 +264,7 @@ fn passthrough(spec: &WorkerSpec, stats: &Stats, stop: &AtomicBool) -> Result<()
             // Counted once committed: a passed-through event exists for
             // read_committed consumers only from here on.
             stats.events.fetch_add(in_txn as u64, Ordering::Relaxed);
+            stats.records.fetch_add(in_txn as u64, Ordering::Relaxed);
             stats.transactions.fetch_add(1, Ordering::Relaxed);
             open = None;
             offsets.clear();

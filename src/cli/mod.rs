@@ -95,6 +95,13 @@ enum Cmd {
         /// Commit interval of baton and the baseline (e.g. 100ms).
         #[arg(long, value_parser = humantime::parse_duration)]
         commit_interval: Option<std::time::Duration>,
+        /// Commit intervals at which half-load latency of baton and the
+        /// passthrough is also measured (comma-separated; default 20ms,100ms).
+        #[arg(long, value_delimiter = ',', value_parser = humantime::parse_duration)]
+        latency_intervals: Option<Vec<std::time::Duration>>,
+        /// Skip the full-speed run with the state phase's instances idle in the shards.
+        #[arg(long)]
+        no_loaded: bool,
         /// Most events per transaction.
         #[arg(long)]
         max_batch: Option<usize>,
@@ -383,6 +390,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             memory_instances,
             partitions,
             commit_interval,
+            latency_intervals,
+            no_loaded,
             max_batch,
             no_in_place,
             kafka_options,
@@ -414,6 +423,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             opts.memory_instances = memory_instances.unwrap_or(opts.memory_instances);
             opts.partitions = partitions.unwrap_or(opts.partitions);
             opts.commit_interval = commit_interval.unwrap_or(opts.commit_interval);
+            opts.latency_intervals = latency_intervals.unwrap_or(opts.latency_intervals);
+            opts.loaded = !no_loaded;
             opts.max_batch = max_batch.unwrap_or(opts.max_batch);
             opts.in_place = !no_in_place;
             for kv in kafka_options {

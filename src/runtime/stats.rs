@@ -18,6 +18,9 @@ pub struct Stats {
     pub dead_letters: AtomicU64,
     /// Transactions committed.
     pub transactions: AtomicU64,
+    /// Records handed to the transactional producer (commands, snapshots,
+    /// audit, dead letters, forwards).
+    pub records: AtomicU64,
     pub started: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,

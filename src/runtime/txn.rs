@@ -167,6 +167,7 @@ impl Runtime {
             }));
         }
         self.producer.send(&r)?;
+        stats::bump(&self.stats.records);
         Ok(())
     }
 
