@@ -246,8 +246,38 @@ impl Shard {
         }
     }
 
-    /// Adds an instance, decoded, with its timers.
+    /// Removes an instance and its timers (a restore reading a newer record
+    /// of its key, or its tombstone).
+    pub fn remove(&mut self, id: &str) {
+        let Some((handle, slot)) = self.instances.remove_entry(id) else {
+            return;
+        };
+        let (timers, ended_at) = match &slot {
+            Slot::Hot(i) => (
+                i.timers.iter().map(|t| (t.id.clone(), t.due)).collect(),
+                i.status.is_ended().then_some(i.updated_at),
+            ),
+            Slot::Cold(c) => match wire::peek_changelog(&c.record) {
+                Ok(p) => (p.timers, p.status.is_ended().then_some(p.updated_at)),
+                Err(_) => (Vec::new(), None),
+            },
+        };
+        for (timer, due) in timers {
+            if let Some(name) = self.names.get(timer.as_str()) {
+                self.timers.remove(&(due, handle.clone(), name.clone()));
+            }
+        }
+        if let (Some(at), Some(r), Some(name)) =
+            (ended_at, self.retention, self.names.get(RETENTION_TIMER))
+        {
+            self.timers
+                .remove(&(at.saturating_add(r), handle.clone(), name.clone()));
+        }
+    }
+
+    /// Adds an instance, decoded, with its timers (replacing one of the same id).
     pub fn insert(&mut self, id: String, inst: Instance) {
+        self.remove(&id);
         let id: Arc<str> = Arc::from(id);
         let timers: Vec<(&str, Millis)> =
             inst.timers.iter().map(|t| (t.id.as_str(), t.due)).collect();
@@ -258,8 +288,10 @@ impl Shard {
 
     /// Adds an instance as its changelog record (`crate::wire`'s
     /// `encode_changelog_at`), with the summary `peek` read from it: it is
-    /// decoded only when an input comes for it.
+    /// decoded only when an input comes for it. It replaces an instance of
+    /// the same id, with its timers.
     pub fn insert_record(&mut self, id: String, record: Vec<u8>, peek: &wire::Peek) {
+        self.remove(&id);
         let id: Arc<str> = Arc::from(id);
         let timers: Vec<(&str, Millis)> = peek
             .timers
@@ -851,5 +883,44 @@ mod tests {
             Err(ShardError::State { id: got, .. }) => assert_eq!(got, id),
             other => panic!("expected a state error, got {other:?}"),
         }
+    }
+
+    /// A restore reads every record of a key; only the last one's timers
+    /// may stay armed, and a tombstone takes the instance and its timers.
+    #[test]
+    fn a_newer_record_of_a_key_replaces_the_instance_and_its_timers() {
+        let reg = registry();
+        let id = "order-to-cash/o-1";
+        let mut live = Shard::new(Some(60_000));
+        live.apply(&reg, placed("o-1"), T0, None).expect("deployed");
+        let first = wire::encode_changelog_at("", 1, &live.instance(id).expect("there"));
+        let cancel = ShardRecord {
+            process: "order-to-cash".into(),
+            key: "o-1".into(),
+            input: Kind::Operator(engine::Action::Cancel {
+                compensate: false,
+                reason: "test".into(),
+            }),
+        };
+        live.apply(&reg, cancel, T0 + 5, None).expect("deployed");
+        let second = wire::encode_changelog_at("", 2, &live.instance(id).expect("there"));
+
+        let mut restored = Shard::new(Some(60_000));
+        for record in [first, second] {
+            let peek = wire::peek_changelog(&record).expect("peeks");
+            restored.insert_record(id.to_string(), record, &peek);
+        }
+        assert_eq!(
+            restored.timers(),
+            live.timers(),
+            "only the newest record's timers"
+        );
+        assert_eq!(restored.instance(id), live.instance(id));
+        restored.remove(id);
+        assert!(restored.is_empty());
+        assert!(
+            restored.timers().is_empty(),
+            "a removed instance leaves no timer"
+        );
     }
 }

@@ -637,15 +637,20 @@ impl Bench<'_> {
             let done = worker.wait_for(STALL, progress, |s| {
                 (s.restored, s.shards >= partitions && s.restored >= size)
             })?;
-            // Let the allocator and the clients settle before reading memory.
-            std::thread::sleep(Duration::from_secs(2));
+            // Let the allocator and the clients settle, then read memory
+            // while the process still holds its shards (not while it stops:
+            // an allocator that returns memory at once would show none).
+            let settled = worker.wait_for(STALL, progress, |s| {
+                (s.restored, s.t_ms >= done.t_ms + 2000)
+            })?;
+            let idle = settled.rss_bytes;
             let samples = worker.stop()?;
-            let idle = samples
+            let peak = samples
                 .iter()
-                .rev()
-                .find(|s| s.shards >= partitions)
-                .map_or(0, |s| s.rss_bytes);
-            let peak = samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0);
+                .filter(|s| s.t_ms <= settled.t_ms)
+                .map(|s| s.rss_bytes)
+                .max()
+                .unwrap_or(0);
             if size == 0 {
                 empty_rss = idle;
                 continue;

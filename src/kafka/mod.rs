@@ -752,7 +752,17 @@ pub fn scan_partition(
     partition: i32,
     mut each: impl FnMut(Incoming),
 ) -> Result<u64, KafkaFailure> {
-    let consumer: BaseConsumer = consumer_base(cfg)
+    let mut client = consumer_base(cfg);
+    // librdkafka prefetches up to 64 MiB per consumer by default: on a
+    // restore that is memory next to the shard being built, for no speed.
+    if cfg
+        .kafka
+        .consumer_option("queued.max.messages.kbytes")
+        .is_none()
+    {
+        client.set("queued.max.messages.kbytes", "16384");
+    }
+    let consumer: BaseConsumer = client
         .set("group.id", format!("{}-restore", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

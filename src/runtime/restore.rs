@@ -112,10 +112,18 @@ pub(super) fn rebuild(
     let started = Instant::now();
     // Snapshots up to these positions belong to committed transactions.
     let valid_until = |source: &str| committed.get(source).map_or(0, |o| (*o).max(0) as u64);
-    // The latest valid record of every key, as its bytes: decoded only when
-    // an input comes for the instance.
-    let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    let retention = cfg.runtime.retention.as_millis() as u64;
+    let mut shard = shard::Owned {
+        state: crate::shard::Shard::new(Some(retention)),
+        position: committed.get("").copied().unwrap_or(-1),
+        repair: Vec::new(),
+    };
     let mut repair: BTreeSet<String> = BTreeSet::new();
+    // Keys whose latest valid record runs an edited definition.
+    let mut edited: BTreeMap<String, RuntimeError> = BTreeMap::new();
+    // Streamed: each valid record goes straight into the shard as its bytes,
+    // replacing the key's earlier one, so nothing but the shard's own state
+    // is held.
     let count = kafka::scan_partition(cfg, &cfg.topics.changelog(), p, |r| {
         let Some(key) = r
             .key
@@ -125,45 +133,33 @@ pub(super) fn rebuild(
         else {
             return;
         };
-        match r.payload {
-            None => {
-                repair.remove(&key);
-                latest.insert(key, None);
-            }
-            Some(bytes) => match wire::changelog_position(&bytes) {
-                Ok((source, position)) if position <= valid_until(&source) => {
-                    repair.remove(&key);
-                    latest.insert(key, Some(bytes));
-                }
-                Ok(_) => {
-                    repair.insert(key);
-                }
-                Err(e) => {
-                    warn!(partition = p, offset = r.offset, error = %e, "unreadable changelog record skipped")
-                }
-            },
-        }
-    })?;
-    let retention = cfg.runtime.retention.as_millis() as u64;
-    let mut shard = shard::Owned {
-        state: crate::shard::Shard::new(Some(retention)),
-        position: committed.get("").copied().unwrap_or(-1),
-        repair: repair.into_iter().collect(),
-    };
-    for (key, record) in latest {
-        let Some(record) = record else {
-            continue;
+        let Some(bytes) = r.payload else {
+            repair.remove(&key);
+            edited.remove(&key);
+            shard.state.remove(&key);
+            return;
         };
-        match wire::peek_changelog(&record) {
-            Ok(peek) => {
-                check_definition(hashes, &key, &peek)?;
-                shard.state.insert_record(key, record, &peek);
+        match wire::peek_changelog(&bytes) {
+            Ok(peek) if peek.position <= valid_until(&peek.source) => {
+                repair.remove(&key);
+                match check_definition(hashes, &key, &peek) {
+                    Ok(()) => edited.remove(&key),
+                    Err(e) => edited.insert(key.clone(), e),
+                };
+                shard.state.insert_record(key, bytes, &peek);
+            }
+            Ok(_) => {
+                repair.insert(key);
             }
             Err(e) => {
-                warn!(partition = p, instance = %key, error = %e, "unreadable changelog record skipped")
+                warn!(partition = p, offset = r.offset, error = %e, "unreadable changelog record skipped")
             }
         }
+    })?;
+    if let Some((_, e)) = edited.into_iter().next() {
+        return Err(e);
     }
+    shard.repair = repair.into_iter().collect();
     let took = started.elapsed();
     let ms = took.as_millis() as u64;
     info!(
