@@ -97,22 +97,29 @@ impl Default for BufferPolicy {
 
 /// A CloudEvents type pattern: exact, or with `*` wildcards.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pattern(String);
+pub struct Pattern {
+    text: String,
+    /// It has a `*`: known once, as every event is matched against many patterns.
+    wild: bool,
+}
 
 impl Pattern {
     pub fn new(p: &str) -> Pattern {
-        Pattern(p.to_string())
+        Pattern {
+            text: p.to_string(),
+            wild: p.contains('*'),
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     pub fn matches(&self, s: &str) -> bool {
-        if !self.0.contains('*') {
-            return self.0 == s;
+        if !self.wild {
+            return self.text == s;
         }
-        glob(self.0.as_bytes(), s.as_bytes())
+        glob(self.text.as_bytes(), s.as_bytes())
     }
 }
 

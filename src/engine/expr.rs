@@ -9,7 +9,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use cel::common::ast::{EntryExpr, Expr as Ast};
+use cel::common::ast::{EntryExpr, Expr as Ast, LiteralValue};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
+    CelUInt,
+};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::objects::{Key, Map};
@@ -34,6 +38,17 @@ fn env() -> Arc<Env> {
     ENV.get_or_init(|| Arc::new(Env::stdlib())).clone()
 }
 
+/// How much of a root (`event` or `vars`) an expression reads.
+#[derive(Debug, Clone, PartialEq)]
+enum Need {
+    /// Only these fields, each always as `root.field`: the interpreter gets a
+    /// map of just those (a missing one stays missing, so `has()` and the
+    /// "No such key" error behave as on the whole root).
+    Fields(Vec<String>),
+    /// The root itself (passed to a function, indexed, iterated, shadowed…).
+    Whole,
+}
+
 /// A compiled CEL expression together with its source text.
 pub struct Expr {
     source: String,
@@ -42,6 +57,76 @@ pub struct Expr {
     unknown_roots: Vec<String>,
     /// `root.field.field…`: evaluated on JSON directly, without the interpreter.
     path: Option<(usize, Vec<String>)>,
+    /// Shortcuts past the interpreter; boxed, as definitions hold many
+    /// expressions inline in their enums.
+    plan: Box<Plan>,
+}
+
+/// What an expression needs from its scope, worked out once at compile time.
+#[derive(Debug)]
+struct Plan {
+    /// What the interpreter must bind of `event` and `vars` (slots 0 and 1 of
+    /// [`ROOTS`]): converting a whole root to CEL is most of the cost of a
+    /// small expression like `vars.total > 10000`.
+    needs: [Need; 2],
+    /// `path <op> integer literal` (or the other way round): decided on the
+    /// JSON when the path holds an integer, else left to the interpreter.
+    compare: Option<Compare>,
+}
+
+/// A comparison of a plain path with an integer literal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl Cmp {
+    fn from_function(name: &str) -> Option<Cmp> {
+        Some(match name {
+            "_<_" => Cmp::Lt,
+            "_<=_" => Cmp::Le,
+            "_>_" => Cmp::Gt,
+            "_>=_" => Cmp::Ge,
+            "_==_" => Cmp::Eq,
+            "_!=_" => Cmp::Ne,
+            _ => return None,
+        })
+    }
+
+    /// The same comparison with its operands swapped (`1 < x` is `x > 1`).
+    fn flipped(self) -> Cmp {
+        match self {
+            Cmp::Lt => Cmp::Gt,
+            Cmp::Le => Cmp::Ge,
+            Cmp::Gt => Cmp::Lt,
+            Cmp::Ge => Cmp::Le,
+            other => other,
+        }
+    }
+
+    fn holds(self, a: i64, b: i64) -> bool {
+        match self {
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Compare {
+    op: Cmp,
+    /// Root index and fields, as in [`Expr::path`].
+    path: (usize, Vec<String>),
+    literal: i64,
 }
 
 impl fmt::Debug for Expr {
@@ -56,6 +141,9 @@ impl PartialEq for Expr {
     }
 }
 
+/// Converts one field of the event.
+type ToVal<'a> = fn(&'a Event) -> Box<dyn Val + 'a>;
+
 /// What an expression can see when it runs.
 ///
 /// Each root is converted to CEL at most once per scope, on first use, so a
@@ -66,7 +154,9 @@ pub struct Scope<'a> {
     pub key: &'a str,
     pub now: Millis,
     pub attempt: u32,
-    cache: [OnceLock<Box<dyn Val>>; 5],
+    /// The CEL values borrow their strings from the event and the variables
+    /// (hence `'a`): converting a root copies no text.
+    cache: [OnceLock<Box<dyn Val + 'a>>; 5],
 }
 
 impl<'a> Scope<'a> {
@@ -87,23 +177,55 @@ impl<'a> Scope<'a> {
         }
     }
 
-    fn root(&self, slot: usize) -> Option<&dyn Val> {
+    fn root(&self, slot: usize) -> Option<&(dyn Val + 'a)> {
         let cell = self.cache.get(slot)?;
-        if let Some(v) = cell.get() {
-            return Some(v.as_ref());
-        }
-        let value = match slot {
+        Some(cell.get_or_init(|| self.convert(slot, None)).as_ref())
+    }
+
+    /// Root `slot` as a CEL value; `only`: just these fields of `event` or `vars`.
+    ///
+    /// Builds the interpreter's own value types directly, with the same
+    /// result as going through [`Cel`] and its conversion, minus one copy.
+    fn convert(&self, slot: usize, only: Option<&[String]>) -> Box<dyn Val + 'a> {
+        let wanted = |name: &str| only.is_none_or(|f| f.iter().any(|n| n == name));
+        match slot {
             0 => match self.event {
-                Some(event) => event_to_cel(event),
-                None => Cel::Null,
+                Some(event) => {
+                    let fields: [(&str, ToVal<'a>); 5] = [
+                        ("id", |e| Box::new(CelString::from(e.id.as_str()))),
+                        ("type", |e| Box::new(CelString::from(e.kind.as_str()))),
+                        ("source", |e| Box::new(CelString::from(e.source.as_str()))),
+                        ("time", |e| millis_to_val(e.time)),
+                        ("data", |e| json_to_val(&e.data)),
+                    ];
+                    let m: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = fields
+                        .into_iter()
+                        .filter(|(name, _)| wanted(name))
+                        .map(|(name, f)| (CelMapKey::from(name), f(event)))
+                        .collect();
+                    Box::new(CelMap::from(m))
+                }
+                None => Box::new(CelNull),
             },
-            1 => vars_to_cel(self.vars),
-            2 => string(self.key),
-            3 => millis_to_cel(self.now),
-            _ => Cel::Int(i64::from(self.attempt)),
-        };
-        let boxed: Box<dyn Val> = value.try_into().ok()?;
-        Some(cell.get_or_init(|| boxed).as_ref())
+            1 => {
+                let m: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = match only {
+                    None => self
+                        .vars
+                        .iter()
+                        .map(|(k, v)| (CelMapKey::from(k.as_str()), json_to_val(v)))
+                        .collect(),
+                    Some(fields) => fields
+                        .iter()
+                        .filter_map(|f| self.vars.get_key_value(f))
+                        .map(|(k, v)| (CelMapKey::from(k.as_str()), json_to_val(v)))
+                        .collect(),
+                };
+                Box::new(CelMap::from(m))
+            }
+            2 => Box::new(CelString::from(self.key)),
+            3 => millis_to_val(self.now),
+            _ => Box::new(CelInt::from(i64::from(self.attempt))),
+        }
     }
 
     /// `vars`, `key` or `attempt` as JSON, without going through CEL.
@@ -125,6 +247,27 @@ impl VariableResolver for Scope<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         let slot = ROOTS.iter().position(|r| *r == variable)?;
         self.root(slot).map(CowVal::Borrowed)
+    }
+}
+
+/// The roots one expression sees: `event` and `vars` cut down to the fields
+/// it reads (see [`Need`]), the others shared through the scope's cache.
+struct Bound<'s, 'a> {
+    scope: &'s Scope<'a>,
+    needs: &'s [Need; 2],
+    cache: [OnceLock<Box<dyn Val + 'a>>; 2],
+}
+
+impl VariableResolver for Bound<'_, '_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let slot = ROOTS.iter().position(|r| *r == variable)?;
+        let value = match (self.needs.get(slot), self.cache.get(slot)) {
+            (Some(Need::Fields(fields)), Some(cell)) => cell
+                .get_or_init(|| self.scope.convert(slot, Some(fields)))
+                .as_ref(),
+            _ => self.scope.root(slot)?,
+        };
+        Some(CowVal::Borrowed(value))
     }
 }
 
@@ -176,12 +319,22 @@ impl Expr {
             }
         }
         let path = select_path(program.expression());
+        let needs = ["event", "vars"].map(|root| {
+            if bound.contains(root) {
+                return Need::Whole;
+            }
+            let mut need = Need::Fields(Vec::new());
+            root_needs(program.expression(), root, &mut need);
+            need
+        });
+        let compare = select_compare(program.expression());
         Ok(Expr {
             source: source.to_string(),
             program,
             uses,
             unknown_roots,
             path,
+            plan: Box::new(Plan { needs, compare }),
         })
     }
 
@@ -203,8 +356,13 @@ impl Expr {
         if let Some(v) = self.fast(scope)? {
             return Ok(json_to_cel(&v));
         }
+        let bound = Bound {
+            scope,
+            needs: &self.plan.needs,
+            cache: Default::default(),
+        };
         let mut ctx = Context::with_env(env());
-        ctx.set_variable_resolver(scope);
+        ctx.set_variable_resolver(&bound);
         self.program
             .execute(&ctx)
             .map_err(|e| ExprError::Execution {
@@ -247,10 +405,40 @@ impl Expr {
         Ok(Some(value))
     }
 
+    /// The JSON value at a plain `event.data…` or `vars…` path, if it is
+    /// there; `None` for anything else (the interpreter then decides, with
+    /// its own error for a missing field).
+    fn lookup<'s>(scope: &Scope<'s>, root: usize, fields: &[String]) -> Option<&'s Json> {
+        let (first, rest) = match root {
+            0 => match fields.split_first() {
+                Some((data, rest)) if data == "data" => (&scope.event?.data, rest),
+                _ => return None,
+            },
+            1 => {
+                let (name, rest) = fields.split_first()?;
+                (scope.vars.get(name)?, rest)
+            }
+            _ => return None,
+        };
+        rest.iter()
+            .try_fold(first, |cur, f| cur.as_object()?.get(f))
+    }
+
     /// Evaluates to JSON (timestamps become RFC 3339 strings).
     pub fn eval(&self, scope: &Scope<'_>) -> Result<Json, ExprError> {
         if let Some(v) = self.fast(scope)? {
             return Ok(v);
+        }
+        // `event.time` and `now` are timestamps: as JSON, the RFC 3339 text
+        // the interpreter's timestamp would give, without running it.
+        match &self.path {
+            Some((0, fields)) if fields.len() == 1 && fields[0] == "time" => {
+                if let Some(e) = scope.event {
+                    return Ok(millis_to_json(e.time));
+                }
+            }
+            Some((3, fields)) if fields.is_empty() => return Ok(millis_to_json(scope.now)),
+            _ => {}
         }
         let value = self.execute(scope)?;
         cel_to_json(&value).map_err(|got| ExprError::Type {
@@ -262,6 +450,14 @@ impl Expr {
 
     /// Evaluates a condition; anything but a boolean is an error.
     pub fn eval_bool(&self, scope: &Scope<'_>) -> Result<bool, ExprError> {
+        if let Some(c) = &self.plan.compare
+            && let Some(Json::Number(n)) = Self::lookup(scope, c.path.0, &c.path.1)
+            && let Some(i) = n.as_i64()
+        {
+            // An integer against an integer literal: CEL compares them as
+            // plain integers, so this is what the interpreter would say.
+            return Ok(c.op.holds(i, c.literal));
+        }
         match self.execute(scope)? {
             Cel::Bool(b) => Ok(b),
             other => Err(ExprError::Type {
@@ -346,6 +542,49 @@ fn select_path(e: &Expression) -> Option<(usize, Vec<String>)> {
     }
 }
 
+/// `path <op> int` or `int <op> path`, with one of the six comparisons.
+fn select_compare(e: &Expression) -> Option<Compare> {
+    let Ast::Call(call) = &e.expr else {
+        return None;
+    };
+    let op = Cmp::from_function(&call.func_name)?;
+    if call.target.is_some() {
+        return None;
+    }
+    let [a, b] = call.args.as_slice() else {
+        return None;
+    };
+    let int = |e: &Expression| match &e.expr {
+        Ast::Literal(LiteralValue::Int(i)) => Some(*i.inner()),
+        _ => None,
+    };
+    // Only paths `lookup` can read: into the event's data or the variables.
+    let path = |e: &Expression| {
+        select_path(e).filter(|(root, fields)| match root {
+            0 => fields.len() > 1 && fields[0] == "data",
+            1 => !fields.is_empty(),
+            _ => false,
+        })
+    };
+    if let (Some(path), Some(literal)) = (path(a), int(b)) {
+        return Some(Compare { op, path, literal });
+    }
+    let (literal, path) = (int(a)?, path(b)?);
+    Some(Compare {
+        op: op.flipped(),
+        path,
+        literal,
+    })
+}
+
+/// A timestamp as [`cel_to_json`] gives it for the root `now` or `event.time`.
+fn millis_to_json(ms: Millis) -> Json {
+    match Utc.timestamp_millis_opt(ms as i64).single() {
+        Some(t) => Json::String(t.fixed_offset().to_rfc3339()),
+        None => Json::from(ms as i64),
+    }
+}
+
 /// Parses an RFC 3339 time into epoch milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
     DateTime::parse_from_rfc3339(s)
@@ -361,10 +600,103 @@ pub fn format_rfc3339(ms: Millis) -> String {
     }
 }
 
-fn millis_to_cel(ms: Millis) -> Cel {
+fn millis_to_val<'a>(ms: Millis) -> Box<dyn Val + 'a> {
     match Utc.timestamp_millis_opt(ms as i64).single() {
-        Some(t) => Cel::Timestamp(t.fixed_offset()),
-        None => Cel::Int(ms as i64),
+        Some(t) => Box::new(CelTimestamp::from(t.fixed_offset())),
+        None => Box::new(CelInt::from(ms as i64)),
+    }
+}
+
+/// Converts JSON into the interpreter's values, borrowing its strings
+/// (integers stay integers, as in [`json_to_cel`]).
+fn json_to_val(v: &Json) -> Box<dyn Val + '_> {
+    match v {
+        Json::Null => Box::new(CelNull),
+        Json::Bool(b) => Box::new(CelBool::from(*b)),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Box::new(CelInt::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Box::new(CelUInt::from(u))
+            } else {
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
+            }
+        }
+        Json::String(s) => Box::new(CelString::from(s.as_str())),
+        Json::Array(a) => Box::new(CelList::from(a.iter().map(json_to_val).collect::<Vec<_>>())),
+        Json::Object(o) => {
+            let m: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = o
+                .iter()
+                .map(|(k, v)| (CelMapKey::from(k.as_str()), json_to_val(v)))
+                .collect();
+            Box::new(CelMap::from(m))
+        }
+    }
+}
+
+/// Widens `need` to cover how `e` reads `root`: `root.field` adds the field,
+/// any other use of `root` needs all of it.
+fn root_needs(e: &Expression, root: &str, need: &mut Need) {
+    let Need::Fields(fields) = need else {
+        return;
+    };
+    match &e.expr {
+        Ast::Select(s) => {
+            if let Ast::Ident(name) = &s.operand.expr
+                && name == root
+            {
+                if !fields.contains(&s.field) {
+                    fields.push(s.field.clone());
+                }
+                return;
+            }
+            root_needs(&s.operand, root, need);
+        }
+        Ast::Ident(name) if name == root => *need = Need::Whole,
+        Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => {}
+        Ast::Call(call) => {
+            if let Some(target) = &call.target {
+                root_needs(target, root, need);
+            }
+            for arg in &call.args {
+                root_needs(arg, root, need);
+            }
+        }
+        Ast::Comprehension(c) => {
+            for part in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                root_needs(part, root, need);
+            }
+        }
+        Ast::List(list) => {
+            for el in &list.elements {
+                root_needs(el, root, need);
+            }
+        }
+        Ast::Map(map) => {
+            for entry in &map.entries {
+                if let EntryExpr::MapEntry(m) = &entry.expr {
+                    root_needs(&m.key, root, need);
+                    root_needs(&m.value, root, need);
+                }
+            }
+        }
+        Ast::Struct(s) => {
+            for entry in &s.entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(m) => {
+                        root_needs(&m.key, root, need);
+                        root_needs(&m.value, root, need);
+                    }
+                    EntryExpr::StructField(f) => root_needs(&f.value, root, need),
+                }
+            }
+        }
     }
 }
 
@@ -435,21 +767,6 @@ fn collect_idents(e: &Expression, bound: &mut BTreeSet<String>, out: &mut BTreeS
     }
 }
 
-fn event_to_cel(event: &Event) -> Cel {
-    let mut m: HashMap<Key, Cel> = HashMap::with_capacity(6);
-    m.insert(key("id"), string(&event.id));
-    m.insert(key("type"), string(&event.kind));
-    m.insert(key("source"), string(&event.source));
-    m.insert(key("time"), millis_to_cel(event.time));
-    m.insert(key("data"), json_to_cel(&event.data));
-    Cel::Map(Map { map: Arc::new(m) })
-}
-
-fn vars_to_cel(vars: &Vars) -> Cel {
-    let m: HashMap<Key, Cel> = vars.iter().map(|(k, v)| (key(k), json_to_cel(v))).collect();
-    Cel::Map(Map { map: Arc::new(m) })
-}
-
 fn key(s: &str) -> Key {
     Key::String(Arc::new(s.to_string()))
 }
@@ -510,4 +827,74 @@ pub fn cel_to_json(v: &Cel) -> Result<Json, String> {
         Cel::Duration(d) => Json::String(format!("{}ms", d.num_milliseconds())),
         other => return Err(type_name(other)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `source` through the interpreter alone, with whole roots bound.
+    fn interpreted(source: &str, scope: &Scope<'_>) -> Result<Cel, String> {
+        let e = Expr::parse(source).map_err(|e| e.to_string())?;
+        let mut ctx = Context::with_env(env());
+        ctx.set_variable_resolver(scope);
+        e.program.execute(&ctx).map_err(|e| e.to_string())
+    }
+
+    // The shortcuts (integer comparisons on JSON, roots cut to the fields an
+    // expression reads, timestamps as text) must agree with the interpreter.
+    #[test]
+    fn shortcuts_agree_with_the_interpreter() {
+        let event = Event {
+            id: "e-1".into(),
+            kind: "com.acme.x".into(),
+            source: "test".into(),
+            time: 1_700_000_000_123,
+            data: serde_json::json!({"n": 5, "f": 5.5, "s": "5", "o": {"m": -3}}),
+        };
+        let mut vars = Vars::new();
+        vars.insert("total".into(), serde_json::json!(250));
+        vars.insert("big".into(), serde_json::json!(u64::MAX));
+        vars.insert("name".into(), serde_json::json!("x"));
+        let scope = Scope::new(Some(&event), &vars, "k", 1_000, 2);
+        for source in [
+            "vars.total > 10000",
+            "vars.total <= 250",
+            "10000 < vars.total",
+            "vars.total == 250",
+            "vars.total != 250",
+            "vars.big > 1",
+            "vars.name > 1",
+            "vars.missing > 1",
+            "has(vars.total) && vars.total >= 0",
+            "has(vars.missing)",
+            "event.data.n >= 5",
+            "event.data.f > 5",
+            "event.data.o.m < 0",
+            "event.data.s == 5",
+            "size(vars) == 3",
+            "vars.exists(k, k == 'name')",
+            "event.type == 'com.acme.x' && event.id == 'e-1'",
+            "event.time > timestamp('2020-01-01T00:00:00Z')",
+        ] {
+            let e = Expr::parse(source).expect("parses");
+            let want = match interpreted(source, &scope) {
+                Ok(Cel::Bool(b)) => Ok(b),
+                Ok(other) => Err(type_name(&other)),
+                Err(e) => Err(e),
+            };
+            let got = e.eval_bool(&scope).map_err(|e| match e {
+                ExprError::Execution { reason, .. } => reason,
+                ExprError::Type { got, .. } => got,
+            });
+            assert_eq!(got, want, "{source}");
+        }
+        for source in ["event.time", "now", "vars", "event.data", "event"] {
+            let e = Expr::parse(source).expect("parses");
+            let want = interpreted(source, &scope).and_then(|v| cel_to_json(&v));
+            let got = e.eval(&scope).map_err(|e| e.to_string());
+            // Map key order is the interpreter's own: compare as JSON values.
+            assert_eq!(got.ok(), want.ok(), "{source}");
+        }
+    }
 }
