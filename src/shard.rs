@@ -632,11 +632,12 @@ fn thaw(record: &[u8]) -> Result<Instance, wire::WireError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn registry() -> Registry {
+    /// A registry with `examples/order-to-cash.yaml` deployed.
+    pub(crate) fn registry() -> Registry {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/order-to-cash.yaml");
         let text = std::fs::read_to_string(path).expect("example");
         let mut reg = Registry::default();
@@ -662,6 +663,18 @@ mod tests {
                 },
                 origin: None,
             },
+        }
+    }
+
+    /// An operator's cancel of `order`, without compensation.
+    fn cancel(order: &str) -> ShardRecord {
+        ShardRecord {
+            process: "order-to-cash".into(),
+            key: order.into(),
+            input: Kind::Operator(engine::Action::Cancel {
+                compensate: false,
+                reason: "test".into(),
+            }),
         }
     }
 
@@ -730,14 +743,7 @@ mod tests {
         let reg = registry();
         let mut s = Shard::new(Some(60_000));
         s.apply(&reg, placed("o-1"), T0, None).expect("deployed");
-        let cancel = ShardRecord {
-            process: "order-to-cash".into(),
-            key: "o-1".into(),
-            input: Kind::Operator(engine::Action::Cancel {
-                compensate: false,
-                reason: "test".into(),
-            }),
-        };
+        let cancel = cancel("o-1");
         let a = s.apply(&reg, cancel, T0 + 1_000, None).expect("deployed");
         assert!(a.actions.contains(&Action::Ended(Status::Cancelled)));
         let retention = s
@@ -894,14 +900,7 @@ mod tests {
         let mut live = Shard::new(Some(60_000));
         live.apply(&reg, placed("o-1"), T0, None).expect("deployed");
         let first = wire::encode_changelog_at("", 1, &live.instance(id).expect("there"));
-        let cancel = ShardRecord {
-            process: "order-to-cash".into(),
-            key: "o-1".into(),
-            input: Kind::Operator(engine::Action::Cancel {
-                compensate: false,
-                reason: "test".into(),
-            }),
-        };
+        let cancel = cancel("o-1");
         live.apply(&reg, cancel, T0 + 5, None).expect("deployed");
         let second = wire::encode_changelog_at("", 2, &live.instance(id).expect("there"));
 

@@ -448,22 +448,15 @@ impl Bench<'_> {
             total: orders,
         });
         tracker.record.store(true, Ordering::Relaxed);
-        let paced = Instant::now();
-        for n in 0..orders {
-            // Paced by the schedule, not by sleeps between sends, so the rate
-            // holds even when a send is slow.
-            let due = paced + Duration::from_secs_f64(n as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let id = format!("{phase}-{n}");
-            tracker.sent(&id);
-            load::send(&producer, &load::placed(&spec.input, &id, n))?;
-            if n % 50 == 0 {
-                progress(Progress::Step { done: n });
-            }
-        }
-        producer.flush()?;
+        paced(
+            &producer,
+            &spec.input,
+            &phase,
+            &tracker,
+            orders,
+            rate,
+            progress,
+        )?;
         let end = worker.wait_for(STALL, progress, |s| {
             let done = s.completed.saturating_sub(warm.completed);
             (done, done >= orders)
@@ -539,20 +532,15 @@ impl Bench<'_> {
             total: events,
         });
         tracker.record.store(true, Ordering::Relaxed);
-        let paced = Instant::now();
-        for n in 0..events {
-            let due = paced + Duration::from_secs_f64(n as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let id = format!("{phase}-{n}");
-            tracker.sent(&id);
-            load::send(&producer, &load::placed(&spec.input, &id, n))?;
-            if n % 200 == 0 {
-                progress(Progress::Step { done: n });
-            }
-        }
-        producer.flush()?;
+        paced(
+            &producer,
+            &spec.input,
+            &phase,
+            &tracker,
+            events,
+            rate,
+            progress,
+        )?;
         let waited = Instant::now();
         while tracker.outstanding() > 0 && waited.elapsed() < STALL {
             std::thread::sleep(Duration::from_millis(20));
@@ -676,6 +664,36 @@ impl Bench<'_> {
         }
         Ok((empty_rss, runs, base))
     }
+}
+
+/// Sends `count` placed orders `<phase>-<n>` to `input` at `rate` per
+/// second, each timed from its send.
+fn paced(
+    producer: &kafka::PlainProducer,
+    input: &str,
+    phase: &str,
+    tracker: &load::Tracker,
+    count: u64,
+    rate: f64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), BenchError> {
+    let start = Instant::now();
+    for n in 0..count {
+        // Paced by the schedule, not by sleeps between sends, so the rate
+        // holds even when a send is slow.
+        let due = start + Duration::from_secs_f64(n as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let id = format!("{phase}-{n}");
+        tracker.sent(&id);
+        load::send(producer, &load::placed(input, &id, n))?;
+        if n % 50 == 0 {
+            progress(Progress::Step { done: n });
+        }
+    }
+    producer.flush()?;
+    Ok(())
 }
 
 /// The last sample before the counters moved past `from` (the window's start).

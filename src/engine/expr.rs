@@ -653,14 +653,20 @@ fn root_needs(e: &Expression, root: &str, need: &mut Need) {
             root_needs(&s.operand, root, need);
         }
         Ast::Ident(name) if name == root => *need = Need::Whole,
+        _ => for_each_child(e, &mut |c| root_needs(c, root, need)),
+    }
+}
+
+/// Calls `f` on each direct subexpression of `e`, in source order.
+fn for_each_child<'a>(e: &'a Expression, f: &mut impl FnMut(&'a Expression)) {
+    match &e.expr {
         Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => {}
+        Ast::Select(s) => f(&s.operand),
         Ast::Call(call) => {
             if let Some(target) = &call.target {
-                root_needs(target, root, need);
+                f(target);
             }
-            for arg in &call.args {
-                root_needs(arg, root, need);
-            }
+            call.args.iter().for_each(&mut *f);
         }
         Ast::Comprehension(c) => {
             for part in [
@@ -670,30 +676,26 @@ fn root_needs(e: &Expression, root: &str, need: &mut Need) {
                 &c.loop_step,
                 &c.result,
             ] {
-                root_needs(part, root, need);
+                f(part);
             }
         }
-        Ast::List(list) => {
-            for el in &list.elements {
-                root_needs(el, root, need);
-            }
-        }
+        Ast::List(list) => list.elements.iter().for_each(&mut *f),
         Ast::Map(map) => {
             for entry in &map.entries {
                 if let EntryExpr::MapEntry(m) = &entry.expr {
-                    root_needs(&m.key, root, need);
-                    root_needs(&m.value, root, need);
+                    f(&m.key);
+                    f(&m.value);
                 }
             }
         }
-        Ast::Struct(s) => {
-            for entry in &s.entries {
+        Ast::Struct(st) => {
+            for entry in &st.entries {
                 match &entry.expr {
                     EntryExpr::MapEntry(m) => {
-                        root_needs(&m.key, root, need);
-                        root_needs(&m.value, root, need);
+                        f(&m.key);
+                        f(&m.value);
                     }
-                    EntryExpr::StructField(f) => root_needs(&f.value, root, need),
+                    EntryExpr::StructField(field) => f(&field.value),
                 }
             }
         }
@@ -709,19 +711,8 @@ fn type_name(v: &Cel) -> String {
 
 fn collect_idents(e: &Expression, bound: &mut BTreeSet<String>, out: &mut BTreeSet<String>) {
     match &e.expr {
-        Ast::Unspecified | Ast::Literal(_) => {}
-        Ast::Ident(name) => {
-            if !name.starts_with('@') {
-                out.insert(name.clone());
-            }
-        }
-        Ast::Call(call) => {
-            if let Some(target) = &call.target {
-                collect_idents(target, bound, out);
-            }
-            for arg in &call.args {
-                collect_idents(arg, bound, out);
-            }
+        Ast::Ident(name) if !name.starts_with('@') => {
+            out.insert(name.clone());
         }
         Ast::Comprehension(c) => {
             bound.insert(c.iter_var.clone());
@@ -729,42 +720,10 @@ fn collect_idents(e: &Expression, bound: &mut BTreeSet<String>, out: &mut BTreeS
                 bound.insert(v.clone());
             }
             bound.insert(c.accu_var.clone());
-            for part in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
-                collect_idents(part, bound, out);
-            }
         }
-        Ast::List(list) => {
-            for el in &list.elements {
-                collect_idents(el, bound, out);
-            }
-        }
-        Ast::Map(map) => {
-            for entry in &map.entries {
-                if let EntryExpr::MapEntry(m) = &entry.expr {
-                    collect_idents(&m.key, bound, out);
-                    collect_idents(&m.value, bound, out);
-                }
-            }
-        }
-        Ast::Struct(s) => {
-            for entry in &s.entries {
-                match &entry.expr {
-                    EntryExpr::MapEntry(m) => {
-                        collect_idents(&m.key, bound, out);
-                        collect_idents(&m.value, bound, out);
-                    }
-                    EntryExpr::StructField(f) => collect_idents(&f.value, bound, out),
-                }
-            }
-        }
-        Ast::Select(s) => collect_idents(&s.operand, bound, out),
+        _ => {}
     }
+    for_each_child(e, &mut |c| collect_idents(c, bound, out));
 }
 
 fn key(s: &str) -> Key {

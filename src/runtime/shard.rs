@@ -579,16 +579,39 @@ mod tests {
     use super::*;
     use crate::runtime::Stats;
 
-    fn registry() -> Registry {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/order-to-cash.yaml");
-        let text = std::fs::read_to_string(path).expect("example");
-        let mut reg = Registry::default();
-        reg.deploy(
-            crate::dsl::parse("order-to-cash.yaml", &text).expect("valid"),
-            &text,
-        )
-        .expect("deploy");
-        reg
+    use crate::shard::tests::registry;
+
+    /// What a [`Ctx`] borrows, for tests.
+    struct Fixture {
+        registry: Registry,
+        topics: Topics,
+        stats: Stats,
+        tracer: Tracer,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                registry: registry(),
+                topics: Topics::default(),
+                stats: Stats::default(),
+                tracer: Tracer::disabled(),
+            }
+        }
+
+        fn ctx(&self, partitions: i32, max_record: usize) -> Ctx<'_> {
+            Ctx {
+                registry: &self.registry,
+                topics: &self.topics,
+                partitions,
+                stats: &self.stats,
+                tracer: &self.tracer,
+                repartition: "baton.repartition",
+                log_payloads: false,
+                max_record,
+                faults: None,
+            }
+        }
     }
 
     fn shard() -> Owned {
@@ -604,21 +627,9 @@ mod tests {
     /// timer due times.
     #[test]
     fn time_comes_from_the_record_not_the_clock() {
-        let registry = registry();
-        let topics = Topics::default();
-        let stats = Stats::default();
-        let tracer = Tracer::disabled();
-        let ctx = Ctx {
-            registry: &registry,
-            topics: &topics,
-            partitions: 2,
-            stats: &stats,
-            tracer: &tracer,
-            repartition: "baton.repartition",
-            log_payloads: false,
-            max_record: usize::MAX,
-            faults: None,
-        };
+        let fixture = Fixture::new();
+        let topics = &fixture.topics;
+        let ctx = fixture.ctx(2, usize::MAX);
         let event = Event {
             id: "placed-1".into(),
             kind: "com.acme.order.placed".into(),
@@ -685,21 +696,9 @@ mod tests {
     /// state after the last, guarded by that input's position.
     #[test]
     fn a_batch_writes_one_snapshot_per_instance() {
-        let registry = registry();
-        let topics = Topics::default();
-        let stats = Stats::default();
-        let tracer = Tracer::disabled();
-        let ctx = Ctx {
-            registry: &registry,
-            topics: &topics,
-            partitions: 1,
-            stats: &stats,
-            tracer: &tracer,
-            repartition: "baton.repartition",
-            log_payloads: false,
-            max_record: usize::MAX,
-            faults: None,
-        };
+        let fixture = Fixture::new();
+        let topics = &fixture.topics;
+        let ctx = fixture.ctx(1, usize::MAX);
         let event = |n: i64, kind: &str, data: Json| {
             let body = ShardInput {
                 process: "order-to-cash".into(),
@@ -802,21 +801,8 @@ mod tests {
     /// split over several, in order; none is lost.
     #[test]
     fn audit_entries_are_split_at_the_size_limit() {
-        let registry = registry();
-        let topics = Topics::default();
-        let stats = Stats::default();
-        let tracer = Tracer::disabled();
-        let ctx = Ctx {
-            registry: &registry,
-            topics: &topics,
-            partitions: 1,
-            stats: &stats,
-            tracer: &tracer,
-            repartition: "baton.repartition",
-            log_payloads: false,
-            max_record: 1_000,
-            faults: None,
-        };
+        let fixture = Fixture::new();
+        let ctx = fixture.ctx(1, 1_000);
         let mut out = Output::default();
         for n in 0..25 {
             out.audit
