@@ -431,7 +431,7 @@ impl Shard {
                 (Input::Event(event), at)
             }
             Kind::Call { parent, vars } => (Input::Call { parent, vars }, now),
-            Kind::Operator(a) => (Input::Operator(a), now),
+            Kind::Operator(o) => (Input::Operator(o.action), now),
             Kind::Timer { timer, due } => {
                 let id = format!("{process}/{key}");
                 self.in_flight
@@ -671,9 +671,14 @@ pub(crate) mod tests {
         ShardRecord {
             process: "order-to-cash".into(),
             key: order.into(),
-            input: Kind::Operator(engine::Action::Cancel {
-                compensate: false,
+            input: Kind::Operator(wire::Operator {
+                action: engine::Action::Cancel {
+                    compensate: false,
+                    reason: "test".into(),
+                },
+                by: "tester".into(),
                 reason: "test".into(),
+                request: String::new(),
             }),
         }
     }

@@ -147,7 +147,12 @@ impl Simulation {
         self.feed(ShardRecord {
             process: process.to_string(),
             key: key.to_string(),
-            input: Kind::Operator(action),
+            input: Kind::Operator(crate::wire::Operator {
+                action,
+                by: "scenario".to_string(),
+                reason: String::new(),
+                request: String::new(),
+            }),
         });
         Ok(())
     }

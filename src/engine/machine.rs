@@ -93,6 +93,7 @@ fn describe(action: &Action) -> String {
             format!("cancel (compensate: {compensate}): {reason}")
         }
         Action::SetVariable { name, .. } => format!("set variable {name}"),
+        Action::Migrate { to, .. } => format!("migrate to version {to}"),
     }
 }
 
@@ -322,6 +323,8 @@ impl<'a> Machine<'a> {
                 self.changed.insert(Cow::Borrowed(name));
                 true
             }
+            // Needs the target version: the shard migrates, not the engine.
+            Action::Migrate { .. } => false,
         }
     }
 

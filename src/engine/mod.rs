@@ -98,6 +98,14 @@ pub enum Action {
         name: String,
         value: serde_json::Value,
     },
+    /// Move the instance to another version of its definition; `steps` maps
+    /// step ids of its version to step ids of the target (unmapped steps keep
+    /// their id). The shard carries it out (it holds every version, see
+    /// [`migrate`]); the engine's `apply` alone does not.
+    Migrate {
+        to: u32,
+        steps: std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// What a command is for.

@@ -13,7 +13,7 @@ mod peek;
 mod shard;
 
 pub use peek::{Peek, changelog_position, peek_changelog};
-pub use shard::{Origin, ShardInputKind, ShardRecord, decode_shard, encode_shard};
+pub use shard::{Operator, Origin, ShardInputKind, ShardRecord, decode_shard, encode_shard};
 
 use prost::Message;
 

@@ -29,7 +29,18 @@ pub enum ShardInputKind {
         parent: ParentRef,
         vars: Vars,
     },
-    Operator(Action),
+    Operator(Operator),
+}
+
+/// An operator's action with who asked for it and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Operator {
+    pub action: Action,
+    /// The admin token's name.
+    pub by: String,
+    pub reason: String,
+    /// The request's id; one already applied to the instance is not applied again.
+    pub request: String,
 }
 
 /// A shard record: for which instance, and what.
@@ -78,7 +89,7 @@ pub fn encode_shard(r: &ShardRecord) -> Vec<u8> {
             parent_version: parent.version,
             vars: serde_json::to_vec(vars).unwrap_or_default(),
         }),
-        ShardInputKind::Operator(a) => Input::Operator(encode_action(a)),
+        ShardInputKind::Operator(o) => Input::Operator(encode_operator(o)),
     };
     pb::ShardRecord {
         process: r.process.clone(),
@@ -125,7 +136,7 @@ pub fn decode_shard(bytes: &[u8]) -> Result<ShardRecord, WireError> {
             vars: serde_json::from_slice(&c.vars)
                 .map_err(|err| bad("call.vars", err.to_string()))?,
         },
-        Some(Input::Operator(o)) => ShardInputKind::Operator(decode_action(o)?),
+        Some(Input::Operator(o)) => ShardInputKind::Operator(decode_operator(o)?),
     };
     Ok(ShardRecord {
         process: r.process,
@@ -134,9 +145,9 @@ pub fn decode_shard(bytes: &[u8]) -> Result<ShardRecord, WireError> {
     })
 }
 
-fn encode_action(a: &Action) -> pb::OperatorInput {
+fn encode_operator(o: &Operator) -> pb::OperatorInput {
     use pb::operator_input::Action as A;
-    let action = match a {
+    let action = match &o.action {
         Action::Retry { incident } => A::Retry(pb::Resolve {
             incident: *incident,
         }),
@@ -151,15 +162,22 @@ fn encode_action(a: &Action) -> pb::OperatorInput {
             name: name.clone(),
             value: serde_json::to_vec(value).unwrap_or_default(),
         }),
+        Action::Migrate { to, steps } => A::Migrate(pb::Migrate {
+            to_version: *to,
+            steps: steps.clone().into_iter().collect(),
+        }),
     };
     pb::OperatorInput {
         action: Some(action),
+        by: o.by.clone(),
+        reason: o.reason.clone(),
+        request: o.request.clone(),
     }
 }
 
-fn decode_action(o: pb::OperatorInput) -> Result<Action, WireError> {
+fn decode_operator(o: pb::OperatorInput) -> Result<Operator, WireError> {
     use pb::operator_input::Action as A;
-    Ok(match o.action {
+    let action = match o.action {
         None => return Err(bad("operator.action", "missing")),
         Some(A::Retry(r)) => Action::Retry {
             incident: r.incident,
@@ -181,6 +199,21 @@ fn decode_action(o: pb::OperatorInput) -> Result<Action, WireError> {
                     .map_err(|err| bad("operator.set.value", err.to_string()))?,
             }
         }
+        Some(A::Migrate(m)) => {
+            if m.to_version == 0 {
+                return Err(bad("operator.migrate.to_version", "missing"));
+            }
+            Action::Migrate {
+                to: m.to_version,
+                steps: m.steps.into_iter().collect(),
+            }
+        }
+    };
+    Ok(Operator {
+        action,
+        by: o.by,
+        reason: o.reason,
+        request: o.request,
     })
 }
 
@@ -242,11 +275,20 @@ mod tests {
                 name: "limit".into(),
                 value: json!({"eur": 5000}),
             },
+            Action::Migrate {
+                to: 2,
+                steps: [("charge".to_string(), "pay".to_string())].into(),
+            },
         ];
         let records = records.into_iter().chain(actions.map(|a| ShardRecord {
             process: "p".into(),
             key: "k".into(),
-            input: ShardInputKind::Operator(a),
+            input: ShardInputKind::Operator(Operator {
+                action: a,
+                by: "alice".into(),
+                reason: "INC-7".into(),
+                request: "r-1".into(),
+            }),
         }));
         for r in records {
             assert_eq!(decode_shard(&encode_shard(&r)).expect("decodes"), r);
