@@ -11,7 +11,8 @@
 //! - [`kafka`]: the only place that knows rdkafka.
 //! - [`runtime`]: consume → step → produce, exactly once, sharded by partition.
 //! - [`telemetry`]: traces (OTLP), Prometheus metrics, logs.
-//! - [`admin`]: the admin HTTP port (`/healthz`, `/readyz`, `/metrics`).
+//! - [`admin`]: the admin HTTP port: health, metrics and the admin API (`/api/v1`).
+//! - [`index`]: the live index of the instances a process holds, read by the admin API.
 //! - [`simulate`]: runs definitions in memory on a virtual clock (`baton simulate`).
 //! - [`diagram`]: Mermaid flowcharts of definitions (`baton graph`).
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod diagram;
 pub mod dsl;
 pub mod engine;
+pub mod index;
 pub mod kafka;
 pub mod runtime;
 pub mod shard;

@@ -1,0 +1,354 @@
+//! The live index of the instances this process holds, for the admin API.
+//!
+//! The runtime writes it when a transaction commits (and when a shard
+//! restores), the admin API reads it while the shards keep running: a
+//! `DashMap`, so readers and the writer lock only the map segment they touch.
+//! An entry is a summary for filtering and paging, and the committed
+//! changelog record, shared with the shard that holds the instance cold, for
+//! the full view of one instance.
+
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::engine::{Incident, Instance, Millis, Status, StepIdx};
+
+/// One instance as the API lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub shard: i32,
+    pub version: u32,
+    pub status: Status,
+    /// Where its tokens are, by step index in its definition version.
+    pub steps: Box<[StepIdx]>,
+    pub incidents: Box<[Incident]>,
+    pub started_at: Millis,
+    pub updated_at: Millis,
+    /// Its committed changelog record.
+    pub record: Arc<[u8]>,
+}
+
+impl Entry {
+    /// The entry of an instance whose changelog record is `record`.
+    pub fn of(inst: &Instance, shard: i32, record: Arc<[u8]>) -> Entry {
+        Entry {
+            shard,
+            version: inst.version,
+            status: inst.status,
+            steps: inst.tokens.iter().map(|t| t.step).collect(),
+            incidents: inst.incidents.iter().cloned().collect(),
+            started_at: inst.started_at,
+            updated_at: inst.updated_at,
+            record,
+        }
+    }
+
+    /// When it ended (its last update, for an ended instance).
+    pub fn ended_at(&self) -> Option<Millis> {
+        self.status.is_ended().then_some(self.updated_at)
+    }
+}
+
+/// A change to the index, applied when the transaction that wrote it commits.
+#[derive(Debug, Clone)]
+pub enum Update {
+    Put(Arc<str>, Entry),
+    Remove(Arc<str>),
+}
+
+/// Which instances a query wants; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub process: Option<String>,
+    pub version: Option<u32>,
+    pub status: Option<Status>,
+    /// A step id: one of the instance's tokens is there.
+    pub step: Option<String>,
+    pub key_prefix: Option<String>,
+    /// Has (true) or has not (false) an open incident.
+    pub incident: Option<bool>,
+    pub started_after: Option<Millis>,
+    pub started_before: Option<Millis>,
+    pub ended_after: Option<Millis>,
+    pub ended_before: Option<Millis>,
+}
+
+impl Filter {
+    /// Whether `id` (`process/key`) and its entry match; `steps` names the
+    /// steps of the entry's definition version (`None`: unknown version).
+    pub fn matches(&self, id: &str, e: &Entry, steps: Option<&[String]>) -> bool {
+        let (process, key) = id.split_once('/').unwrap_or((id, ""));
+        if self.process.as_deref().is_some_and(|p| p != process)
+            || self.version.is_some_and(|v| v != e.version)
+            || self.status.is_some_and(|s| s != e.status)
+            || self
+                .key_prefix
+                .as_deref()
+                .is_some_and(|k| !key.starts_with(k))
+            || self
+                .incident
+                .is_some_and(|want| want != !e.incidents.is_empty())
+            || self.started_after.is_some_and(|t| e.started_at < t)
+            || self.started_before.is_some_and(|t| e.started_at >= t)
+        {
+            return false;
+        }
+        if self.ended_after.is_some() || self.ended_before.is_some() {
+            let Some(ended) = e.ended_at() else {
+                return false;
+            };
+            if self.ended_after.is_some_and(|t| ended < t)
+                || self.ended_before.is_some_and(|t| ended >= t)
+            {
+                return false;
+            }
+        }
+        if let Some(step) = &self.step {
+            let Some(names) = steps else { return false };
+            let at = |s: &StepIdx| names.get(*s).is_some_and(|n| n == step);
+            let parked = e
+                .incidents
+                .iter()
+                .any(|i| i.step.as_ref().is_some_and(at));
+            if !e.steps.iter().any(at) && !parked {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The instances this process holds.
+#[derive(Default)]
+pub struct Index {
+    entries: DashMap<Arc<str>, Entry>,
+}
+
+impl Index {
+    pub fn apply(&self, updates: impl IntoIterator<Item = Update>) {
+        for u in updates {
+            match u {
+                Update::Put(id, e) => {
+                    self.entries.insert(id, e);
+                }
+                Update::Remove(id) => {
+                    self.entries.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Forgets a shard's instances (the shard was released or restores again).
+    pub fn drop_shard(&self, shard: i32) {
+        self.entries.retain(|_, e| e.shard != shard);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        self.entries.get(id).map(|e| e.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The first `limit` matching instances in id order after `after`: one
+    /// pass over the index keeping the `limit` smallest ids, so a page costs
+    /// O(n log limit) and nothing is sorted or copied wholesale.
+    pub fn page(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+        steps: &dyn Fn(&str, u32) -> Option<Arc<[String]>>,
+    ) -> Vec<(Arc<str>, Entry)> {
+        let mut best: BinaryHeap<Ranked> = BinaryHeap::new();
+        for item in self.entries.iter() {
+            let id = item.key();
+            if after.is_some_and(|a| &**id <= a) {
+                continue;
+            }
+            if best.len() >= limit && best.peek().is_some_and(|worst| *id >= worst.0) {
+                continue;
+            }
+            let e = item.value();
+            let names = if filter.step.is_some() {
+                let process = id.split_once('/').map_or(&**id, |(p, _)| p);
+                steps(process, e.version)
+            } else {
+                None
+            };
+            if !filter.matches(id, e, names.as_deref()) {
+                continue;
+            }
+            best.push(Ranked(id.clone(), e.clone()));
+            if best.len() > limit {
+                best.pop();
+            }
+        }
+        let mut out: Vec<(Arc<str>, Entry)> = best.into_iter().map(|r| (r.0, r.1)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Every matching instance's id (for bulk actions and migrations).
+    pub fn ids(
+        &self,
+        filter: &Filter,
+        steps: &dyn Fn(&str, u32) -> Option<Arc<[String]>>,
+    ) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = self
+            .entries
+            .iter()
+            .filter(|item| {
+                let id = item.key();
+                let names = filter.step.as_ref().and_then(|_| {
+                    let process = id.split_once('/').map_or(&**id, |(p, _)| p);
+                    steps(process, item.value().version)
+                });
+                filter.matches(id, item.value(), names.as_deref())
+            })
+            .map(|item| item.key().clone())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// An entry ordered by id, for the page's heap.
+struct Ranked(Arc<str>, Entry);
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(shard: i32, status: Status, steps: &[StepIdx], started: Millis) -> Entry {
+        Entry {
+            shard,
+            version: 1,
+            status,
+            steps: steps.into(),
+            incidents: Box::new([]),
+            started_at: started,
+            updated_at: started + 10,
+            record: Arc::from(&b""[..]),
+        }
+    }
+
+    fn names(_: &str, _: u32) -> Option<Arc<[String]>> {
+        Some(Arc::from(vec!["reserve".to_string(), "charge".to_string()]))
+    }
+
+    #[test]
+    fn pages_walk_every_match_once_in_id_order() {
+        let index = Index::default();
+        let mut updates = Vec::new();
+        for n in 0..250 {
+            let status = if n % 3 == 0 {
+                Status::Completed
+            } else {
+                Status::Active
+            };
+            let id: Arc<str> = Arc::from(format!("order-to-cash/o-{n:04}"));
+            updates.push(Update::Put(id, entry(n % 4, status, &[n as usize % 2], n)));
+        }
+        updates.push(Update::Put(
+            Arc::from("onboarding/c-1"),
+            entry(0, Status::Active, &[0], 1),
+        ));
+        index.apply(updates);
+        let filter = Filter {
+            process: Some("order-to-cash".into()),
+            status: Some(Status::Active),
+            ..Filter::default()
+        };
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = index.page(&filter, after.as_deref(), 40, &names);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|(id, _)| id.to_string());
+            seen.extend(page.into_iter().map(|(id, _)| id.to_string()));
+        }
+        let want: Vec<String> = (0..250)
+            .filter(|n| n % 3 != 0)
+            .map(|n| format!("order-to-cash/o-{n:04}"))
+            .collect();
+        assert_eq!(seen, want);
+        let at_charge = Filter {
+            step: Some("charge".into()),
+            ..filter.clone()
+        };
+        assert!(
+            index
+                .ids(&at_charge, &names)
+                .iter()
+                .all(|id| id.ends_with(|c: char| "13579".contains(c)))
+        );
+        index.drop_shard(0);
+        assert!(index.ids(&Filter::default(), &names).len() < 251 - 60);
+    }
+
+    #[test]
+    fn filters_on_times_incidents_and_keys() {
+        let mut e = entry(0, Status::Completed, &[], 100);
+        let f = |f: Filter| f.matches("p/k-1", &e, None);
+        assert!(f(Filter {
+            ended_after: Some(105),
+            ended_before: Some(111),
+            ..Filter::default()
+        }));
+        assert!(!f(Filter {
+            ended_after: Some(111),
+            ..Filter::default()
+        }));
+        assert!(!f(Filter {
+            started_before: Some(100),
+            ..Filter::default()
+        }));
+        assert!(f(Filter {
+            key_prefix: Some("k-".into()),
+            incident: Some(false),
+            ..Filter::default()
+        }));
+        e.status = Status::Active;
+        assert!(!e.ended_at().is_some());
+        e.incidents = vec![Incident {
+            id: 1,
+            token: None,
+            step: Some(1),
+            reason: "boom".into(),
+            at: 3,
+        }]
+        .into();
+        assert!(Filter {
+            step: Some("charge".into()),
+            incident: Some(true),
+            ..Filter::default()
+        }
+        .matches("p/k-1", &e, Some(&["reserve".into(), "charge".into()])));
+    }
+}
