@@ -11,6 +11,7 @@ mod definition;
 mod expr;
 mod instance;
 mod machine;
+pub mod migrate;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ pub use definition::*;
 pub use expr::{Expr, ExprError, ROOTS, Scope, format_rfc3339, parse_rfc3339};
 pub use instance::*;
 pub use machine::{TRANSITION_BUDGET, apply, step};
+pub use migrate::{Misfit, migrate, timer_changes};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -101,7 +103,7 @@ pub enum Action {
     /// Move the instance to another version of its definition; `steps` maps
     /// step ids of its version to step ids of the target (unmapped steps keep
     /// their id). The shard carries it out (it holds every version, see
-    /// [`migrate`]); the engine's `apply` alone does not.
+    /// [`migrate()`]); the engine's `apply` alone does not.
     Migrate {
         to: u32,
         steps: std::collections::BTreeMap<String, String>,
