@@ -5,6 +5,8 @@
 //! - [`engine`]: the pure, deterministic state machine (`step`).
 //! - [`shard`]: a partition's instances and timers as a pure state machine
 //!   (`Shard::apply`), driven by `baton run` and `baton simulate` alike.
+//! - [`audit`]: the audit trail's entries (every input in full, what it did)
+//!   and their replay against the changelog.
 //! - [`dsl`]: process definitions in YAML, parsed and validated into the engine's model.
 //! - [`wire`]: protobuf snapshots of instance state, CloudEvents in and out.
 //! - [`config`]: `baton.toml` with environment overrides.
@@ -17,6 +19,7 @@
 //! - [`diagram`]: Mermaid flowcharts of definitions (`baton graph`).
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod diagram;
 pub mod dsl;
