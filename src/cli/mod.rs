@@ -1,5 +1,9 @@
 //! The `baton` command line. The only place that reads files and prints.
 
+mod admin;
+mod client;
+mod table;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +17,12 @@ use baton::engine::Registry;
 use baton::simulate::Simulation;
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "Process orchestration over Kafka")]
+#[command(
+    name = "baton",
+    version,
+    about = "Process orchestration over Kafka",
+    after_help = admin::EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -140,6 +149,8 @@ enum Cmd {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Admin(admin::Command),
 }
 
 /// Definition files named by the configuration (directories give their `*.yaml`).
@@ -472,6 +483,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("sent {kind} ({id}) to {topic}");
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Admin(cmd) => Ok(admin::run(cmd)),
     }
 }
 
