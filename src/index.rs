@@ -44,6 +44,20 @@ impl Entry {
         }
     }
 
+    /// The entry of a changelog record read on restore.
+    pub fn peeked(peek: &crate::wire::Peek, shard: i32, record: Arc<[u8]>) -> Entry {
+        Entry {
+            shard,
+            version: peek.version,
+            status: peek.status,
+            steps: peek.steps.iter().copied().collect(),
+            incidents: peek.open.iter().cloned().collect(),
+            started_at: peek.started_at,
+            updated_at: peek.updated_at,
+            record,
+        }
+    }
+
     /// When it ended (its last update, for an ended instance).
     pub fn ended_at(&self) -> Option<Millis> {
         self.status.is_ended().then_some(self.updated_at)
@@ -88,7 +102,7 @@ impl Filter {
                 .is_some_and(|k| !key.starts_with(k))
             || self
                 .incident
-                .is_some_and(|want| want != !e.incidents.is_empty())
+                .is_some_and(|want| want == e.incidents.is_empty())
             || self.started_after.is_some_and(|t| e.started_at < t)
             || self.started_before.is_some_and(|t| e.started_at >= t)
         {
@@ -107,10 +121,7 @@ impl Filter {
         if let Some(step) = &self.step {
             let Some(names) = steps else { return false };
             let at = |s: &StepIdx| names.get(*s).is_some_and(|n| n == step);
-            let parked = e
-                .incidents
-                .iter()
-                .any(|i| i.step.as_ref().is_some_and(at));
+            let parked = e.incidents.iter().any(|i| i.step.as_ref().is_some_and(at));
             if !e.steps.iter().any(at) && !parked {
                 return false;
             }
@@ -118,6 +129,9 @@ impl Filter {
         true
     }
 }
+
+/// Looks up the step names of a process version, for filters by step.
+pub type StepNames = dyn Fn(&str, u32) -> Option<Arc<[String]>>;
 
 /// The instances this process holds.
 #[derive(Default)]
@@ -137,6 +151,11 @@ impl Index {
                 }
             }
         }
+    }
+
+    /// Forgets every instance (the process left the group).
+    pub fn apply_clear(&self) {
+        self.entries.clear();
     }
 
     /// Forgets a shard's instances (the shard was released or restores again).
@@ -164,7 +183,7 @@ impl Index {
         filter: &Filter,
         after: Option<&str>,
         limit: usize,
-        steps: &dyn Fn(&str, u32) -> Option<Arc<[String]>>,
+        steps: &StepNames,
     ) -> Vec<(Arc<str>, Entry)> {
         let mut best: BinaryHeap<Ranked> = BinaryHeap::new();
         for item in self.entries.iter() {
@@ -196,11 +215,7 @@ impl Index {
     }
 
     /// Every matching instance's id (for bulk actions and migrations).
-    pub fn ids(
-        &self,
-        filter: &Filter,
-        steps: &dyn Fn(&str, u32) -> Option<Arc<[String]>>,
-    ) -> Vec<Arc<str>> {
+    pub fn ids(&self, filter: &Filter, steps: &StepNames) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = self
             .entries
             .iter()
@@ -271,7 +286,10 @@ mod tests {
                 Status::Active
             };
             let id: Arc<str> = Arc::from(format!("order-to-cash/o-{n:04}"));
-            updates.push(Update::Put(id, entry(n % 4, status, &[n as usize % 2], n)));
+            updates.push(Update::Put(
+                id,
+                entry(n % 4, status, &[n as usize % 2], n as u64),
+            ));
         }
         updates.push(Update::Put(
             Arc::from("onboarding/c-1"),
@@ -335,7 +353,7 @@ mod tests {
             ..Filter::default()
         }));
         e.status = Status::Active;
-        assert!(!e.ended_at().is_some());
+        assert!(e.ended_at().is_none());
         e.incidents = vec![Incident {
             id: 1,
             token: None,
@@ -344,11 +362,13 @@ mod tests {
             at: 3,
         }]
         .into();
-        assert!(Filter {
-            step: Some("charge".into()),
-            incident: Some(true),
-            ..Filter::default()
-        }
-        .matches("p/k-1", &e, Some(&["reserve".into(), "charge".into()])));
+        assert!(
+            Filter {
+                step: Some("charge".into()),
+                incident: Some(true),
+                ..Filter::default()
+            }
+            .matches("p/k-1", &e, Some(&["reserve".into(), "charge".into()]))
+        );
     }
 }

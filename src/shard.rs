@@ -180,7 +180,7 @@ enum Slot {
 /// An untouched instance: its changelog record and what summaries need.
 #[derive(Debug, Clone, PartialEq)]
 struct Cold {
-    record: Box<[u8]>,
+    record: Arc<[u8]>,
     version: u32,
     status: Status,
     incidents: u32,
@@ -290,7 +290,7 @@ impl Shard {
     /// `encode_changelog_at`), with the summary `peek` read from it: it is
     /// decoded only when an input comes for it. It replaces an instance of
     /// the same id, with its timers.
-    pub fn insert_record(&mut self, id: String, record: Vec<u8>, peek: &wire::Peek) {
+    pub fn insert_record(&mut self, id: String, record: Arc<[u8]>, peek: &wire::Peek) {
         self.remove(&id);
         let id: Arc<str> = Arc::from(id);
         let timers: Vec<(&str, Millis)> = peek
@@ -301,7 +301,7 @@ impl Shard {
         let ended = peek.status.is_ended().then_some(peek.updated_at);
         self.arm(&id, &timers, ended);
         let cold = Cold {
-            record: record.into_boxed_slice(),
+            record,
             version: peek.version,
             status: peek.status,
             incidents: peek.incidents as u32,
@@ -312,12 +312,12 @@ impl Shard {
 
     /// Marks an instance untouched: `record` is the changelog record just
     /// written for it, what it is kept as until an input comes for it.
-    pub fn freeze(&mut self, id: &str, record: Vec<u8>) {
+    pub fn freeze(&mut self, id: &str, record: Arc<[u8]>) {
         if let Some(slot) = self.instances.get_mut(id)
             && let Slot::Hot(inst) = slot
         {
             *slot = Slot::Cold(Cold {
-                record: record.into_boxed_slice(),
+                record,
                 version: inst.version,
                 status: inst.status,
                 incidents: inst.incidents.len() as u32,
@@ -861,10 +861,10 @@ pub(crate) mod tests {
         let snapshot = wire::encode_changelog_at("", 1, &hot.instance(id).expect("there"));
 
         let mut frozen = hot.clone();
-        frozen.freeze(id, snapshot.clone());
+        frozen.freeze(id, snapshot.clone().into());
         let mut restored = Shard::new(None);
         let peek = wire::peek_changelog(&snapshot).expect("peeks");
-        restored.insert_record(id.to_string(), snapshot, &peek);
+        restored.insert_record(id.to_string(), snapshot.into(), &peek);
         for other in [&frozen, &restored] {
             assert_eq!(other.timers(), hot.timers());
             assert_eq!(other.trace(id), Some("00-t-s-01"));
@@ -889,7 +889,7 @@ pub(crate) mod tests {
         let mut broken = Shard::new(None);
         let mut peek = peek.clone();
         peek.timers.clear();
-        broken.insert_record(id.to_string(), b"\x12\x02no".to_vec(), &peek);
+        broken.insert_record(id.to_string(), Arc::from(&b"\x12\x02no"[..]), &peek);
         match broken.apply(&reg, reserved, T0, None) {
             Err(ShardError::State { id: got, .. }) => assert_eq!(got, id),
             other => panic!("expected a state error, got {other:?}"),
@@ -912,7 +912,7 @@ pub(crate) mod tests {
         let mut restored = Shard::new(Some(60_000));
         for record in [first, second] {
             let peek = wire::peek_changelog(&record).expect("peeks");
-            restored.insert_record(id.to_string(), record, &peek);
+            restored.insert_record(id.to_string(), record.into(), &peek);
         }
         assert_eq!(
             restored.timers(),

@@ -113,6 +113,8 @@ pub struct Runtime {
     /// Input records whose instance lives on their own partition's shard are
     /// processed there, without the repartition hop.
     in_place: bool,
+    /// The instances this process holds, as committed, for the admin API.
+    index: Arc<crate::index::Index>,
 }
 
 /// How often gauges that need a walk over the instances are refreshed.
@@ -227,6 +229,7 @@ impl Runtime {
             poisoned: HashMap::new(),
             every_record: false,
             in_place: cfg_in_place,
+            index: Arc::default(),
         })
     }
 
@@ -241,6 +244,11 @@ impl Runtime {
     pub fn with_faults(mut self, faults: Faults) -> Runtime {
         self.faults = Some(Armed::new(faults));
         self
+    }
+
+    /// The instances this process holds, as committed (the admin API reads it).
+    pub fn index(&self) -> Arc<crate::index::Index> {
+        self.index.clone()
     }
 
     /// What `/healthz` and `/readyz` report about this runtime.
@@ -289,6 +297,7 @@ impl Runtime {
         self.abort_open();
         self.shards.clear();
         self.restoring.clear();
+        self.index.apply_clear();
         let fresh = consumer(&self.cfg, &self.txn, &self.producer)?;
         // The old consumer leaves before the new one joins, so a static
         // member's instance id is free again.
@@ -439,6 +448,7 @@ impl Runtime {
             if *topic == self.repartition {
                 self.restoring.remove(p);
                 self.shards.remove(p);
+                self.index.drop_shard(*p);
                 info!(partition = p, "shard released");
             }
         }

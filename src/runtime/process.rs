@@ -55,7 +55,7 @@ pub(super) fn run_shard(
     ctx: &shard::Ctx<'_>,
     poisoned: &HashMap<Coords, Poison>,
     every_record: bool,
-) -> Result<Vec<Outgoing>, Failed> {
+) -> Result<shard::Output, Failed> {
     let mut out = shard::Output::default();
     for (m, input) in records.iter_mut() {
         // The record's coordinates are only built when a record is poisoned
@@ -93,7 +93,7 @@ pub(super) fn run_shard(
     if oversized(&out.records[before..], ctx.max_record).is_some() {
         return Err(Failed::Batched);
     }
-    Ok(out.records)
+    Ok(out)
 }
 
 impl Runtime {
@@ -143,7 +143,7 @@ impl Runtime {
         );
         let poisoned = &self.poisoned;
         let every_record = self.every_record;
-        let mut outputs: Vec<Result<Vec<Outgoing>, Failed>> = Vec::new();
+        let mut outputs: Vec<Result<shard::Output, Failed>> = Vec::new();
         let mut records: HashMap<i32, &mut Vec<Local>> =
             by_shard.iter_mut().map(|(p, r)| (*p, r)).collect();
         let work: Vec<(i32, &mut shard::Owned, &mut Vec<Local>)> = self
@@ -174,9 +174,13 @@ impl Runtime {
         }
         let mut panics = Vec::new();
         let mut records = Vec::new();
+        let mut index = Vec::new();
         for o in outputs {
             match o {
-                Ok(out) => records.extend(out),
+                Ok(out) => {
+                    records.extend(out.records);
+                    index.extend(out.index);
+                }
                 Err(p) => panics.push(p),
             }
         }
@@ -185,6 +189,9 @@ impl Runtime {
         }
         for r in records {
             self.send(r)?;
+        }
+        if let Ok(mut t) = self.txn.lock() {
+            t.index.extend(index);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! against the deployed definitions.
 
 use super::*;
+use crate::index;
 
 /// Content hash of every deployed definition version (see
 /// [`engine::Definition::hash`]), by process and version.
@@ -116,7 +117,9 @@ pub(super) fn rebuild(
     let mut shard = shard::Owned {
         state: crate::shard::Shard::new(Some(retention)),
         position: committed.get("").copied().unwrap_or(-1),
+        shard: p,
         repair: Vec::new(),
+        index: Vec::new(),
     };
     let mut repair: BTreeSet<String> = BTreeSet::new();
     // Keys whose latest valid record runs an edited definition.
@@ -137,6 +140,9 @@ pub(super) fn rebuild(
             repair.remove(&key);
             edited.remove(&key);
             shard.state.remove(&key);
+            shard
+                .index
+                .push(index::Update::Remove(Arc::from(key.as_str())));
             return;
         };
         match wire::peek_changelog(&bytes) {
@@ -146,6 +152,11 @@ pub(super) fn rebuild(
                     Ok(()) => edited.remove(&key),
                     Err(e) => edited.insert(key.clone(), e),
                 };
+                let bytes: Arc<[u8]> = Arc::from(bytes);
+                shard.index.push(index::Update::Put(
+                    Arc::from(key.as_str()),
+                    index::Entry::peeked(&peek, p, bytes.clone()),
+                ));
                 shard.state.insert_record(key, bytes, &peek);
             }
             Ok(_) => {
@@ -272,7 +283,9 @@ impl Runtime {
         Ok(ready)
     }
 
-    pub(super) fn install(&mut self, p: i32, shard: shard::Owned) {
+    pub(super) fn install(&mut self, p: i32, mut shard: shard::Owned) {
+        self.index.drop_shard(p);
+        self.index.apply(std::mem::take(&mut shard.index));
         self.shards.insert(p, shard);
     }
 }

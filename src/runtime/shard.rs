@@ -5,6 +5,7 @@
 //! several shards in parallel and write their results into one transaction.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
@@ -19,6 +20,7 @@ use crate::kafka::{Incoming, Outgoing};
 use crate::shard::{Action, Applied, Change, RETENTION_TIMER, Shard, ShardError};
 use crate::telemetry::{Span, Tracer};
 use crate::wire::{self, cloudevents};
+use crate::{audit, index};
 
 /// Bytes of a payload a dead letter keeps when the whole would be too large.
 pub(super) const TRUNCATED_PAYLOAD: usize = 4096;
@@ -28,17 +30,18 @@ pub(super) struct Owned {
     pub state: Shard,
     /// Next offset of the shard's repartition partition.
     pub position: i64,
+    /// Its partition.
+    pub shard: i32,
     /// Keys whose latest changelog record came from an uncommitted transaction.
     pub repair: Vec<String>,
+    /// The restore's entries for the admin index, taken when the shard is installed.
+    pub index: Vec<index::Update>,
 }
 
 /// An instance's snapshot to write: where the last record that changed it
 /// sits (its source topic, `""` for the repartition topic, and offset + 1),
 /// or `None` when it is forgotten.
 type Pending = Option<(String, u64)>;
-
-/// Version of the audit record's JSON (`{"v": 1, "shard": …, "entries": […]}`).
-pub(super) const AUDIT_VERSION: u32 = 1;
 
 /// What a shard's records of one batch produce: the records in order; the
 /// snapshots, one per instance however many of its inputs the batch holds;
@@ -50,6 +53,8 @@ pub(super) struct Output {
     snapshots: BTreeMap<String, Pending>,
     /// Audit entries in the order of the transitions, each as JSON.
     audit: Vec<Vec<u8>>,
+    /// What the admin index learns when the transaction commits.
+    pub index: Vec<index::Update>,
 }
 
 impl Output {
@@ -60,13 +65,26 @@ impl Output {
         self.flush_audit(p, ctx);
         for (id, pending) in std::mem::take(&mut self.snapshots) {
             let payload = pending.and_then(|(origin, position)| {
-                shard
-                    .instance(&id)
-                    .map(|i| wire::encode_changelog_at(&origin, position, &i))
+                let inst = shard.instance(&id)?;
+                let record = wire::encode_changelog_at(&origin, position, &inst);
+                let shared: Arc<[u8]> = Arc::from(&record[..]);
+                self.index.push(index::Update::Put(
+                    Arc::from(id.as_str()),
+                    index::Entry::of(&inst, p, shared.clone()),
+                ));
+                Some((record, shared))
             });
-            if let Some(record) = &payload {
-                shard.freeze(&id, record.clone());
-            }
+            let payload = match payload {
+                Some((record, shared)) => {
+                    shard.freeze(&id, shared);
+                    Some(record)
+                }
+                None => {
+                    self.index
+                        .push(index::Update::Remove(Arc::from(id.as_str())));
+                    None
+                }
+            };
             self.records.push(ctx.changelog(p, &id, payload));
         }
     }
@@ -78,7 +96,7 @@ impl Output {
         if entries.is_empty() {
             return;
         }
-        let head = format!("{{\"v\":{AUDIT_VERSION},\"shard\":{p},\"entries\":[");
+        let head = format!("{{\"v\":{},\"shard\":{p},\"entries\":[", audit::VERSION);
         // Room for the key, the headers and the record's framing.
         let room = ctx.max_record.saturating_sub(head.len() + 256);
         let mut body = head.clone().into_bytes();
@@ -113,6 +131,27 @@ impl Output {
             count += 1;
         }
         self.records.push(pack(body, count));
+    }
+
+    /// The audit entry of an input that changed its instance: the input in
+    /// full, so the trail replays (see [`crate::audit::replay`]).
+    fn audit_entry(
+        &mut self,
+        shard: i32,
+        input: audit::Input,
+        now: Millis,
+        applied: &Applied,
+        ctx: &Ctx<'_>,
+    ) {
+        if applied.change == Change::None {
+            return;
+        }
+        let process = applied.id.split_once('/').map_or("", |(p, _)| p);
+        let hash = audit::Entry::version_of(applied)
+            .and_then(|v| ctx.registry.get(process, v))
+            .map_or("", |d| d.hash.as_str());
+        self.audit
+            .push(audit::Entry::new(shard, input, now, applied, hash).encode());
     }
 
     fn change(&mut self, id: String, change: Change, source: &Incoming, ctx: &Ctx<'_>) {
@@ -301,8 +340,12 @@ pub(super) fn handle(
     }
     let now = m.timestamp.unwrap_or_else(now_ms);
     let trace = span.traceparent();
+    let input = audit::Input::of(&record);
     match shard.state.apply(ctx.registry, record, now, trace) {
-        Ok(applied) => carry_out(applied, span, m, ctx, out),
+        Ok(applied) => {
+            out.audit_entry(shard.shard, input, now, &applied, ctx);
+            carry_out(applied, span, m, ctx, out)
+        }
         Err(e) => {
             let kind = match e {
                 ShardError::Undeployed { .. } => "no-definition",
@@ -335,7 +378,11 @@ pub(super) fn refuse(
         return;
     };
     let now = m.timestamp.unwrap_or_else(now_ms);
+    let input = audit::Input::refused(&record, reason);
     if let Ok(Some(applied)) = shard.state.refuse(ctx.registry, record, reason, now) {
+        if let Some(input) = input {
+            out.audit_entry(shard.shard, input, now, &applied, ctx);
+        }
         let span = ctx.tracer.shard(m, None);
         carry_out(applied, span, m, ctx, out);
     }
@@ -434,13 +481,6 @@ fn carry_out(applied: Applied, mut span: Span, source: &Incoming, ctx: &Ctx<'_>,
                     // The step(s) the input found the instance at.
                     span.set("baton.step", a.before.join(","));
                 }
-                let body = json!({
-                    "at": engine::format_rfc3339(a.at), "process": a.process, "version": a.version,
-                    "key": a.key, "cause": format!("{:?}", a.cause), "before": a.before,
-                    "after": a.after, "status": a.status.as_str(),
-                });
-                out.audit
-                    .push(serde_json::to_vec(&body).unwrap_or_default());
             }
             Action::Incident {
                 id: n,
@@ -618,7 +658,9 @@ mod tests {
         Owned {
             state: Shard::new(Some(3_600_000)),
             position: 0,
+            shard: 0,
             repair: Vec::new(),
+            index: Vec::new(),
         }
     }
 
@@ -776,24 +818,14 @@ mod tests {
             let entries: Vec<&Json> = audits
                 .iter()
                 .flat_map(|a| {
-                    assert_eq!(a["v"], json!(AUDIT_VERSION));
+                    assert_eq!(a["v"], json!(audit::VERSION));
                     assert_eq!(a["shard"], json!(0));
                     a["entries"].as_array().expect("entries")
                 })
                 .collect();
             assert_eq!(entries.len(), 2, "{entries:?}");
-            assert!(
-                entries[0]["cause"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("e-10")
-            );
-            assert!(
-                entries[1]["cause"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("e-11")
-            );
+            assert_eq!(entries[0]["input"]["id"], json!("e-10"), "{entries:?}");
+            assert_eq!(entries[1]["input"]["id"], json!("e-11"), "{entries:?}");
         }
     }
 

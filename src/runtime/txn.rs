@@ -18,6 +18,8 @@ pub(super) struct Txn {
     /// A batch is being processed: what the transaction holds is not yet
     /// everything the consumed offsets stand for, so it must not commit.
     pub(super) in_batch: bool,
+    /// What the admin index learns when this transaction commits.
+    pub(super) index: Vec<crate::index::Update>,
 }
 
 /// Creates the group consumer (not yet subscribed) with its revocation hook.
@@ -140,9 +142,16 @@ impl Runtime {
         }
         self.stats.transaction(true);
         self.every_record = false;
-        if let Ok(mut t) = self.txn.lock() {
-            *t = Txn::default();
-        }
+        let updates = match self.txn.lock() {
+            Ok(mut t) => std::mem::take(&mut *t).index,
+            Err(_) => Vec::new(),
+        };
+        // A shard released meanwhile is its next owner's to show.
+        let shards = &self.shards;
+        self.index.apply(updates.into_iter().filter(|u| match u {
+            crate::index::Update::Put(_, e) => shards.contains_key(&e.shard),
+            crate::index::Update::Remove(_) => true,
+        }));
     }
 
     pub(super) fn begin(&mut self) -> Result<(), RuntimeError> {

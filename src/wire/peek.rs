@@ -7,7 +7,7 @@
 use prost::Message;
 
 use super::{FORMAT, WireError, bad, pb};
-use crate::engine::{Millis, Status};
+use crate::engine::{Incident, Millis, Status, StepIdx};
 
 #[derive(Clone, PartialEq, Message)]
 struct Head {
@@ -37,17 +37,40 @@ struct Snapshot {
     version: u32,
     #[prost(int32, tag = "5")]
     status: i32,
+    #[prost(message, repeated, tag = "7")]
+    tokens: Vec<TokenStep>,
     #[prost(message, repeated, tag = "9")]
     timers: Vec<Timer>,
-    /// Only counted.
-    #[prost(bytes = "vec", repeated, tag = "11")]
-    incidents: Vec<Vec<u8>>,
+    #[prost(message, repeated, tag = "11")]
+    incidents: Vec<OpenIncident>,
+    #[prost(uint64, tag = "20")]
+    started_at: u64,
     #[prost(uint64, tag = "21")]
     updated_at: u64,
     #[prost(string, tag = "22")]
     trace: String,
     #[prost(string, tag = "24")]
     definition_hash: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TokenStep {
+    #[prost(uint32, tag = "2")]
+    step: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct OpenIncident {
+    #[prost(uint32, tag = "1")]
+    id: u32,
+    #[prost(uint32, optional, tag = "2")]
+    token: Option<u32>,
+    #[prost(uint32, optional, tag = "3")]
+    step: Option<u32>,
+    #[prost(string, tag = "4")]
+    reason: String,
+    #[prost(uint64, tag = "5")]
+    at: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -73,6 +96,11 @@ pub struct Peek {
     pub timers: Vec<(String, Millis)>,
     /// Open incidents.
     pub incidents: usize,
+    /// The steps its tokens are at (indexes into its definition version).
+    pub steps: Vec<StepIdx>,
+    /// Its open incidents in full.
+    pub open: Vec<Incident>,
+    pub started_at: Millis,
     pub updated_at: Millis,
     pub trace: Option<String>,
 }
@@ -104,6 +132,19 @@ pub fn peek_changelog(bytes: &[u8]) -> Result<Peek, WireError> {
         definition: s.definition_hash,
         timers: s.timers.into_iter().map(|t| (t.id, t.due)).collect(),
         incidents: s.incidents.len(),
+        steps: s.tokens.iter().map(|t| t.step as StepIdx).collect(),
+        open: s
+            .incidents
+            .into_iter()
+            .map(|i| Incident {
+                id: i.id,
+                token: i.token,
+                step: i.step.map(|s| s as StepIdx),
+                reason: i.reason,
+                at: i.at,
+            })
+            .collect(),
+        started_at: s.started_at,
         updated_at: s.updated_at,
         trace: (!s.trace.is_empty()).then_some(s.trace),
     })
@@ -136,6 +177,15 @@ mod tests {
         i.updated_at = 1_700_000_000_000;
         i.trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         i.vars.insert("total".into(), serde_json::json!(250));
+        i.started_at = 1_699_999_000_000;
+        i.tokens.push(crate::engine::Token {
+            id: 1,
+            step: 3,
+            attempt: 1,
+            visit: 1,
+            phase: crate::engine::Phase::Awaiting,
+            parent: None,
+        });
         i.timers.push(crate::engine::Timer {
             id: "reserve/timeout/1".into(),
             due: 1_700_000_060_000,
@@ -176,6 +226,12 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert_eq!(p.incidents, 1);
+        assert_eq!(p.open, full.incidents);
+        assert_eq!(p.started_at, full.started_at);
+        assert_eq!(
+            p.steps,
+            full.tokens.iter().map(|t| t.step).collect::<Vec<_>>()
+        );
         assert!(peek_changelog(b"\x12\x03abc").is_err());
     }
 }
