@@ -54,8 +54,11 @@ pub struct Options {
     /// Share of commands no service answers (→ timeouts, retries, escalation).
     pub silence_rate: f64,
     pub seed: u64,
-    /// Serve `/healthz`, `/readyz` and `/metrics` here while the demo runs.
+    /// Serve `/healthz`, `/readyz`, `/metrics` and the admin API here while
+    /// the demo runs.
     pub admin: Option<std::net::SocketAddr>,
+    /// The operator token the admin API accepts.
+    pub admin_token: String,
     /// Spans of the demo's instances (off by default).
     pub tracer: baton::telemetry::Tracer,
 }
@@ -70,6 +73,7 @@ impl Default for Options {
             silence_rate: 0.05,
             seed: 7,
             admin: None,
+            admin_token: String::new(),
             tracer: baton::telemetry::Tracer::disabled(),
         }
     }
@@ -193,6 +197,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         },
     };
     let commands: Vec<String> = runtime::command_topics(&registry).into_iter().collect();
+    let api_registry = Arc::new(registry.clone());
     for t in commands.iter().chain([EVENTS.to_string()].iter()) {
         broker.create_topic(t, partitions)?;
     }
@@ -215,6 +220,18 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             stats.metrics.clone(),
             rt.health(),
             Duration::from_secs(60),
+            Some(baton::admin::api::Api {
+                index: rt.index(),
+                registry: api_registry,
+                health: rt.health(),
+                tokens: Arc::new(baton::admin::api::Tokens::new([(
+                    "demo".to_string(),
+                    baton::config::Role::Operator,
+                    opts.admin_token.clone(),
+                )])),
+                member: "demo-1".into(),
+                admin: addr.to_string(),
+            }),
         )?),
         None => None,
     };

@@ -131,7 +131,7 @@ impl Filter {
 }
 
 /// Looks up the step names of a process version, for filters by step.
-pub type StepNames = dyn Fn(&str, u32) -> Option<Arc<[String]>>;
+pub type StepNames<'a> = dyn Fn(&str, u32) -> Option<Arc<[String]>> + 'a;
 
 /// The instances this process holds.
 #[derive(Default)]
@@ -183,7 +183,7 @@ impl Index {
         filter: &Filter,
         after: Option<&str>,
         limit: usize,
-        steps: &StepNames,
+        steps: &StepNames<'_>,
     ) -> Vec<(Arc<str>, Entry)> {
         let mut best: BinaryHeap<Ranked> = BinaryHeap::new();
         for item in self.entries.iter() {
@@ -215,7 +215,7 @@ impl Index {
     }
 
     /// Every matching instance's id (for bulk actions and migrations).
-    pub fn ids(&self, filter: &Filter, steps: &StepNames) -> Vec<Arc<str>> {
+    pub fn ids(&self, filter: &Filter, steps: &StepNames<'_>) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = self
             .entries
             .iter()

@@ -1,6 +1,9 @@
 //! The admin HTTP port: `/healthz` (the process is alive and its loop turns),
 //! `/readyz` (every assigned shard restored, producer usable) and `/metrics`
-//! (Prometheus). It serves on a thread of its own and only reads shared state.
+//! (Prometheus), and the admin API under `/api/v1` ([`api`]). It serves on a
+//! thread of its own and only reads shared state.
+
+pub mod api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +71,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stall_after: Duration,
+    api: Option<api::Api>,
 ) -> Result<Admin, AdminError> {
     let listener = std::net::TcpListener::bind(listen).map_err(|source| AdminError::Bind {
         addr: listen,
@@ -80,11 +84,15 @@ pub fn serve(
         .build()
         .map_err(AdminError::Start)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = router(Shared {
+    let mut app = router(Shared {
         metrics,
         health,
         stall_after,
     });
+    let with_api = api.is_some();
+    if let Some(api) = api {
+        app = app.merge(api::routes(api));
+    }
     let thread = std::thread::Builder::new()
         .name("baton-admin".into())
         .spawn(move || {
@@ -108,7 +116,11 @@ pub fn serve(
             });
         })
         .map_err(AdminError::Start)?;
-    tracing::info!(%addr, "admin port: /healthz /readyz /metrics");
+    if with_api {
+        tracing::info!(%addr, "admin port: /healthz /readyz /metrics /api/v1");
+    } else {
+        tracing::info!(%addr, "admin port: /healthz /readyz /metrics");
+    }
     Ok(Admin {
         addr,
         stop: Some(stop),

@@ -320,17 +320,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let stats = Arc::new(baton::runtime::Stats::default());
             let admin_cfg = cfg.admin.clone();
             let group = cfg.kafka.group_id.clone();
+            let member = cfg.instance_id();
+            let api_registry = Arc::new(registry.clone());
             let mut runtime = baton::runtime::Runtime::new(cfg, registry, stats.clone())
                 .context("cannot start the runtime")?;
             if let Some(t) = &traces {
                 runtime = runtime.with_tracer(t.tracer(&group));
             }
             let admin = if admin_cfg.enabled {
+                let mut tokens = Vec::new();
+                for t in &admin_cfg.tokens {
+                    let secret = t
+                        .secret()
+                        .map_err(|why| anyhow::anyhow!("admin token `{}`: {why}", t.name))?;
+                    tokens.push((t.name.clone(), t.role, secret));
+                }
+                let api = baton::admin::api::Api {
+                    index: runtime.index(),
+                    registry: api_registry,
+                    health: runtime.health(),
+                    tokens: Arc::new(baton::admin::api::Tokens::new(tokens)),
+                    member,
+                    admin: admin_cfg.listen.to_string(),
+                };
                 Some(baton::admin::serve(
                     admin_cfg.listen,
                     stats.metrics.clone(),
                     runtime.health(),
                     admin_cfg.stall_after,
+                    Some(api),
                 )?)
             } else {
                 None
@@ -367,6 +385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 decline_rate,
                 silence_rate,
                 admin,
+                admin_token: fresh_token(),
                 tracer: traces
                     .as_ref()
                     .map_or_else(baton::telemetry::Tracer::disabled, |t| {
@@ -379,6 +398,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(a) = admin {
                 println!("metrics on http://{a}/metrics");
+                println!(
+                    "admin API on http://{a}/api/v1 (operator token for this run):\n  export BATON_ADMIN_URL=http://{a} BATON_TOKEN={}",
+                    opts.admin_token
+                );
             }
             println!(
                 "baton demo: order-to-cash, customer-onboarding and incident-response on an in-process Kafka ({seconds}s of load at {rate}/s, then {}s to drain)",
@@ -512,4 +535,20 @@ fn bench_with_progress(opts: &crate::bench::Options) -> Result<crate::bench::Rep
     });
     bar.finish_and_clear();
     report.context("baton bench")
+}
+
+/// A random token for one demo run: 128 bits from the standard library's
+/// randomly keyed hasher.
+fn fresh_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
 }

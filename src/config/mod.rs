@@ -321,6 +321,9 @@ pub struct Admin {
     /// `/healthz` fails when the processing loop has not turned for this long.
     #[serde(with = "humantime_serde")]
     pub stall_after: Duration,
+    /// Bearer tokens for `/api/v1`; without any, the API refuses every call
+    /// (health and metrics stay open).
+    pub tokens: Vec<AdminToken>,
 }
 
 impl Default for Admin {
@@ -329,7 +332,52 @@ impl Default for Admin {
             enabled: true,
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             stall_after: Duration::from_secs(60),
+            tokens: Vec::new(),
         }
+    }
+}
+
+/// One admin API token: its secret comes from an environment variable or a
+/// file, never from the configuration itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it; audit entries of its actions name it.
+    pub name: String,
+    pub role: Role,
+    /// The environment variable holding the secret.
+    pub env: Option<String>,
+    /// The file holding the secret (surrounding white space is ignored).
+    pub file: Option<std::path::PathBuf>,
+}
+
+/// What a token may do: a viewer reads, an operator also acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+}
+
+impl AdminToken {
+    /// The secret, read from its variable or file.
+    pub fn secret(&self) -> Result<String, String> {
+        let (what, value) = match (&self.env, &self.file) {
+            (Some(var), None) => (
+                format!("environment variable {var}"),
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
+            ),
+            (None, Some(path)) => (
+                format!("file {}", path.display()),
+                std::fs::read_to_string(path).map_err(|e| format!("file {}: {e}", path.display())),
+            ),
+            _ => return Err("set exactly one of `env` and `file`".to_string()),
+        };
+        let value = value?.trim().to_string();
+        if value.len() < 16 {
+            return Err(format!("{what} holds fewer than 16 characters"));
+        }
+        Ok(value)
     }
 }
 
@@ -441,6 +489,11 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             p.push("telemetry.sample_ratio: must be between 0.0 and 1.0".to_string());
+        }
+        for (n, t) in self.admin.tokens.iter().enumerate() {
+            if let Err(why) = t.secret() {
+                p.push(format!("admin.tokens[{n}] ({}): {why}", t.name));
+            }
         }
         if self.admin.stall_after.is_zero() {
             p.push("admin.stall_after: must be longer than zero".to_string());

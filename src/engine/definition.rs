@@ -350,7 +350,7 @@ pub fn content_hash(source: &str) -> String {
 /// Deployed definitions: every version of every process.
 ///
 /// New instances take the newest version; running ones keep theirs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     processes: std::collections::BTreeMap<
         String,
@@ -405,6 +405,14 @@ impl Registry {
     /// A specific version of a process.
     pub fn get(&self, process: &str, version: u32) -> Option<&std::sync::Arc<Definition>> {
         self.processes.get(process)?.get(&version).map(|(d, _)| d)
+    }
+
+    /// The source text a version was deployed from.
+    pub fn source(&self, process: &str, version: u32) -> Option<&str> {
+        self.processes
+            .get(process)?
+            .get(&version)
+            .map(|(_, s)| s.as_str())
     }
 
     /// Every deployed version of every process.
