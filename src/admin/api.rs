@@ -118,6 +118,12 @@ pub fn routes(api: Api) -> Router {
         .route("/api/v1/definitions/{process}/{version}", get(definition))
         .route("/api/v1/cluster", get(cluster))
         .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such API path".into()) })
+        .method_not_allowed_fallback(|| async {
+            Fail(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not served on this path".into(),
+            )
+        })
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
 }
