@@ -958,20 +958,13 @@ mod opt_status {
         let Some(name) = Option::<std::borrow::Cow<'de, str>>::deserialize(de)? else {
             return Ok(None);
         };
-        let status = match &*name {
-            "pending" => Status::Pending,
-            "active" => Status::Active,
-            "completed" => Status::Completed,
-            "failed" => Status::Failed,
-            "cancelled" => Status::Cancelled,
-            other => {
-                return Err(serde::de::Error::unknown_variant(
-                    other,
-                    &["pending", "active", "completed", "failed", "cancelled"],
-                ));
-            }
-        };
-        Ok(Some(status))
+        match Status::parse(&name) {
+            Some(s) => Ok(Some(s)),
+            None => Err(serde::de::Error::unknown_variant(
+                &name,
+                &["pending", "active", "completed", "failed", "cancelled"],
+            )),
+        }
     }
 }
 

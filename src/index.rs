@@ -216,21 +216,31 @@ impl Index {
 
     /// Every matching instance's id (for bulk actions and migrations).
     pub fn ids(&self, filter: &Filter, steps: &StepNames<'_>) -> Vec<Arc<str>> {
-        let mut out: Vec<Arc<str>> = self
-            .entries
-            .iter()
-            .filter(|item| {
-                let id = item.key();
-                let names = filter.step.as_ref().and_then(|_| {
-                    let process = id.split_once('/').map_or(&**id, |(p, _)| p);
-                    steps(process, item.value().version)
-                });
-                filter.matches(id, item.value(), names.as_deref())
-            })
-            .map(|item| item.key().clone())
-            .collect();
+        let mut out: Vec<Arc<str>> = self.matching(filter, steps).collect();
         out.sort();
         out
+    }
+
+    /// How many instances match.
+    pub fn count(&self, filter: &Filter, steps: &StepNames<'_>) -> usize {
+        self.matching(filter, steps).count()
+    }
+
+    fn matching<'a>(
+        &'a self,
+        filter: &'a Filter,
+        steps: &'a StepNames<'_>,
+    ) -> impl Iterator<Item = Arc<str>> + 'a {
+        self.entries.iter().filter_map(move |item| {
+            let id = item.key();
+            let names = filter.step.as_ref().and_then(|_| {
+                let process = id.split_once('/').map_or(&**id, |(p, _)| p);
+                steps(process, item.value().version)
+            });
+            filter
+                .matches(id, item.value(), names.as_deref())
+                .then(|| id.clone())
+        })
     }
 }
 

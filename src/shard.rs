@@ -304,7 +304,7 @@ impl Shard {
             record,
             version: peek.version,
             status: peek.status,
-            incidents: peek.incidents as u32,
+            incidents: peek.open.len() as u32,
             trace: peek.trace.as_deref().map(Box::from),
         };
         self.instances.insert(id, Slot::Cold(cold));

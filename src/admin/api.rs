@@ -236,16 +236,7 @@ fn time(field: &str, v: &Option<String>) -> Result<Option<Millis>, Fail> {
 }
 
 fn status(v: &str) -> Result<Status, Fail> {
-    [
-        Status::Pending,
-        Status::Active,
-        Status::Completed,
-        Status::Failed,
-        Status::Cancelled,
-    ]
-    .into_iter()
-    .find(|s| s.as_str() == v)
-    .ok_or_else(|| {
+    Status::parse(v).ok_or_else(|| {
         bad(format!(
             "status: `{v}` is not one of pending, active, completed, failed, cancelled"
         ))
@@ -316,6 +307,24 @@ impl Api {
             .map_or_else(|| format!("#{step}"), |s| s.id.clone())
     }
 
+    /// Up to `limit` matching instances after `after`, and the cursor of
+    /// the next page if there is one.
+    fn page(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(Arc<str>, Entry)>, Option<String>) {
+        let steps = |p: &str, v: u32| self.step_names(p, v);
+        let mut page = self.index.page(filter, after, limit + 1, &steps);
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = more
+            .then(|| page.last().map(|(id, _)| id.to_string()))
+            .flatten();
+        (page, next)
+    }
+
     fn summary(&self, id: &str, e: &Entry) -> Summary {
         let (process, key) = id.split_once('/').unwrap_or((id, ""));
         Summary {
@@ -345,21 +354,9 @@ async fn instances(
     State(api): State<Api>,
     Query(q): Query<InstanceQuery>,
 ) -> Result<Json<InstancePage>, Fail> {
-    let filter = q.filter()?;
-    let limit = limit(q.limit)?;
-    let steps = |p: &str, v: u32| api.step_names(p, v);
-    let page = api
-        .index
-        .page(&filter, q.after.as_deref(), limit + 1, &steps);
-    let more = page.len() > limit;
-    let items: Vec<Summary> = page
-        .iter()
-        .take(limit)
-        .map(|(id, e)| api.summary(id, e))
-        .collect();
-    let next = more.then(|| items.last().map(|s| s.id.clone())).flatten();
+    let (page, next) = api.page(&q.filter()?, q.after.as_deref(), limit(q.limit)?);
     Ok(Json(InstancePage {
-        instances: items,
+        instances: page.iter().map(|(id, e)| api.summary(id, e)).collect(),
         next,
     }))
 }
@@ -435,12 +432,6 @@ pub struct Detail {
     pub parent: Option<ParentView>,
 }
 
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn incident_view(api: &Api, id: &str, version: u32, i: &engine::Incident) -> IncidentView {
     let process = id.split_once('/').map_or(id, |(p, _)| p);
     IncidentView {
@@ -449,7 +440,7 @@ fn incident_view(api: &Api, id: &str, version: u32, i: &engine::Incident) -> Inc
         step: i.step.map(|s| api.step_name(process, version, s)),
         reason: i.reason.clone(),
         at: engine::format_rfc3339(i.at),
-        age_seconds: now_ms().saturating_sub(i.at) as f64 / 1000.0,
+        age_seconds: crate::runtime::now_ms().saturating_sub(i.at) as f64 / 1000.0,
     }
 }
 
@@ -575,33 +566,23 @@ async fn incidents(
     State(api): State<Api>,
     Query(q): Query<IncidentQuery>,
 ) -> Result<Json<IncidentPage>, Fail> {
-    let limit = limit(q.limit)?;
     let filter = Filter {
         process: q.process.clone(),
         step: q.step.clone(),
         incident: Some(true),
         ..Filter::default()
     };
-    let steps = |p: &str, v: u32| api.step_names(p, v);
-    let page = api
-        .index
-        .page(&filter, q.after.as_deref(), limit + 1, &steps);
-    let more = page.len() > limit;
-    let mut out = Vec::new();
-    let mut next = None;
-    for (id, e) in page.iter().take(limit) {
-        out.extend(
+    let (page, next) = api.page(&filter, q.after.as_deref(), limit(q.limit)?);
+    let incidents = page
+        .iter()
+        .flat_map(|(id, e)| {
             e.incidents
                 .iter()
                 .map(|i| incident_view(&api, id, e.version, i))
-                .filter(|v| q.step.is_none() || v.step == q.step),
-        );
-        next = Some(id.to_string());
-    }
-    Ok(Json(IncidentPage {
-        incidents: out,
-        next: if more { next } else { None },
-    }))
+        })
+        .filter(|v| q.step.is_none() || v.step == q.step)
+        .collect();
+    Ok(Json(IncidentPage { incidents, next }))
 }
 
 /// A deployed definition version.
@@ -644,7 +625,7 @@ impl Api {
             hash: def.hash.clone(),
             steps: def.steps.iter().map(|s| s.id.clone()).collect(),
             latest,
-            instances: self.index.ids(&counted, &none).len(),
+            instances: self.index.count(&counted, &none),
             source: source
                 .then(|| self.registry.source(&def.process, def.version))
                 .flatten()

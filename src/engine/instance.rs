@@ -22,6 +22,20 @@ impl Status {
         matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
     }
 
+    /// Every status, in the order of their names in [`Status::as_str`].
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Active,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The status named `name` (as [`Status::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",

@@ -318,17 +318,7 @@ fn from_proto(s: pb::InstanceSnapshot) -> Result<Instance, WireError> {
                 due: e.due,
             })
             .collect(),
-        incidents: s
-            .incidents
-            .into_iter()
-            .map(|n| Incident {
-                id: n.id,
-                token: n.token,
-                step: n.step.map(|x| x as usize),
-                reason: n.reason,
-                at: n.at,
-            })
-            .collect(),
+        incidents: s.incidents.into_iter().map(incident).collect(),
         seen: s.seen.into_iter().collect(),
         buffer,
         visits: s.visits.into_iter().map(|(k, v)| (k as usize, v)).collect(),
@@ -347,6 +337,17 @@ fn from_proto(s: pb::InstanceSnapshot) -> Result<Instance, WireError> {
         met_expects: s.met_expects,
         definition: s.definition_hash,
     })
+}
+
+/// An incident as the snapshot holds it.
+fn incident(n: pb::Incident) -> Incident {
+    Incident {
+        id: n.id,
+        token: n.token,
+        step: n.step.map(|x| x as usize),
+        reason: n.reason,
+        at: n.at,
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ struct Snapshot {
     #[prost(message, repeated, tag = "9")]
     timers: Vec<Timer>,
     #[prost(message, repeated, tag = "11")]
-    incidents: Vec<OpenIncident>,
+    incidents: Vec<pb::Incident>,
     #[prost(uint64, tag = "20")]
     started_at: u64,
     #[prost(uint64, tag = "21")]
@@ -57,20 +57,6 @@ struct Snapshot {
 struct TokenStep {
     #[prost(uint32, tag = "2")]
     step: u32,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct OpenIncident {
-    #[prost(uint32, tag = "1")]
-    id: u32,
-    #[prost(uint32, optional, tag = "2")]
-    token: Option<u32>,
-    #[prost(uint32, optional, tag = "3")]
-    step: Option<u32>,
-    #[prost(string, tag = "4")]
-    reason: String,
-    #[prost(uint64, tag = "5")]
-    at: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -94,8 +80,6 @@ pub struct Peek {
     pub status: Status,
     /// Pending timers: id and due time.
     pub timers: Vec<(String, Millis)>,
-    /// Open incidents.
-    pub incidents: usize,
     /// The steps its tokens are at (indexes into its definition version).
     pub steps: Vec<StepIdx>,
     /// Its open incidents in full.
@@ -131,19 +115,8 @@ pub fn peek_changelog(bytes: &[u8]) -> Result<Peek, WireError> {
         version: s.version,
         definition: s.definition_hash,
         timers: s.timers.into_iter().map(|t| (t.id, t.due)).collect(),
-        incidents: s.incidents.len(),
         steps: s.tokens.iter().map(|t| t.step as StepIdx).collect(),
-        open: s
-            .incidents
-            .into_iter()
-            .map(|i| Incident {
-                id: i.id,
-                token: i.token,
-                step: i.step.map(|s| s as StepIdx),
-                reason: i.reason,
-                at: i.at,
-            })
-            .collect(),
+        open: s.incidents.into_iter().map(super::incident).collect(),
         started_at: s.started_at,
         updated_at: s.updated_at,
         trace: (!s.trace.is_empty()).then_some(s.trace),
@@ -225,7 +198,7 @@ mod tests {
                 .map(|t| (t.id.clone(), t.due))
                 .collect::<Vec<_>>()
         );
-        assert_eq!(p.incidents, 1);
+        assert_eq!(p.open.len(), 1);
         assert_eq!(p.open, full.incidents);
         assert_eq!(p.started_at, full.started_at);
         assert_eq!(
