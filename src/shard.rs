@@ -19,6 +19,9 @@ use crate::engine::{
 };
 use crate::wire::{self, ShardInputKind as Kind, ShardRecord};
 
+/// What an instance's seen ids remember an applied operator request by.
+pub const REQUEST_MARK: &str = "operator-request:";
+
 /// Timer id of the expiry of an ended instance's retention.
 pub const RETENTION_TIMER: &str = "__retention__";
 
@@ -36,6 +39,9 @@ pub enum ShardError {
     },
     #[error("the state of instance {id} does not decode: {reason}")]
     State { id: String, reason: String },
+    /// An operator action that does not apply to its instance as it stands.
+    #[error("operator action on {id} refused: {reason}")]
+    Refused { id: String, reason: String },
 }
 
 /// What the caller carries out for one input, in order.
@@ -431,7 +437,7 @@ impl Shard {
                 (Input::Event(event), at)
             }
             Kind::Call { parent, vars } => (Input::Call { parent, vars }, now),
-            Kind::Operator(o) => (Input::Operator(o.action), now),
+            Kind::Operator(o) => return self.operate(registry, &process, &key, o, now, trace),
             Kind::Timer { timer, due } => {
                 let id = format!("{process}/{key}");
                 self.in_flight
@@ -484,6 +490,119 @@ impl Shard {
         };
         self.step(registry, &process, &key, &input, now, None)
             .map(Some)
+    }
+
+    /// An operator's action: refused (with the reason) when its instance does
+    /// not exist or the action does not apply to it; ignored when the
+    /// instance already applied the same request; else applied like any
+    /// other input. A migration is carried out here, since the shard holds
+    /// every deployed version.
+    fn operate(
+        &mut self,
+        registry: &Registry,
+        process: &str,
+        key: &str,
+        o: wire::Operator,
+        now: Millis,
+        trace: Option<String>,
+    ) -> Result<Applied, ShardError> {
+        let id = format!("{process}/{key}");
+        let refused = |reason: String| ShardError::Refused {
+            id: id.clone(),
+            reason,
+        };
+        let Some(inst) = self.instance(&id) else {
+            return Err(refused(
+                "no such instance on its shard (it never started, or its retention passed)".into(),
+            ));
+        };
+        let mark = (!o.request.is_empty()).then(|| format!("{REQUEST_MARK}{}", o.request));
+        if mark
+            .as_ref()
+            .is_some_and(|m| inst.seen.iter().any(|s| s == m))
+        {
+            // The same request again (a job or a client sent it twice).
+            return Ok(Applied::nothing(id, now, Change::None));
+        }
+        let applied = match o.action {
+            engine::Action::Migrate { to, steps } => {
+                let inst = inst.into_owned();
+                let from =
+                    registry
+                        .get(process, inst.version)
+                        .ok_or_else(|| ShardError::Undeployed {
+                            process: process.to_string(),
+                            version: Some(inst.version),
+                        })?;
+                let target = registry.get(process, to).ok_or_else(|| {
+                    refused(format!("version {to} of process {process} is not deployed"))
+                })?;
+                let mut moved = engine::migrate(from, target, &inst, &steps).map_err(|m| {
+                    refused(format!(
+                        "cannot move to version {to}: {}",
+                        m.iter()
+                            .map(|m| m.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))
+                })?;
+                moved.updated_at = now;
+                let at = |def: &engine::Definition, i: &Instance| -> Vec<String> {
+                    i.tokens
+                        .iter()
+                        .filter_map(|t| def.steps.get(t.step).map(|s| s.id.clone()))
+                        .collect()
+                };
+                let audit = engine::Audit {
+                    at: now,
+                    process: process.to_string(),
+                    version: to,
+                    key: key.to_string(),
+                    cause: engine::Cause::Operator(format!(
+                        "migrate from version {} to version {to}",
+                        inst.version
+                    )),
+                    before: at(from, &inst),
+                    after: at(target, &moved),
+                    status: moved.status,
+                };
+                let mut actions: Vec<Action> = moved
+                    .timers
+                    .iter()
+                    .filter(|t| !inst.timers.contains(t))
+                    .cloned()
+                    .map(Action::Scheduled)
+                    .collect();
+                actions.push(Action::Audit(audit));
+                let status = moved.status;
+                // Its timers are re-armed under their new ids.
+                self.insert(id.clone(), moved);
+                Applied {
+                    id: id.clone(),
+                    at: now,
+                    version: Some(to),
+                    status: Some(status),
+                    started: false,
+                    transitions: 0,
+                    change: Change::Saved,
+                    actions,
+                }
+            }
+            action => {
+                if let Some(reason) = action.refusal(&inst) {
+                    return Err(refused(reason));
+                }
+                drop(inst);
+                self.step(registry, process, key, &Input::Operator(action), now, trace)?
+            }
+        };
+        if let (Some(mark), Some(Slot::Hot(inst))) = (mark, self.instances.get_mut(id.as_str())) {
+            if inst.seen.len() >= engine::SEEN_WINDOW {
+                inst.seen.pop_front();
+            }
+            inst.seen.push_back(mark);
+        }
+        Ok(applied)
     }
 
     /// Runs one engine step for an instance and turns its effects into actions.
@@ -684,6 +803,132 @@ pub(crate) mod tests {
     }
 
     const T0: Millis = 1_700_000_000_000;
+
+    fn operator(order: &str, action: engine::Action, request: &str) -> ShardRecord {
+        ShardRecord {
+            process: "order-to-cash".into(),
+            key: order.into(),
+            input: Kind::Operator(wire::Operator {
+                action,
+                by: "alice".into(),
+                reason: "ticket 7".into(),
+                request: request.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_operator_action_that_does_not_apply_is_refused_with_the_reason() {
+        let reg = registry();
+        let mut s = Shard::new(None);
+        let retry = engine::Action::Retry { incident: None };
+        let err = s
+            .apply(&reg, operator("o-9", retry.clone(), "r1"), T0, None)
+            .expect_err("no instance");
+        assert!(
+            matches!(&err, ShardError::Refused { id, reason } if id == "order-to-cash/o-9" && reason.contains("no such instance")),
+            "{err}"
+        );
+        assert!(s.is_empty(), "a refused action creates no instance");
+        s.apply(&reg, placed("o-1"), T0, None).expect("started");
+        let err = s
+            .apply(&reg, operator("o-1", retry, "r2"), T0 + 1, None)
+            .expect_err("no incident");
+        assert!(err.to_string().contains("no open incident"), "{err}");
+        let skip = engine::Action::Skip { incident: Some(4) };
+        let err = s
+            .apply(&reg, operator("o-1", skip, "r3"), T0 + 1, None)
+            .expect_err("no incident 4");
+        assert!(err.to_string().contains("no open incident 4"), "{err}");
+    }
+
+    #[test]
+    fn the_same_operator_request_applies_once() {
+        let reg = registry();
+        let mut s = Shard::new(None);
+        s.apply(&reg, placed("o-1"), T0, None).expect("started");
+        let set = engine::Action::SetVariable {
+            name: "note".into(),
+            value: json!("fragile"),
+        };
+        let first = s
+            .apply(&reg, operator("o-1", set.clone(), "req-1"), T0 + 1, None)
+            .expect("applied");
+        assert_eq!(first.change, Change::Saved);
+        assert!(first.actions.iter().any(|a| matches!(a, Action::Audit(_))));
+        let again = s
+            .apply(&reg, operator("o-1", set.clone(), "req-1"), T0 + 2, None)
+            .expect("ignored");
+        assert_eq!(again.change, Change::None);
+        assert!(again.actions.is_empty());
+        // Another request with the same action applies again.
+        let other = s
+            .apply(&reg, operator("o-1", set, "req-2"), T0 + 3, None)
+            .expect("applied");
+        assert_eq!(other.change, Change::Saved);
+    }
+
+    #[test]
+    fn a_migration_moves_the_instance_or_says_why_not() {
+        let mut reg = registry();
+        let mut s = Shard::new(None);
+        s.apply(&reg, placed("o-1"), T0, None)
+            .expect("started on v1");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/order-to-cash.yaml");
+        let v2 = std::fs::read_to_string(path)
+            .expect("example")
+            .replace("version: 1", "version: 2");
+        reg.deploy(crate::dsl::parse("v2.yaml", &v2).expect("valid"), &v2)
+            .expect("deploy v2");
+        let to = |to| engine::Action::Migrate {
+            to,
+            steps: Default::default(),
+        };
+        let err = s
+            .apply(&reg, operator("o-1", to(3), "m0"), T0 + 1, None)
+            .expect_err("no version 3");
+        assert!(err.to_string().contains("version 3"), "{err}");
+        let unknown = engine::Action::Migrate {
+            to: 2,
+            steps: [("nowhere".to_string(), "reserve".to_string())].into(),
+        };
+        let err = s
+            .apply(&reg, operator("o-1", unknown, "m1"), T0 + 1, None)
+            .expect_err("mapping of an unknown step");
+        assert!(err.to_string().contains("nowhere"), "{err}");
+        let before = s.instance("order-to-cash/o-1").expect("there").into_owned();
+        let moved = s
+            .apply(&reg, operator("o-1", to(2), "m2"), T0 + 2, None)
+            .expect("moved");
+        assert_eq!((moved.version, moved.change), (Some(2), Change::Saved));
+        let after = s.instance("order-to-cash/o-1").expect("there").into_owned();
+        assert_eq!(after.version, 2);
+        assert_eq!(after.tokens, before.tokens);
+        let audit = moved.actions.iter().find_map(|a| match a {
+            Action::Audit(a) => Some(a),
+            _ => None,
+        });
+        let audit = audit.expect("audited");
+        assert_eq!(audit.before, audit.after);
+        assert!(
+            matches!(&audit.cause, engine::Cause::Operator(c) if c.contains("from version 1 to version 2"))
+        );
+        // Its timers are still armed, once each.
+        let ids: Vec<_> = s.timers().iter().map(|(_, _, t)| t.to_string()).collect();
+        let mut want: Vec<_> = after.timers.iter().map(|t| t.id.clone()).collect();
+        let mut got = ids.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        let again = s
+            .apply(&reg, operator("o-1", to(2), "m3"), T0 + 3, None)
+            .expect_err("already there");
+        assert!(err_has(&again, "already runs"), "{again}");
+    }
+
+    fn err_has(e: &ShardError, what: &str) -> bool {
+        e.to_string().contains(what)
+    }
 
     #[test]
     fn an_input_gives_the_same_actions_and_state_every_time() {

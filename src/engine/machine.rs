@@ -269,7 +269,7 @@ impl<'a> Machine<'a> {
     }
 
     fn operator(&mut self, action: &'a Action) -> bool {
-        if self.inst.status.is_ended() || self.inst.status == Status::Pending {
+        if action.refusal(self.inst).is_some() {
             return false;
         }
         match action {

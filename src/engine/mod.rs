@@ -110,6 +110,46 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Why this action cannot apply to `inst` as it stands, or `None` when it
+    /// can (a migration is checked by [`migrate()`] instead).
+    pub fn refusal(&self, inst: &Instance) -> Option<String> {
+        if inst.status.is_ended() || inst.status == Status::Pending {
+            return Some(format!(
+                "the instance is {}: operator actions apply to active instances only",
+                inst.status.as_str()
+            ));
+        }
+        match self {
+            Action::Retry { incident } | Action::Skip { incident } => match incident {
+                Some(n) if !inst.incidents.iter().any(|i| i.id == *n) => Some(format!(
+                    "the instance has no open incident {n} (open: {})",
+                    open_incidents(inst)
+                )),
+                None if inst.incidents.is_empty() => {
+                    Some("the instance has no open incident".to_string())
+                }
+                _ => None,
+            },
+            Action::SetVariable { name, .. } if name.is_empty() => {
+                Some("the variable name is empty".to_string())
+            }
+            Action::Cancel { .. } | Action::SetVariable { .. } | Action::Migrate { .. } => None,
+        }
+    }
+}
+
+fn open_incidents(inst: &Instance) -> String {
+    if inst.incidents.is_empty() {
+        return "none".to_string();
+    }
+    inst.incidents
+        .iter()
+        .map(|i| i.id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What a command is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

@@ -350,6 +350,7 @@ pub(super) fn handle(
             let kind = match e {
                 ShardError::Undeployed { .. } => "no-definition",
                 ShardError::State { .. } => "undecodable-state",
+                ShardError::Refused { .. } => "operator-refused",
             };
             let reason = e.to_string();
             span.error(&reason);
