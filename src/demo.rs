@@ -197,7 +197,6 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         },
     };
     let commands: Vec<String> = runtime::command_topics(&registry).into_iter().collect();
-    let api_registry = Arc::new(registry.clone());
     for t in commands.iter().chain([EVENTS.to_string()].iter()) {
         broker.create_topic(t, partitions)?;
     }
@@ -220,18 +219,15 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             stats.metrics.clone(),
             rt.health(),
             Duration::from_secs(60),
-            Some(baton::admin::api::Api {
-                index: rt.index(),
-                registry: api_registry,
-                health: rt.health(),
-                tokens: Arc::new(baton::admin::api::Tokens::new([(
+            Some(baton::admin::api::Api::for_runtime(
+                &rt,
+                baton::admin::api::Tokens::new([(
                     "demo".to_string(),
                     baton::config::Role::Operator,
                     opts.admin_token.clone(),
-                )])),
-                member: "demo-1".into(),
-                admin: addr.to_string(),
-            }),
+                )]),
+                addr.to_string(),
+            )?),
         )?),
         None => None,
     };

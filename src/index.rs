@@ -64,6 +64,76 @@ impl Entry {
     }
 }
 
+/// A value the runtime replaces now and then (the deployed definitions)
+/// while the admin API reads it: readers take the current `Arc`.
+pub struct Current<T>(std::sync::RwLock<Arc<T>>);
+
+impl<T> Current<T> {
+    pub fn new(value: T) -> Current<T> {
+        Current(std::sync::RwLock::new(Arc::new(value)))
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        match self.0.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, value: T) {
+        let value = Arc::new(value);
+        match self.0.write() {
+            Ok(mut v) => *v = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+}
+
+/// What became of an operator request, as committed by the shard that owns
+/// its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It changed the instance.
+    Applied,
+    /// The instance had applied the same request before.
+    Repeated,
+    /// It does not apply to its instance; why.
+    Refused(String),
+}
+
+/// Outcomes of recent operator requests by request id (the most recent
+/// [`Outcomes::KEPT`]), for the admin API's jobs to follow.
+#[derive(Default)]
+pub struct Outcomes {
+    by_request: DashMap<String, Outcome>,
+    order: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Outcomes {
+    /// How many outcomes are kept; older ones are forgotten.
+    pub const KEPT: usize = 200_000;
+
+    pub fn record(&self, outcomes: impl IntoIterator<Item = (String, Outcome)>) {
+        let Ok(mut order) = self.order.lock() else {
+            return;
+        };
+        for (request, outcome) in outcomes {
+            if self.by_request.insert(request.clone(), outcome).is_none() {
+                order.push_back(request);
+            }
+        }
+        while order.len() > Self::KEPT {
+            if let Some(old) = order.pop_front() {
+                self.by_request.remove(&old);
+            }
+        }
+    }
+
+    pub fn get(&self, request: &str) -> Option<Outcome> {
+        self.by_request.get(request).map(|o| o.clone())
+    }
+}
+
 /// A change to the index, applied when the transaction that wrote it commits.
 #[derive(Debug, Clone)]
 pub enum Update {

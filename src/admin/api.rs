@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -22,6 +22,8 @@ use crate::config::Role;
 use crate::engine::{self, Millis, Registry, Status};
 use crate::index::{Entry, Filter, Index};
 use crate::telemetry::Health;
+
+use super::act;
 
 /// The most items one page holds.
 pub const MAX_PAGE: usize = 1_000;
@@ -74,12 +76,41 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 #[derive(Clone)]
 pub struct Api {
     pub index: Arc<Index>,
-    pub registry: Arc<Registry>,
+    /// The deployed definitions, as the runtime last published them.
+    pub registry: Arc<crate::index::Current<Registry>>,
+    /// Operator actions and deploys (`None`: this API only reads).
+    pub actions: Option<super::act::Actions>,
     pub health: Arc<Health>,
     pub tokens: Arc<Tokens>,
     /// This member's id and advertised admin address.
     pub member: String,
     pub admin: String,
+}
+
+impl Api {
+    /// The API of a running `runtime`, accepting `tokens`, advertised at `admin`.
+    pub fn for_runtime(
+        runtime: &crate::runtime::Runtime,
+        tokens: Tokens,
+        admin: String,
+    ) -> Result<Api, crate::kafka::KafkaFailure> {
+        let cfg = runtime.config();
+        Ok(Api {
+            index: runtime.index(),
+            registry: runtime.definitions(),
+            health: runtime.health(),
+            tokens: Arc::new(tokens),
+            member: cfg.instance_id(),
+            admin,
+            actions: Some(act::Actions {
+                publisher: Arc::new(crate::kafka::Publisher::new(cfg)?),
+                operator_topic: cfg.topics.operator(),
+                partitions: cfg.topics.partitions,
+                outcomes: runtime.outcomes(),
+                jobs: Arc::default(),
+            }),
+        })
+    }
 }
 
 /// An error answer: `{"error": "..."}` with its status.
@@ -88,7 +119,8 @@ pub struct ApiError {
     pub error: String,
 }
 
-struct Fail(StatusCode, String);
+/// A failed call: its status and what went wrong.
+pub(super) struct Fail(pub StatusCode, pub String);
 
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
@@ -103,7 +135,7 @@ impl IntoResponse for Fail {
     }
 }
 
-fn bad(why: impl Into<String>) -> Fail {
+pub(super) fn bad(why: impl Into<String>) -> Fail {
     Fail(StatusCode::BAD_REQUEST, why.into())
 }
 
@@ -117,6 +149,10 @@ pub fn routes(api: Api) -> Router {
         .route("/api/v1/definitions", get(definitions))
         .route("/api/v1/definitions/{process}/{version}", get(definition))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/instances/{process}/{key}/actions", post(act::act))
+        .route("/api/v1/requests/{request}", get(act::request))
+        .route("/api/v1/jobs", get(act::jobs).post(act::start_job))
+        .route("/api/v1/jobs/{id}", get(act::job))
         .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such API path".into()) })
         .method_not_allowed_fallback(|| async {
             Fail(
@@ -149,9 +185,10 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
         )
         .into_response();
     };
-    let Some((_, role)) = api.tokens.check(presented.trim()) else {
+    let Some((name, role)) = api.tokens.check(presented.trim()) else {
         return Fail(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response();
     };
+    let caller = Caller(name.to_string());
     let needs = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Role::Viewer
     } else {
@@ -168,13 +205,20 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
         )
         .into_response();
     }
+    let mut req = req;
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
+
+/// The name of the token a call came with (who asked, in the audit trail).
+#[derive(Debug, Clone)]
+pub(super) struct Caller(pub String);
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "baton admin API", version = "1"),
-    paths(instances, instance, incidents, definitions, definition, cluster),
+    paths(instances, instance, incidents, definitions, definition, cluster,
+        act::act, act::request, act::start_job, act::jobs, act::job),
     components(schemas(ApiError)),
     modifiers(&Bearer)
 )]
@@ -225,7 +269,7 @@ pub struct InstanceQuery {
     pub after: Option<String>,
 }
 
-fn time(field: &str, v: &Option<String>) -> Result<Option<Millis>, Fail> {
+pub(super) fn time(field: &str, v: &Option<String>) -> Result<Option<Millis>, Fail> {
     let Some(v) = v else { return Ok(None) };
     if let Ok(ms) = v.parse::<Millis>() {
         return Ok(Some(ms));
@@ -252,7 +296,7 @@ fn limit(v: Option<usize>) -> Result<usize, Fail> {
 }
 
 impl InstanceQuery {
-    fn filter(&self) -> Result<Filter, Fail> {
+    pub(super) fn filter(&self) -> Result<Filter, Fail> {
         Ok(Filter {
             process: self.process.clone(),
             version: self.version,
@@ -296,12 +340,14 @@ pub struct InstancePage {
 
 impl Api {
     fn step_names(&self, process: &str, version: u32) -> Option<Arc<[String]>> {
-        let def = self.registry.get(process, version)?;
+        let registry = self.registry.get();
+        let def = registry.get(process, version)?;
         Some(def.steps.iter().map(|s| s.id.clone()).collect())
     }
 
     fn step_name(&self, process: &str, version: u32, step: usize) -> String {
         self.registry
+            .get()
             .get(process, version)
             .and_then(|d| d.steps.get(step))
             .map_or_else(|| format!("#{step}"), |s| s.id.clone())
@@ -611,6 +657,7 @@ impl Api {
     fn definition_view(&self, def: &engine::Definition, source: bool) -> DefinitionView {
         let latest = self
             .registry
+            .get()
             .latest(&def.process)
             .is_some_and(|l| l.version == def.version);
         let counted = Filter {
@@ -627,9 +674,13 @@ impl Api {
             latest,
             instances: self.index.count(&counted, &none),
             source: source
-                .then(|| self.registry.source(&def.process, def.version))
-                .flatten()
-                .map(str::to_string),
+                .then(|| {
+                    self.registry
+                        .get()
+                        .source(&def.process, def.version)
+                        .map(str::to_string)
+                })
+                .flatten(),
         }
     }
 }
@@ -641,6 +692,7 @@ async fn definitions(State(api): State<Api>) -> Json<DefinitionList> {
     Json(DefinitionList {
         definitions: api
             .registry
+            .get()
             .all()
             .map(|d| api.definition_view(d, false))
             .collect(),
@@ -658,7 +710,8 @@ async fn definition(
     let version: u32 = version
         .parse()
         .map_err(|_| bad(format!("version: `{version}` is not a whole number")))?;
-    let def = api.registry.get(&process, version).ok_or_else(|| {
+    let registry = api.registry.get();
+    let def = registry.get(&process, version).ok_or_else(|| {
         Fail(
             StatusCode::NOT_FOUND,
             format!("no definition `{process}` version {version}"),
@@ -769,6 +822,10 @@ mod tests {
             "/api/v1/definitions",
             "/api/v1/definitions/{process}/{version}",
             "/api/v1/cluster",
+            "/api/v1/instances/{process}/{key}/actions",
+            "/api/v1/requests/{request}",
+            "/api/v1/jobs",
+            "/api/v1/jobs/{id}",
         ] {
             assert!(doc["paths"].get(p).is_some(), "{p} documented");
         }

@@ -3,6 +3,7 @@
 //! (Prometheus), and the admin API under `/api/v1` ([`api`]). It serves on a
 //! thread of its own and only reads shared state.
 
+pub mod act;
 pub mod api;
 
 use std::net::SocketAddr;

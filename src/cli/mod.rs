@@ -320,8 +320,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let stats = Arc::new(baton::runtime::Stats::default());
             let admin_cfg = cfg.admin.clone();
             let group = cfg.kafka.group_id.clone();
-            let member = cfg.instance_id();
-            let api_registry = Arc::new(registry.clone());
             let mut runtime = baton::runtime::Runtime::new(cfg, registry, stats.clone())
                 .context("cannot start the runtime")?;
             if let Some(t) = &traces {
@@ -335,14 +333,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .map_err(|why| anyhow::anyhow!("admin token `{}`: {why}", t.name))?;
                     tokens.push((t.name.clone(), t.role, secret));
                 }
-                let api = baton::admin::api::Api {
-                    index: runtime.index(),
-                    registry: api_registry,
-                    health: runtime.health(),
-                    tokens: Arc::new(baton::admin::api::Tokens::new(tokens)),
-                    member,
-                    admin: admin_cfg.listen.to_string(),
-                };
+                let api = baton::admin::api::Api::for_runtime(
+                    &runtime,
+                    baton::admin::api::Tokens::new(tokens),
+                    admin_cfg.listen.to_string(),
+                )
+                .context("cannot start the admin API")?;
                 Some(baton::admin::serve(
                     admin_cfg.listen,
                     stats.metrics.clone(),

@@ -836,6 +836,49 @@ pub fn send_plain(cfg: &Config, records: &[Outgoing]) -> Result<(), KafkaFailure
         .map_err(fail("flush"))
 }
 
+/// An idempotent, non-transactional producer whose sends complete when the
+/// broker has the record (the admin API's operator actions and deploys).
+pub struct Publisher {
+    inner: rdkafka::producer::FutureProducer,
+}
+
+impl Publisher {
+    pub fn new(cfg: &Config) -> Result<Publisher, KafkaFailure> {
+        let inner = producer_base(cfg)
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(fail("create the admin producer"))?;
+        Ok(Publisher { inner })
+    }
+
+    /// Writes `r` and waits until the broker acknowledged it; returns its
+    /// partition and offset.
+    pub async fn publish(&self, r: &Outgoing) -> Result<(i32, i64), KafkaFailure> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+            rdkafka::producer::FutureRecord::to(&r.topic)
+                .key(&r.key[..])
+                .headers(headers);
+        if let Some(p) = &r.payload {
+            rec = rec.payload(&p[..]);
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        self.inner
+            .send(rec, Duration::from_secs(30))
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(e, _)| fail(format!("produce to {}", r.topic))(e))
+    }
+}
+
 /// librdkafka's in-process mock cluster (for `baton demo` only: it does not
 /// hide aborted transactions from read_committed consumers).
 pub struct MockBroker {

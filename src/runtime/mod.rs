@@ -115,6 +115,12 @@ pub struct Runtime {
     in_place: bool,
     /// The instances this process holds, as committed, for the admin API.
     index: Arc<crate::index::Index>,
+    /// What became of operator requests, as committed.
+    outcomes: Arc<crate::index::Outcomes>,
+    /// The deployed definitions as the admin API reads them.
+    published: Arc<crate::index::Current<Registry>>,
+    /// The operator topic.
+    operator: String,
 }
 
 /// How often gauges that need a walk over the instances are refreshed.
@@ -190,6 +196,7 @@ impl Runtime {
         let producer = Arc::new(Producer::new(&cfg, &transactional_id)?);
         let mut subscribe = cfg.kafka.input_topics.clone();
         subscribe.push(t.repartition());
+        subscribe.push(t.operator());
         let txn = Arc::new(Mutex::new(Txn::default()));
         let consumer = consumer(&cfg, &txn, &producer)?;
         consumer.subscribe(&subscribe)?;
@@ -203,6 +210,8 @@ impl Runtime {
         health.update(|r| r.producer = true);
         info!(transactional_id, partitions = n, "baton runtime ready");
         Ok(Runtime {
+            published: Arc::new(crate::index::Current::new(registry.clone())),
+            operator: t.operator(),
             inputs: cfg.kafka.input_topics.clone(),
             repartition: t.repartition(),
             changelog: t.changelog(),
@@ -230,6 +239,7 @@ impl Runtime {
             every_record: false,
             in_place: cfg_in_place,
             index: Arc::default(),
+            outcomes: Arc::default(),
         })
     }
 
@@ -249,6 +259,21 @@ impl Runtime {
     /// The instances this process holds, as committed (the admin API reads it).
     pub fn index(&self) -> Arc<crate::index::Index> {
         self.index.clone()
+    }
+
+    /// What became of operator requests this process applied (the admin API's jobs read it).
+    pub fn outcomes(&self) -> Arc<crate::index::Outcomes> {
+        self.outcomes.clone()
+    }
+
+    /// The deployed definitions, replaced when a deploy arrives.
+    pub fn definitions(&self) -> Arc<crate::index::Current<Registry>> {
+        self.published.clone()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// What `/healthz` and `/readyz` report about this runtime.

@@ -118,6 +118,8 @@ impl Runtime {
                     continue;
                 }
                 by_shard.entry(m.partition).or_default().push((m, None));
+            } else if m.topic == self.operator {
+                self.handle_operator(m)?;
             } else {
                 for local in self.handle_input(m)? {
                     by_shard.entry(local.0.partition).or_default().push(local);
@@ -175,11 +177,13 @@ impl Runtime {
         let mut panics = Vec::new();
         let mut records = Vec::new();
         let mut index = Vec::new();
+        let mut outcomes = Vec::new();
         for o in outputs {
             match o {
                 Ok(out) => {
                     records.extend(out.records);
                     index.extend(out.index);
+                    outcomes.extend(out.outcomes);
                 }
                 Err(p) => panics.push(p),
             }
@@ -192,6 +196,7 @@ impl Runtime {
         }
         if let Ok(mut t) = self.txn.lock() {
             t.index.extend(index);
+            t.outcomes.extend(outcomes);
         }
         Ok(())
     }

@@ -4,6 +4,30 @@
 use super::*;
 
 impl Runtime {
+    /// An operator record: decoded and forwarded to its instance's shard,
+    /// where it is applied in order with the instance's events; one that
+    /// does not decode is a dead letter with the reason.
+    pub(super) fn handle_operator(&mut self, m: Incoming) -> Result<(), RuntimeError> {
+        self.consumed(&m)?;
+        let ctx = self.ctx();
+        let record = match m.payload.as_deref().map(wire::decode_operator) {
+            None => ctx.dead_letter(&m, "undecodable", "operator record without a value"),
+            Some(Err(e)) => ctx.dead_letter(&m, "undecodable", &e.to_string()),
+            Some(Ok(input)) => {
+                info!(instance = %format!("{}/{}", input.process, input.key), "operator action received");
+                // The trace context the request came with, if any.
+                let headers = m
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k == "traceparent" || k == "tracestate")
+                    .cloned()
+                    .collect();
+                ctx.forward(&input, headers)
+            }
+        };
+        self.send(record)
+    }
+
     /// A domain event: decode, find its processes, and forward it to their shards.
     /// Returns the records to process in place on this process's shards,
     /// with their input already decoded.

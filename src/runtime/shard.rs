@@ -55,6 +55,8 @@ pub(super) struct Output {
     audit: Vec<Vec<u8>>,
     /// What the admin index learns when the transaction commits.
     pub index: Vec<index::Update>,
+    /// What became of the operator requests among the records.
+    pub outcomes: Vec<(String, index::Outcome)>,
 }
 
 impl Output {
@@ -341,7 +343,20 @@ pub(super) fn handle(
     let now = m.timestamp.unwrap_or_else(now_ms);
     let trace = span.traceparent();
     let input = audit::Input::of(&record);
-    match shard.state.apply(ctx.registry, record, now, trace) {
+    let request = match &record.input {
+        Kind::Operator(o) => Some(o.request.clone()),
+        _ => None,
+    };
+    let result = shard.state.apply(ctx.registry, record, now, trace);
+    if let Some(request) = request {
+        let outcome = match &result {
+            Ok(a) if a.change == Change::None => index::Outcome::Repeated,
+            Ok(_) => index::Outcome::Applied,
+            Err(e) => index::Outcome::Refused(e.to_string()),
+        };
+        out.outcomes.push((request, outcome));
+    }
+    match result {
         Ok(applied) => {
             out.audit_entry(shard.shard, input, now, &applied, ctx);
             carry_out(applied, span, m, ctx, out)

@@ -20,6 +20,8 @@ pub(super) struct Txn {
     pub(super) in_batch: bool,
     /// What the admin index learns when this transaction commits.
     pub(super) index: Vec<crate::index::Update>,
+    /// What became of operator requests, known when this transaction commits.
+    pub(super) outcomes: Vec<(String, crate::index::Outcome)>,
 }
 
 /// Creates the group consumer (not yet subscribed) with its revocation hook.
@@ -142,10 +144,14 @@ impl Runtime {
         }
         self.stats.transaction(true);
         self.every_record = false;
-        let updates = match self.txn.lock() {
-            Ok(mut t) => std::mem::take(&mut *t).index,
-            Err(_) => Vec::new(),
+        let (updates, outcomes) = match self.txn.lock() {
+            Ok(mut t) => {
+                let t = std::mem::take(&mut *t);
+                (t.index, t.outcomes)
+            }
+            Err(_) => (Vec::new(), Vec::new()),
         };
+        self.outcomes.record(outcomes);
         // A shard released meanwhile is its next owner's to show.
         let shards = &self.shards;
         self.index.apply(updates.into_iter().filter(|u| match u {

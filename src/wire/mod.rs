@@ -9,9 +9,13 @@
 //! it never panics.
 
 pub mod cloudevents;
+mod operator;
 mod peek;
 mod shard;
 
+pub use operator::{
+    ActionBody, OPERATOR_FORMAT, OperatorRequest, decode_operator, encode_operator,
+};
 pub use peek::{Peek, changelog_position, peek_changelog};
 pub use shard::{Operator, Origin, ShardInputKind, ShardRecord, decode_shard, encode_shard};
 
@@ -42,6 +46,8 @@ pub enum WireError {
     Format(u32),
     #[error("snapshot field `{field}`: {reason}")]
     Field { field: String, reason: String },
+    #[error("not a baton operator record: {0}")]
+    Operator(String),
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> WireError {

@@ -1,0 +1,576 @@
+//! The write side of the admin API: operator actions on one instance, bulk
+//! jobs over the instances a filter matches, and what became of a request.
+//!
+//! Nothing here changes an instance: an action is published to the operator
+//! topic, keyed and partitioned like its instance, and the shard that owns
+//! the instance applies it in order with its events, inside the same kind
+//! of transaction (see `wire::operator`). Every request carries an id; an
+//! instance applies a request id once, so a client that retries, or a job
+//! sent twice, changes nothing twice.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::api::{Api, ApiError, Caller, Fail, InstanceQuery, bad, time};
+use crate::engine::{self, Registry, content_hash};
+use crate::index::{Filter, Outcome, Outcomes};
+use crate::kafka::{Outgoing, Publisher};
+use crate::runtime::{now_ms, shard_of};
+use crate::wire::{ActionBody, OPERATOR_FORMAT, OperatorRequest, encode_operator};
+
+/// What the write side needs besides what the API reads.
+#[derive(Clone)]
+pub struct Actions {
+    pub publisher: Arc<Publisher>,
+    /// The operator topic and the shard count (the partition of an instance).
+    pub operator_topic: String,
+    pub partitions: i32,
+    /// What became of the requests this member's shards applied.
+    pub outcomes: Arc<Outcomes>,
+    pub jobs: Arc<Jobs>,
+}
+
+/// How long a job waits for outcomes that stop arriving.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(60);
+/// How many records a job has in flight at once.
+const IN_FLIGHT: usize = 500;
+
+/// A random id: 32 hex digits from the standard library's per-process
+/// random hasher keys and the clock.
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(u128::from(now_ms()));
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Fail> {
+    body.map(|Json(b)| b)
+        .map_err(|e| bad(format!("the request body: {}", e.body_text())))
+}
+
+fn unavailable() -> Fail {
+    Fail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this member serves reads only: it has no producer for operator actions".into(),
+    )
+}
+
+/// Checks an action against the deployed definitions; the engine's action.
+fn check_action(
+    registry: &Registry,
+    process: &str,
+    action: &ActionBody,
+    reason: &str,
+) -> Result<engine::Action, Fail> {
+    if reason.trim().is_empty() {
+        return Err(bad(
+            "`reason` is required: say why (it is kept in the audit trail)",
+        ));
+    }
+    if registry.latest(process).is_none() {
+        return Err(Fail(
+            StatusCode::NOT_FOUND,
+            format!("process `{process}` is not deployed"),
+        ));
+    }
+    let engine_action = action.to_action(reason).map_err(bad)?;
+    if let ActionBody::Migrate { to, .. } = action
+        && registry.get(process, *to).is_none()
+    {
+        return Err(Fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("version {to} of process `{process}` is not deployed"),
+        ));
+    }
+    Ok(engine_action)
+}
+
+/// The operator record of one request.
+fn record(acts: &Actions, r: &OperatorRequest) -> Outgoing {
+    let id = r.instance();
+    Outgoing {
+        topic: acts.operator_topic.clone(),
+        partition: Some(shard_of(&id, acts.partitions)),
+        key: id.into_bytes(),
+        payload: Some(encode_operator(r)),
+        headers: vec![("content-type".to_string(), b"application/json".to_vec())],
+    }
+}
+
+/// An operator action on one instance.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ActionRequest {
+    #[serde(flatten)]
+    pub action: ActionBody,
+    /// Why (required; kept in the audit trail with the token's name).
+    pub reason: String,
+    /// An id of the caller's choosing: sending the same id again applies
+    /// nothing twice (default: a fresh id).
+    #[serde(default)]
+    pub request: Option<String>,
+}
+
+/// The action was published; the owning shard applies it shortly.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub request: String,
+    /// `process/key`.
+    pub instance: String,
+    /// The shard (operator and repartition partition) that applies it.
+    pub partition: i32,
+}
+
+/// Publishes an operator action for one instance.
+#[utoipa::path(post, path = "/api/v1/instances/{process}/{key}/actions",
+    request_body = ActionRequest,
+    responses((status = 202, body = Accepted), (status = 400, body = ApiError),
+        (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 404, body = ApiError), (status = 422, body = ApiError),
+        (status = 503, body = ApiError)))]
+pub(super) async fn act(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path((process, key)): Path<(String, String)>,
+    body: Result<Json<ActionRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Accepted>), Fail> {
+    let body = json_body(body)?;
+    let acts = api.actions.clone().ok_or_else(unavailable)?;
+    check_action(&api.registry.get(), &process, &body.action, &body.reason)?;
+    let id = format!("{process}/{key}");
+    let partition = shard_of(&id, acts.partitions);
+    if api.health.readiness().shards.contains(&partition) && api.index.get(&id).is_none() {
+        // This member owns the instance's shard and holds no such instance.
+        return Err(Fail(StatusCode::NOT_FOUND, format!("no instance {id}")));
+    }
+    let request = match body.request {
+        Some(r) if r.trim().is_empty() => return Err(bad("`request` is empty")),
+        Some(r) => r,
+        None => random_id(),
+    };
+    let r = OperatorRequest {
+        v: OPERATOR_FORMAT,
+        process,
+        key,
+        action: body.action,
+        by: caller.0,
+        reason: body.reason,
+        request: request.clone(),
+    };
+    acts.publisher
+        .publish(&record(&acts, &r))
+        .await
+        .map_err(|e| Fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            request,
+            instance: id,
+            partition,
+        }),
+    ))
+}
+
+/// What became of one request, as far as this member knows.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestView {
+    pub request: String,
+    /// `pending` (not applied by a shard of this member yet), `applied`,
+    /// `repeated` (applied before) or `refused`.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+/// The outcome of an operator request.
+#[utoipa::path(get, path = "/api/v1/requests/{request}",
+    responses((status = 200, body = RequestView), (status = 401, body = ApiError),
+        (status = 503, body = ApiError)))]
+pub(super) async fn request(
+    State(api): State<Api>,
+    Path(request): Path<String>,
+) -> Result<Json<RequestView>, Fail> {
+    let acts = api.actions.clone().ok_or_else(unavailable)?;
+    let (state, reason) = match acts.outcomes.get(&request) {
+        None => ("pending", None),
+        Some(Outcome::Applied) => ("applied", None),
+        Some(Outcome::Repeated) => ("repeated", None),
+        Some(Outcome::Refused(why)) => ("refused", Some(why)),
+    };
+    Ok(Json(RequestView {
+        request,
+        state: state.to_string(),
+        reason,
+    }))
+}
+
+/// Which instances a job acts on; every field that is set must match.
+/// Times are RFC 3339 or epoch milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// A step a token is at or an incident is parked on; with retry or
+    /// skip, only incidents at this step are resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_before: Option<String>,
+    /// Only incidents raised after this time (retry and skip).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident_after: Option<String>,
+    /// Only incidents raised before this time (retry and skip).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident_before: Option<String>,
+}
+
+impl JobFilter {
+    fn is_empty(&self) -> bool {
+        *self == JobFilter::default()
+    }
+
+    fn index_filter(&self) -> Result<Filter, Fail> {
+        InstanceQuery {
+            process: self.process.clone(),
+            version: self.version,
+            status: self.status.clone(),
+            step: self.step.clone(),
+            key_prefix: self.key_prefix.clone(),
+            incident: self.incident,
+            started_after: self.started_after.clone(),
+            started_before: self.started_before.clone(),
+            ended_after: self.ended_after.clone(),
+            ended_before: self.ended_before.clone(),
+            limit: None,
+            after: None,
+        }
+        .filter()
+    }
+}
+
+/// One action for every instance a filter matches.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub filter: JobFilter,
+    pub action: ActionBody,
+    /// Why (required; kept in the audit trail of every instance).
+    pub reason: String,
+}
+
+/// A bulk job and its progress.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub action: ActionBody,
+    pub filter: JobFilter,
+    pub reason: String,
+    pub by: String,
+    /// `running`, `completed` (every request has an outcome) or
+    /// `unconfirmed` (some outcomes did not arrive within a minute: their
+    /// shards are owned by another member, or it is down).
+    pub state: String,
+    /// Requests the filter matched (one per instance; with retry or skip,
+    /// one per matching incident).
+    pub matched: u64,
+    /// Requests on the operator topic.
+    pub published: u64,
+    /// Requests their instances applied (now or before).
+    pub applied: u64,
+    /// Requests refused, each with its instance and reason.
+    pub errors: Vec<String>,
+    pub created_at: String,
+}
+
+/// The jobs this member started, newest last.
+#[derive(Default)]
+pub struct Jobs(Mutex<BTreeMap<String, JobView>>);
+
+impl Jobs {
+    fn get(&self, id: &str) -> Option<JobView> {
+        self.0.lock().ok()?.get(id).cloned()
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut JobView)) {
+        if let Ok(mut jobs) = self.0.lock()
+            && let Some(j) = jobs.get_mut(id)
+        {
+            f(j);
+        }
+    }
+
+    /// Adds `job` unless one with its id exists; the job under that id.
+    fn insert(&self, job: JobView) -> (JobView, bool) {
+        let Ok(mut jobs) = self.0.lock() else {
+            return (job, false);
+        };
+        match jobs.get(&job.id) {
+            Some(existing) => (existing.clone(), false),
+            None => {
+                jobs.insert(job.id.clone(), job.clone());
+                (job, true)
+            }
+        }
+    }
+
+    fn all(&self) -> Vec<JobView> {
+        self.0
+            .lock()
+            .map(|j| j.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The list of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+/// The requests of a job: for retry and skip without an incident id, one
+/// per matching open incident; else one per matching instance.
+fn targets(
+    api: &Api,
+    filter: &JobFilter,
+    action: &ActionBody,
+) -> Result<Vec<(String, ActionBody)>, Fail> {
+    let index_filter = filter.index_filter()?;
+    let after = time("incident_after", &filter.incident_after)?;
+    let before = time("incident_before", &filter.incident_before)?;
+    let registry = api.registry.get();
+    let steps = |p: &str, v: u32| -> Option<Arc<[String]>> {
+        let def = registry.get(p, v)?;
+        Some(def.steps.iter().map(|s| s.id.clone()).collect())
+    };
+    let mut out = Vec::new();
+    for id in api.index.ids(&index_filter, &steps) {
+        let per_incident = match action {
+            ActionBody::Retry { incident: None } => Some(true),
+            ActionBody::Skip { incident: None } => Some(false),
+            _ => None,
+        };
+        let Some(retry) = per_incident else {
+            out.push((id.to_string(), action.clone()));
+            continue;
+        };
+        let Some(entry) = api.index.get(&id) else {
+            continue;
+        };
+        let process = id.split_once('/').map_or(&*id, |(p, _)| p);
+        let names = steps(process, entry.version);
+        for inc in entry.incidents.iter() {
+            let step = inc
+                .step
+                .and_then(|s| names.as_ref().and_then(|n| n.get(s).cloned()));
+            let fits = filter
+                .step
+                .as_ref()
+                .is_none_or(|s| step.as_ref() == Some(s))
+                && after.is_none_or(|t| inc.at > t)
+                && before.is_none_or(|t| inc.at < t);
+            if fits {
+                let incident = Some(inc.id);
+                let a = if retry {
+                    ActionBody::Retry { incident }
+                } else {
+                    ActionBody::Skip { incident }
+                };
+                out.push((id.to_string(), a));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Starts a bulk job; the same job sent again (same filter, action, reason
+/// and token) is the same job, and is not run twice.
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = JobRequest,
+    responses((status = 202, body = JobView, description = "started"),
+        (status = 200, body = JobView, description = "the same job was started before"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+pub(super) async fn start_job(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<JobRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<JobView>), Fail> {
+    let body = json_body(body)?;
+    let acts = api.actions.clone().ok_or_else(unavailable)?;
+    if body.filter.is_empty() {
+        return Err(bad(
+            "an empty filter would match every instance; name at least one field",
+        ));
+    }
+    match &body.filter.process {
+        Some(p) => {
+            check_action(&api.registry.get(), p, &body.action, &body.reason)?;
+        }
+        None if matches!(body.action, ActionBody::Migrate { .. }) => {
+            return Err(bad("a migration job needs `filter.process`"));
+        }
+        None => {
+            body.action.to_action(&body.reason).map_err(bad)?;
+            if body.reason.trim().is_empty() {
+                return Err(bad(
+                    "`reason` is required: say why (it is kept in the audit trail)",
+                ));
+            }
+        }
+    }
+    let identity = serde_json::json!({
+        "filter": body.filter, "action": body.action, "reason": body.reason, "by": caller.0,
+    });
+    let id = format!("j-{}", content_hash(&identity.to_string()));
+    let targets = targets(&api, &body.filter, &body.action)?;
+    let (job, created) = acts.jobs.insert(JobView {
+        id: id.clone(),
+        action: body.action,
+        filter: body.filter,
+        reason: body.reason,
+        by: caller.0,
+        state: "running".into(),
+        matched: targets.len() as u64,
+        published: 0,
+        applied: 0,
+        errors: Vec::new(),
+        created_at: engine::format_rfc3339(now_ms()),
+    });
+    if !created {
+        return Ok((StatusCode::OK, Json(job)));
+    }
+    tokio::spawn(run_job(acts, job.clone(), targets));
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// Publishes a job's requests, then follows their outcomes.
+async fn run_job(acts: Actions, job: JobView, targets: Vec<(String, ActionBody)>) {
+    let mut requests = Vec::with_capacity(targets.len());
+    for (n, (instance, action)) in targets.into_iter().enumerate() {
+        let (process, key) = instance
+            .split_once('/')
+            .map_or((instance.as_str(), ""), |(p, k)| (p, k));
+        let request = format!("{}/{n}/{instance}", job.id);
+        requests.push(OperatorRequest {
+            v: OPERATOR_FORMAT,
+            process: process.to_string(),
+            key: key.to_string(),
+            action,
+            by: job.by.clone(),
+            reason: job.reason.clone(),
+            request,
+        });
+    }
+    let mut sent = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(IN_FLIGHT) {
+        let mut set = tokio::task::JoinSet::new();
+        for r in chunk {
+            let (publisher, rec, r) = (acts.publisher.clone(), record(&acts, r), r.clone());
+            set.spawn(async move { (publisher.publish(&rec).await, r) });
+        }
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok((Ok(_), r)) => sent.push(r),
+                Ok((Err(e), r)) => acts.jobs.update(&job.id, |j| {
+                    j.errors
+                        .push(format!("{}: not published: {e}", r.instance()))
+                }),
+                Err(e) => acts
+                    .jobs
+                    .update(&job.id, |j| j.errors.push(format!("not published: {e}"))),
+            }
+        }
+        let published = sent.len() as u64;
+        acts.jobs.update(&job.id, |j| j.published = published);
+    }
+    // Outcomes arrive as the owning shards commit.
+    let mut waiting: Vec<OperatorRequest> = sent;
+    let mut quiet_since = tokio::time::Instant::now();
+    while !waiting.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = waiting.len();
+        let mut applied = 0;
+        let mut refused = Vec::new();
+        waiting.retain(|r| match acts.outcomes.get(&r.request) {
+            None => true,
+            Some(Outcome::Applied | Outcome::Repeated) => {
+                applied += 1;
+                false
+            }
+            Some(Outcome::Refused(why)) => {
+                refused.push(format!("{}: {why}", r.instance()));
+                false
+            }
+        });
+        acts.jobs.update(&job.id, |j| {
+            j.applied += applied;
+            j.errors.extend(refused);
+        });
+        if waiting.len() < before {
+            quiet_since = tokio::time::Instant::now();
+        } else if quiet_since.elapsed() > CONFIRM_WITHIN {
+            let n = waiting.len();
+            acts.jobs.update(&job.id, |j| {
+                j.state = "unconfirmed".into();
+                j.errors.push(format!(
+                    "{n} request{} published but not confirmed by this member within {} s (their shards may be owned by another member)",
+                    if n == 1 { "" } else { "s" },
+                    CONFIRM_WITHIN.as_secs()
+                ));
+            });
+            return;
+        }
+    }
+    acts.jobs.update(&job.id, |j| j.state = "completed".into());
+}
+
+/// The jobs this member started.
+#[utoipa::path(get, path = "/api/v1/jobs",
+    responses((status = 200, body = JobList), (status = 401, body = ApiError),
+        (status = 503, body = ApiError)))]
+pub(super) async fn jobs(State(api): State<Api>) -> Result<Json<JobList>, Fail> {
+    let acts = api.actions.clone().ok_or_else(unavailable)?;
+    Ok(Json(JobList {
+        jobs: acts.jobs.all(),
+    }))
+}
+
+/// One job and its progress.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}",
+    responses((status = 200, body = JobView), (status = 401, body = ApiError),
+        (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub(super) async fn job(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, Fail> {
+    let acts = api.actions.clone().ok_or_else(unavailable)?;
+    acts.jobs
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| Fail(StatusCode::NOT_FOUND, format!("no job {id}")))
+}
