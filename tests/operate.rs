@@ -37,6 +37,21 @@ fn api(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
 }
 
 fn call(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    send(admin, method, path, token, json!({}))
+}
+
+/// `POST /api/v1{path}` with a JSON body and an operator's token.
+fn post(admin: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    send(admin, "POST", path, Some(OPERATOR), body)
+}
+
+fn send(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -57,7 +72,7 @@ fn call(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u1
             if let Some(a) = &auth {
                 r = r.header("Authorization", a);
             }
-            r.send_json(json!({}))
+            r.send_json(body)
         }
     };
     let mut answer = answer.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
@@ -99,10 +114,14 @@ fn ids(page: &Value) -> Vec<String> {
 }
 
 fn cli(admin: SocketAddr, args: &[&str]) -> (i32, String) {
+    cli_as(admin, VIEWER, args)
+}
+
+fn cli_as(admin: SocketAddr, token: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(args)
         .env("BATON_ADMIN_URL", format!("http://{admin}"))
-        .env("BATON_TOKEN", VIEWER)
+        .env("BATON_TOKEN", token)
         .output()
         .expect("baton runs");
     (
@@ -111,10 +130,19 @@ fn cli(admin: SocketAddr, args: &[&str]) -> (i32, String) {
     )
 }
 
-#[test]
-fn the_admin_api_lists_filters_pages_and_details_live_instances() {
+/// One `baton run` of its own group, with a viewer and an operator token,
+/// ready to serve.
+struct Setup {
+    broker: Broker,
+    t: Topics,
+    group: String,
+    admin: SocketAddr,
+    _baton: Baton,
+}
+
+fn start(name: &str) -> Setup {
     let broker = Broker::start();
-    let group = unique("operate");
+    let group = unique(name);
     let t = Topics::of(&group);
     let dir = broker.dir.join("baton");
     std::fs::create_dir_all(&dir).expect("dir");
@@ -162,6 +190,24 @@ fn the_admin_api_lists_filters_pages_and_details_live_instances() {
     eventually(60, "/readyz to answer 200", || {
         support::admin::get(admin, "/readyz").filter(|(s, _)| *s == 200)
     });
+    Setup {
+        broker,
+        t,
+        group,
+        admin,
+        _baton,
+    }
+}
+
+#[test]
+fn the_admin_api_lists_filters_pages_and_details_live_instances() {
+    let Setup {
+        broker,
+        t,
+        admin,
+        _baton: _running,
+        ..
+    } = start("operate");
 
     // Tokens and roles; health stays open.
     assert_eq!(
@@ -172,10 +218,10 @@ fn the_admin_api_lists_filters_pages_and_details_live_instances() {
     assert_eq!(status, 401, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("Bearer")));
     assert_eq!(api(admin, "/instances", Some("not-a-token-at-all")).0, 401);
-    let (status, body) = call(admin, "POST", "/definitions", Some(VIEWER));
+    let (status, body) = call(admin, "POST", "/jobs", Some(VIEWER));
     assert_eq!(status, 403, "a viewer may not act: {body}");
-    let (status, body) = call(admin, "POST", "/definitions", Some(OPERATOR));
-    assert_eq!(status, 405, "an operator passes the role check: {body}");
+    let (status, body) = call(admin, "POST", "/jobs", Some(OPERATOR));
+    assert_eq!(status, 400, "an operator passes the role check: {body}");
 
     // Three orders wait at `reserve` (no ERP answers); o-3 is then refused
     // by the ERP and fails.
@@ -296,4 +342,261 @@ fn the_admin_api_lists_filters_pages_and_details_live_instances() {
     assert!(out.contains("reserve") && out.contains("active"), "{out}");
     let (code, _) = cli(admin, &["instance", "order-to-cash/o-404"]);
     assert_eq!(code, 3, "not found");
+}
+
+/// The status of one instance, and the attempt its first token is at.
+fn state(admin: SocketAddr, key: &str) -> (String, u64, u64) {
+    let (_, d) = api(
+        admin,
+        &format!("/instances/order-to-cash/{key}"),
+        Some(VIEWER),
+    );
+    (
+        d["status"].as_str().unwrap_or("").to_string(),
+        d["tokens"][0]["attempt"].as_u64().unwrap_or(0),
+        d["incidents"].as_array().map_or(0, |i| i.len() as u64),
+    )
+}
+
+/// Waits until a request has an outcome; returns its state and reason.
+fn outcome(admin: SocketAddr, request: &str) -> (String, String) {
+    eventually(60, &format!("an outcome of request {request}"), || {
+        let (_, r) = api(admin, &format!("/requests/{request}"), Some(VIEWER));
+        let state = r["state"].as_str()?.to_string();
+        (state != "pending").then(|| (state, r["reason"].as_str().unwrap_or("").to_string()))
+    })
+}
+
+#[test]
+fn operators_retry_skip_and_cancel_through_kafka_one_by_one_and_in_bulk() {
+    let Setup {
+        broker,
+        t,
+        group,
+        admin,
+        _baton: _running,
+    } = start("act");
+    let dead_letters = format!("{group}.baton.dead-letters");
+    let (seen, stop_seen) = support::running::collector(
+        &broker.bootstrap,
+        &[dead_letters.clone(), t.commands[0].clone()],
+    );
+    // Five orders reach `charge`; o-1, o-2 and o-3 get a charge answer their
+    // `set` cannot read (no paymentId): each is parked in an incident.
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    let orders = ["o-1", "o-2", "o-3", "o-4"];
+    for n in orders {
+        producer.send(&placed(&t, n)).expect("send");
+        producer
+            .send(&event(
+                &t,
+                "com.acme.inventory.reserved",
+                &format!("reserved-{n}"),
+                json!({"orderId": n, "reservationId": format!("r-{n}")}),
+            ))
+            .expect("send");
+    }
+    producer.flush().expect("flush");
+    eventually(60, "every order at charge", || {
+        orders
+            .iter()
+            .all(|n| {
+                let (_, d) = api(
+                    admin,
+                    &format!("/instances/order-to-cash/{n}"),
+                    Some(VIEWER),
+                );
+                d["steps"] == json!(["charge"])
+            })
+            .then_some(())
+    });
+    for n in ["o-1", "o-2", "o-3"] {
+        producer
+            .send(&event(
+                &t,
+                "com.acme.payment.charged",
+                &format!("charged-bad-{n}"),
+                json!({"orderId": n}),
+            ))
+            .expect("send");
+    }
+    producer.flush().expect("flush");
+    let incidents = eventually(60, "three incidents", || {
+        let (_, page) = api(admin, "/incidents", Some(VIEWER));
+        let list = page["incidents"].as_array()?.clone();
+        (list.len() == 3).then_some(list)
+    });
+    assert!(
+        incidents.iter().all(|i| i["step"] == json!("charge")
+            && i["reason"].as_str().is_some_and(|r| r.contains("set"))),
+        "{incidents:?}"
+    );
+
+    // Validation happens before anything is published.
+    let (status, body) = post(
+        admin,
+        "/instances/order-to-cash/o-1/actions",
+        json!({"action": "retry", "reason": " "}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("reason")));
+    let (status, body) = post(
+        admin,
+        "/instances/order-to-cash/o-1/actions",
+        json!({"action": "explode", "reason": "x"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(
+        admin,
+        "/instances/order-to-cash/o-404/actions",
+        json!({"action": "retry", "reason": "x"}),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(
+        admin,
+        "/instances/order-to-cash/o-1/actions",
+        json!({"action": "migrate", "to": 7, "reason": "x"}),
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = send(
+        admin,
+        "POST",
+        "/instances/order-to-cash/o-1/actions",
+        Some(VIEWER),
+        json!({"action": "retry", "reason": "x"}),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // Retry o-1: the charge goes out again (attempt 2), and o-1 completes.
+    let (status, accepted) = post(
+        admin,
+        "/instances/order-to-cash/o-1/actions",
+        json!({"action": "retry", "reason": "the PSP fixed its answers", "request": "fix-o-1"}),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["request"], json!("fix-o-1"));
+    assert_eq!(outcome(admin, "fix-o-1").0, "applied");
+    assert_eq!(state(admin, "o-1"), ("active".into(), 2, 0));
+    // The same request again changes nothing.
+    let (status, _) = post(
+        admin,
+        "/instances/order-to-cash/o-1/actions",
+        json!({"action": "retry", "reason": "the PSP fixed its answers", "request": "fix-o-1"}),
+    );
+    assert_eq!(status, 202);
+    for (kind, id, data) in [
+        (
+            "com.acme.payment.charged",
+            "charged-o-1",
+            json!({"orderId": "o-1", "paymentId": "p-1"}),
+        ),
+        (
+            "com.acme.shipment.created",
+            "created-o-1",
+            json!({"orderRef": "o-1", "trackingId": "t-1"}),
+        ),
+        (
+            "com.acme.invoice.created",
+            "invoiced-o-1",
+            json!({"orderId": "o-1", "invoiceId": "i-1"}),
+        ),
+        (
+            "com.acme.shipment.delivered",
+            "delivered-o-1",
+            json!({"orderRef": "o-1"}),
+        ),
+    ] {
+        producer.send(&event(&t, kind, id, data)).expect("send");
+    }
+    producer.flush().expect("flush");
+    eventually(60, "o-1 completed", || {
+        (state(admin, "o-1").0 == "completed").then_some(())
+    });
+
+    // Bulk retry of every charge incident: a job; sent twice, it is one job.
+    let job = json!({
+        "filter": {"process": "order-to-cash", "step": "charge", "incident": true},
+        "action": {"action": "retry"},
+        "reason": "the PSP fixed its answers",
+    });
+    let (status, started) = post(admin, "/jobs", job.clone());
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["matched"], json!(2));
+    let id = started["id"].as_str().expect("job id").to_string();
+    let done = eventually(60, "the job to complete", || {
+        let (_, j) = api(admin, &format!("/jobs/{id}"), Some(VIEWER));
+        (j["state"] == json!("completed")).then_some(j)
+    });
+    assert_eq!(done["applied"], json!(2), "{done}");
+    assert_eq!(done["errors"], json!([]), "{done}");
+    assert_eq!(done["by"], json!("ops"));
+    let (status, again) = post(admin, "/jobs", job);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], json!(id));
+    for n in ["o-2", "o-3"] {
+        assert_eq!(state(admin, n), ("active".into(), 2, 0), "{n}");
+    }
+    let (_, listed) = api(admin, "/jobs", Some(VIEWER));
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1));
+
+    // Cancel o-4 with compensation from the CLI: its reservation is released.
+    let (code, out) = cli_as(
+        admin,
+        OPERATOR,
+        &[
+            "cancel",
+            "order-to-cash/o-4",
+            "--compensate",
+            "--reason",
+            "the customer called",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    eventually(60, "o-4 cancelled", || {
+        (state(admin, "o-4").0 == "cancelled").then_some(())
+    });
+    eventually(60, "the release command of o-4", || {
+        let seen = seen.lock().ok()?;
+        seen.iter()
+            .any(|m| {
+                support::orders::header(m, "ce_type").as_deref()
+                    == Some("com.acme.inventory.release")
+                    && m.key.as_deref() == Some(b"o-4".as_slice())
+            })
+            .then_some(())
+    });
+
+    // An action that no longer applies is refused by the shard, with why,
+    // and dead-lettered; so is a record on the operator topic that is not one.
+    let (_, refused) = post(
+        admin,
+        "/instances/order-to-cash/o-4/actions",
+        json!({"action": "skip", "reason": "too late", "request": "late-o-4"}),
+    );
+    assert_eq!(refused["request"], json!("late-o-4"));
+    let (state_of, why) = outcome(admin, "late-o-4");
+    assert_eq!(state_of, "refused");
+    assert!(why.contains("cancelled"), "{why}");
+    producer
+        .send(&Outgoing {
+            topic: format!("{group}.baton.operator"),
+            partition: None,
+            key: b"order-to-cash/o-2".to_vec(),
+            payload: Some(b"{not json".to_vec()),
+            headers: Vec::new(),
+        })
+        .expect("send");
+    producer.flush().expect("flush");
+    let kinds = eventually(60, "two operator dead letters", || {
+        let seen = seen.lock().ok()?;
+        let kinds: Vec<String> = seen
+            .iter()
+            .filter(|m| m.topic == dead_letters)
+            .filter_map(|m| support::orders::header(m, "baton.dlq.kind"))
+            .collect();
+        (kinds.len() >= 2).then_some(kinds)
+    });
+    assert!(kinds.contains(&"operator-refused".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"undecodable".to_string()), "{kinds:?}");
+    stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
 }
