@@ -600,3 +600,166 @@ fn operators_retry_skip_and_cancel_through_kafka_one_by_one_and_in_bulk() {
     assert!(kinds.contains(&"undecodable".to_string()), "{kinds:?}");
     stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+#[test]
+fn definitions_deploy_at_run_time_and_instances_migrate_to_them() {
+    let Setup {
+        broker,
+        t,
+        admin,
+        _baton: _running,
+        ..
+    } = start("deploy");
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    // o-1 and o-2 wait at `reserve`, o-3 at `charge`, all on version 1.
+    for n in ["o-1", "o-2", "o-3"] {
+        producer.send(&placed(&t, n)).expect("send");
+    }
+    producer
+        .send(&event(
+            &t,
+            "com.acme.inventory.reserved",
+            "reserved-o-3",
+            json!({"orderId": "o-3", "reservationId": "r-3"}),
+        ))
+        .expect("send");
+    producer.flush().expect("flush");
+    let steps = |key: &str| {
+        let (_, d) = api(
+            admin,
+            &format!("/instances/order-to-cash/{key}"),
+            Some(VIEWER),
+        );
+        (d["version"].as_u64().unwrap_or(0), d["steps"].clone())
+    };
+    eventually(60, "o-1, o-2 at reserve and o-3 at charge", || {
+        (steps("o-1") == (1, json!(["reserve"]))
+            && steps("o-2") == (1, json!(["reserve"]))
+            && steps("o-3") == (1, json!(["charge"])))
+            .then_some(())
+    });
+
+    // Version 2 renames `reserve` and `charge`; deployed from the CLI.
+    let v2 = t
+        .definition()
+        .replace("version: 1", "version: 2")
+        .replace("- id: reserve\n", "- id: reserve-stock\n")
+        .replace("- id: charge\n", "- id: pay\n")
+        .replace("default: charge", "default: pay");
+    let dir = broker.dir.join("v2");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("order-to-cash-v2.yaml");
+    std::fs::write(&file, &v2).expect("v2 written");
+    let path = file.to_str().expect("utf-8 path");
+    let (code, out) = cli_as(admin, OPERATOR, &["deploy", path]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("created order-to-cash v2"), "{out}");
+    let (code, out) = cli_as(admin, OPERATOR, &["deploy", path]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("already deployed"), "{out}");
+    let (code, _) = cli_as(admin, VIEWER, &["deploy", path]);
+    assert_eq!(code, 4, "a viewer may not deploy");
+    std::fs::write(&file, v2.replace("From a placed order", "From an order")).expect("edited");
+    let (code, out) = cli_as(admin, OPERATOR, &["deploy", path]);
+    assert_eq!(
+        code, 5,
+        "the same version with other content is refused: {out}"
+    );
+    let (status, body) = post(
+        admin,
+        "/definitions",
+        json!({"source": "process: broken\nversion: 1\nsteps: []\n", "file": "broken.yaml"}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["diagnostics"].as_array().is_some_and(|d| !d.is_empty()
+            && d.iter()
+                .all(|d| d.as_str().is_some_and(|d| d.starts_with("broken.yaml:")))),
+        "{body}"
+    );
+    let (_, defs) = api(admin, "/definitions", Some(VIEWER));
+    let versions: Vec<(u64, bool)> = defs["definitions"]
+        .as_array()
+        .expect("definitions")
+        .iter()
+        .filter(|d| d["process"] == json!("order-to-cash"))
+        .map(|d| {
+            (
+                d["version"].as_u64().unwrap_or(0),
+                d["latest"] == json!(true),
+            )
+        })
+        .collect();
+    assert_eq!(versions, [(1, false), (2, true)]);
+
+    // New instances take version 2; running ones keep version 1.
+    producer.send(&placed(&t, "o-4")).expect("send");
+    producer.flush().expect("flush");
+    eventually(60, "o-4 on version 2", || {
+        (steps("o-4") == (2, json!(["reserve-stock"]))).then_some(())
+    });
+    assert_eq!(steps("o-1"), (1, json!(["reserve"])));
+
+    // A dry run says who can move: o-3's `charge` has no place in v2.
+    let migration = json!({
+        "process": "order-to-cash", "from": 1, "to": 2,
+        "steps": {"reserve": "reserve-stock"}, "dry_run": true,
+    });
+    let (status, dry) = post(admin, "/migrations", migration.clone());
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        dry["movable"],
+        json!(["order-to-cash/o-1", "order-to-cash/o-2"])
+    );
+    assert_eq!(dry["blocked"][0]["instance"], json!("order-to-cash/o-3"));
+    assert!(
+        dry["blocked"][0]["reasons"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.contains("charge")))),
+        "{dry}"
+    );
+    assert!(dry["job"].is_null());
+    assert_eq!(
+        steps("o-1"),
+        (1, json!(["reserve"])),
+        "a dry run moves nothing"
+    );
+
+    // The real run, from the CLI: it moves o-1 and o-2, reports o-3 and
+    // exits with the failed-check code.
+    let (code, out) = cli_as(
+        admin,
+        OPERATOR,
+        &[
+            "migrate",
+            "--process",
+            "order-to-cash",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--map",
+            "reserve=reserve-stock",
+            "--reason",
+            "v2 renames the steps",
+        ],
+    );
+    assert_eq!(code, 6, "{out}");
+    assert!(out.contains("2 movable, 1 blocked"), "{out}");
+    assert_eq!(steps("o-1"), (2, json!(["reserve-stock"])));
+    assert_eq!(steps("o-2"), (2, json!(["reserve-stock"])));
+    assert_eq!(steps("o-3"), (1, json!(["charge"])));
+    // o-1 goes on under version 2.
+    producer
+        .send(&event(
+            &t,
+            "com.acme.inventory.reserved",
+            "reserved-o-1",
+            json!({"orderId": "o-1", "reservationId": "r-1"}),
+        ))
+        .expect("send");
+    producer.flush().expect("flush");
+    eventually(60, "o-1 at v2's pay", || {
+        (steps("o-1") == (2, json!(["pay"]))).then_some(())
+    });
+}

@@ -33,6 +33,8 @@ pub struct Actions {
     /// The operator topic and the shard count (the partition of an instance).
     pub operator_topic: String,
     pub partitions: i32,
+    /// Where deployed definitions are published.
+    pub definitions_topic: String,
     /// What became of the requests this member's shards applied.
     pub outcomes: Arc<Outcomes>,
     pub jobs: Arc<Jobs>,
@@ -443,17 +445,43 @@ pub(super) async fn start_job(
             }
         }
     }
+    let targets = targets(&api, &body.filter, &body.action)?;
+    let (job, created) = launch(
+        &acts,
+        caller.0,
+        body.filter,
+        body.action,
+        body.reason,
+        targets,
+    );
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(job)))
+}
+
+/// Starts a job over `targets` unless the same job (same filter, action,
+/// reason and caller) was started before; the job, and whether it is new.
+fn launch(
+    acts: &Actions,
+    by: String,
+    filter: JobFilter,
+    action: ActionBody,
+    reason: String,
+    targets: Vec<(String, ActionBody)>,
+) -> (JobView, bool) {
     let identity = serde_json::json!({
-        "filter": body.filter, "action": body.action, "reason": body.reason, "by": caller.0,
+        "filter": filter, "action": action, "reason": reason, "by": by,
     });
     let id = format!("j-{}", content_hash(&identity.to_string()));
-    let targets = targets(&api, &body.filter, &body.action)?;
     let (job, created) = acts.jobs.insert(JobView {
-        id: id.clone(),
-        action: body.action,
-        filter: body.filter,
-        reason: body.reason,
-        by: caller.0,
+        id,
+        action,
+        filter,
+        reason,
+        by,
         state: "running".into(),
         matched: targets.len() as u64,
         published: 0,
@@ -461,11 +489,143 @@ pub(super) async fn start_job(
         errors: Vec::new(),
         created_at: engine::format_rfc3339(now_ms()),
     });
-    if !created {
-        return Ok((StatusCode::OK, Json(job)));
+    if created {
+        tokio::spawn(run_job(acts.clone(), job.clone(), targets));
     }
-    tokio::spawn(run_job(acts, job.clone(), targets));
-    Ok((StatusCode::ACCEPTED, Json(job)))
+    (job, created)
+}
+
+/// A migration of the active instances of one version to another.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationRequest {
+    pub process: String,
+    pub from: u32,
+    pub to: u32,
+    /// Step ids of `from` → step ids of `to`; unmapped steps keep their id.
+    #[serde(default)]
+    pub steps: BTreeMap<String, String>,
+    /// List which instances can move and why others cannot; move none.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Why (required unless `dry_run`).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// An instance that cannot move, and every reason.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Blocked {
+    pub instance: String,
+    pub reasons: Vec<String>,
+}
+
+/// What a migration found, and the job that moves the movable instances
+/// (none on a dry run, or when nothing can move).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationView {
+    pub movable: Vec<String>,
+    pub blocked: Vec<Blocked>,
+    pub job: Option<JobView>,
+}
+
+/// Checks every active instance of `from` against `to`; unless a dry run,
+/// migrates the movable ones as operator actions (a job).
+#[utoipa::path(post, path = "/api/v1/migrations", request_body = MigrationRequest,
+    responses((status = 200, body = MigrationView, description = "a dry run, or the same migration started before"),
+        (status = 202, body = MigrationView, description = "the migration job started"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 422, body = ApiError), (status = 503, body = ApiError)))]
+pub(super) async fn migrate(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<MigrationRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<MigrationView>), Fail> {
+    let body = json_body(body)?;
+    let acts = api.actions.clone().ok_or_else(unavailable)?;
+    let registry = api.registry.get();
+    let version = |v: u32| {
+        registry.get(&body.process, v).cloned().ok_or_else(|| {
+            Fail(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("version {v} of process `{}` is not deployed", body.process),
+            )
+        })
+    };
+    if registry.latest(&body.process).is_none() {
+        return Err(Fail(
+            StatusCode::NOT_FOUND,
+            format!("process `{}` is not deployed", body.process),
+        ));
+    }
+    let (from, to) = (version(body.from)?, version(body.to)?);
+    if from.version == to.version {
+        return Err(bad("`from` and `to` are the same version"));
+    }
+    if !body.dry_run && body.reason.trim().is_empty() {
+        return Err(bad(
+            "`reason` is required: say why (it is kept in the audit trail)",
+        ));
+    }
+    let filter = JobFilter {
+        process: Some(body.process.clone()),
+        version: Some(body.from),
+        status: Some("active".into()),
+        ..JobFilter::default()
+    };
+    let none = |_: &str, _: u32| None;
+    let (mut movable, mut blocked) = (Vec::new(), Vec::new());
+    for id in api.index.ids(&filter.index_filter()?, &none) {
+        let Some(entry) = api.index.get(&id) else {
+            continue;
+        };
+        let checked = crate::wire::decode_changelog_at(&entry.record)
+            .map_err(|e| vec![format!("its state does not decode: {e}")])
+            .and_then(|(_, _, inst)| {
+                engine::migrate(&from, &to, &inst, &body.steps)
+                    .map_err(|m| m.iter().map(|m| m.to_string()).collect())
+            });
+        match checked {
+            Ok(_) => movable.push(id.to_string()),
+            Err(reasons) => blocked.push(Blocked {
+                instance: id.to_string(),
+                reasons,
+            }),
+        }
+    }
+    if body.dry_run || movable.is_empty() {
+        return Ok((
+            StatusCode::OK,
+            Json(MigrationView {
+                movable,
+                blocked,
+                job: None,
+            }),
+        ));
+    }
+    let action = ActionBody::Migrate {
+        to: body.to,
+        steps: body.steps,
+    };
+    let targets = movable
+        .iter()
+        .map(|id| (id.clone(), action.clone()))
+        .collect();
+    let (job, created) = launch(&acts, caller.0, filter, action, body.reason, targets);
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(MigrationView {
+            movable,
+            blocked,
+            job: Some(job),
+        }),
+    ))
 }
 
 /// Publishes a job's requests, then follows their outcomes.

@@ -105,6 +105,7 @@ impl Api {
             actions: Some(act::Actions {
                 publisher: Arc::new(crate::kafka::Publisher::new(cfg)?),
                 operator_topic: cfg.topics.operator(),
+                definitions_topic: cfg.topics.definitions(),
                 partitions: cfg.topics.partitions,
                 outcomes: runtime.outcomes(),
                 jobs: Arc::default(),
@@ -146,13 +147,17 @@ pub fn routes(api: Api) -> Router {
         .route("/api/v1/instances", get(instances))
         .route("/api/v1/instances/{process}/{key}", get(instance))
         .route("/api/v1/incidents", get(incidents))
-        .route("/api/v1/definitions", get(definitions))
+        .route(
+            "/api/v1/definitions",
+            get(definitions).post(super::deploy::deploy),
+        )
         .route("/api/v1/definitions/{process}/{version}", get(definition))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/instances/{process}/{key}/actions", post(act::act))
         .route("/api/v1/requests/{request}", get(act::request))
         .route("/api/v1/jobs", get(act::jobs).post(act::start_job))
         .route("/api/v1/jobs/{id}", get(act::job))
+        .route("/api/v1/migrations", post(act::migrate))
         .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such API path".into()) })
         .method_not_allowed_fallback(|| async {
             Fail(
@@ -218,7 +223,7 @@ pub(super) struct Caller(pub String);
 #[openapi(
     info(title = "baton admin API", version = "1"),
     paths(instances, instance, incidents, definitions, definition, cluster,
-        act::act, act::request, act::start_job, act::jobs, act::job),
+        act::act, act::request, act::start_job, act::jobs, act::job, act::migrate, super::deploy::deploy),
     components(schemas(ApiError)),
     modifiers(&Bearer)
 )]

@@ -5,6 +5,7 @@
 
 pub mod act;
 pub mod api;
+mod deploy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

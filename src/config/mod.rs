@@ -120,7 +120,7 @@ fn default_group() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Topics {
-    /// Names are `<prefix>.changelog`, `.audit`, `.dead-letters`, `.repartition`, `.operator`.
+    /// Names are `<prefix>.changelog`, `.audit`, `.dead-letters`, `.repartition`, `.operator`, `.definitions`.
     pub prefix: String,
     /// Partitions of baton's topics; equal to the input topics' partitions.
     pub partitions: i32,
@@ -160,6 +160,10 @@ impl Topics {
     }
     pub fn operator(&self) -> String {
         format!("{}.operator", self.prefix)
+    }
+    /// Definitions deployed at run time (compacted, one partition).
+    pub fn definitions(&self) -> String {
+        format!("{}.definitions", self.prefix)
     }
 }
 

@@ -822,6 +822,87 @@ pub fn scan_partition(
     Ok(count)
 }
 
+/// Follows one partition from its start, outside any group: what was
+/// committed to it so far ([`Follower::catch_up`]), then what arrives
+/// ([`Follower::poll`]). The runtime follows the definitions topic with it.
+pub struct Follower {
+    consumer: BaseConsumer,
+    topic: String,
+    partition: i32,
+}
+
+impl Follower {
+    pub fn new(cfg: &Config, topic: &str, partition: i32) -> Result<Follower, KafkaFailure> {
+        let consumer: BaseConsumer = consumer_base(cfg)
+            .set("group.id", format!("{}-follow", cfg.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(fail("create follower"))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(fail("assign"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(fail(format!("assign {topic}/{partition}")))?;
+        Ok(Follower {
+            consumer,
+            topic: topic.to_string(),
+            partition,
+        })
+    }
+
+    /// Every record up to the partition's end as of now.
+    pub fn catch_up(&self, patience: Duration) -> Result<Vec<Incoming>, KafkaFailure> {
+        let (topic, p) = (self.topic.as_str(), self.partition);
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .map_err(fail(format!("watermarks of {topic}/{p}")))?;
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let at = match self.consumer.position() {
+                Ok(pos) => match pos.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                },
+                Err(_) => 0,
+            };
+            if at >= high {
+                return Ok(out);
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => out.push(Incoming::from(&m)),
+                Some(Err(e)) => return Err(fail(format!("read {topic}/{p}"))(e)),
+                None if std::time::Instant::now() > deadline => {
+                    return Err(KafkaFailure::Topic {
+                        topic: format!("{topic}/{p}"),
+                        problem: format!(
+                            "reading towards offset {high} made no progress for {} s",
+                            patience.as_secs()
+                        ),
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// What arrived since the last call, without waiting.
+    pub fn poll(&self) -> Result<Vec<Incoming>, KafkaFailure> {
+        let mut out = Vec::new();
+        while let Some(m) = self.consumer.poll(Duration::ZERO) {
+            match m {
+                Ok(m) => out.push(Incoming::from(&m)),
+                Err(e) => return Err(fail(format!("read {}/{}", self.topic, self.partition))(e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A plain (non-transactional) producer for `baton send` and simulated services.
 pub fn send_plain(cfg: &Config, records: &[Outgoing]) -> Result<(), KafkaFailure> {
     let producer: ThreadedProducer<DefaultProducerContext> = producer_base(cfg)

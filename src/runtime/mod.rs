@@ -24,6 +24,7 @@
 //! (the group, for readiness), `partition` (which shard a key lives on),
 //! `stats`, and `faults` (injected by tests only).
 
+mod deploys;
 mod faults;
 mod partition;
 mod process;
@@ -119,6 +120,8 @@ pub struct Runtime {
     outcomes: Arc<crate::index::Outcomes>,
     /// The deployed definitions as the admin API reads them.
     published: Arc<crate::index::Current<Registry>>,
+    /// The definitions topic, followed for versions deployed at run time.
+    deploys: deploys::Deploys,
     /// The operator topic.
     operator: String,
 }
@@ -173,6 +176,9 @@ impl Runtime {
         stats: Arc<Stats>,
     ) -> Result<Runtime, RuntimeError> {
         cfg.kafka.max_record_bytes = Some(kafka::record_limit(&cfg)?);
+        let mut registry = registry;
+        kafka::ensure_topics(&cfg, &[(cfg.topics.definitions(), 1, true)])?;
+        let deploys = deploys::Deploys::start(&cfg, &cfg.topics.definitions(), &mut registry)?;
         let t = &cfg.topics;
         let n = t.partitions;
         let mut topics = vec![
@@ -210,6 +216,7 @@ impl Runtime {
         health.update(|r| r.producer = true);
         info!(transactional_id, partitions = n, "baton runtime ready");
         Ok(Runtime {
+            deploys,
             published: Arc::new(crate::index::Current::new(registry.clone())),
             operator: t.operator(),
             inputs: cfg.kafka.input_topics.clone(),
@@ -301,6 +308,7 @@ impl Runtime {
             {
                 self.refresh_readiness();
             }
+            self.follow_deploys(false)?;
             let batch = self.poll_batch()?;
             self.set_in_batch(true);
             self.process(batch)?;
@@ -485,6 +493,11 @@ impl Runtime {
             None => {}
         }
         let changed = !r.revoked.is_empty() || !r.assigned.is_empty();
+        if r.assigned.iter().any(|(t, _)| *t == self.repartition) {
+            // A shard taken over may hold instances of versions deployed
+            // since the last look.
+            self.follow_deploys(true)?;
+        }
         for (topic, p) in r.assigned {
             if topic == self.repartition {
                 self.start_restore(p)?;

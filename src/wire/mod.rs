@@ -9,10 +9,12 @@
 //! it never panics.
 
 pub mod cloudevents;
+mod deploy;
 mod operator;
 mod peek;
 mod shard;
 
+pub use deploy::{DEPLOY_FORMAT, DeployRecord, decode_deploy, encode_deploy};
 pub use operator::{
     ActionBody, OPERATOR_FORMAT, OperatorRequest, decode_operator, encode_operator,
 };
@@ -48,6 +50,8 @@ pub enum WireError {
     Field { field: String, reason: String },
     #[error("not a baton operator record: {0}")]
     Operator(String),
+    #[error("not a baton definitions record: {0}")]
+    Deploy(String),
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> WireError {
