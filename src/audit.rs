@@ -772,6 +772,16 @@ fn replay_entry(
         }
     }
     let name = entry.describe(n);
+    // An instance starts on the newest version of its day, which a later
+    // deploy no longer is.
+    let as_of;
+    let registry = match entry.version {
+        Some(v) if shard.instance(id).is_none() => {
+            as_of = registry.as_of(process, v);
+            &as_of
+        }
+        _ => registry,
+    };
     let applied = match &entry.input {
         Input::Refused { event, reason } => {
             match shard.refuse(registry, event.record(process, key), reason, entry.time) {
@@ -1363,6 +1373,45 @@ mod tests {
             );
         }
         trail
+    }
+
+    #[test]
+    fn instances_started_before_a_deploy_and_migrated_after_it_replay() {
+        let mut run = Run::new();
+        let placed = |n: &str| json!({"orderId": n, "customerId": "c-1", "total": 5, "lines": [], "address": "x"});
+        run.event("o-1", "com.acme.order.placed", "o1-placed", placed("o-1"));
+        run.event("o-2", "com.acme.order.placed", "o2-placed", placed("o-2"));
+        run.commit();
+        // Version 2 arrives: o-1 keeps version 1, o-2 moves, o-3 starts on 2.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/order-to-cash.yaml");
+        let v2 = std::fs::read_to_string(path)
+            .expect("example")
+            .replace("version: 1", "version: 2");
+        run.reg
+            .deploy(crate::dsl::parse("v2.yaml", &v2).expect("valid"), &v2)
+            .expect("deploy v2");
+        run.now += 100;
+        run.operator(
+            "o-2",
+            engine::Action::Migrate {
+                to: 2,
+                steps: Default::default(),
+            },
+            "ops",
+        );
+        run.event("o-3", "com.acme.order.placed", "o3-placed", placed("o-3"));
+        run.commit();
+        let version = |run: &Run, key: &str| run.shard.instance(&id(key)).map(|i| i.version);
+        assert_eq!(
+            [
+                version(&run, "o-1"),
+                version(&run, "o-2"),
+                version(&run, "o-3")
+            ],
+            [Some(1), Some(2), Some(2)]
+        );
+        let trail = replay_all(&mut run);
+        assert_eq!(trail.len(), 3);
     }
 
     #[test]

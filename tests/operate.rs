@@ -599,6 +599,59 @@ fn operators_retry_skip_and_cancel_through_kafka_one_by_one_and_in_bulk() {
     assert!(kinds.contains(&"operator-refused".to_string()), "{kinds:?}");
     assert!(kinds.contains(&"undecodable".to_string()), "{kinds:?}");
     stop_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    // The audit trail says who retried o-1 and why.
+    let (status, trail) = api(admin, "/audit/order-to-cash/o-1", Some(VIEWER));
+    assert_eq!(status, 200, "{trail}");
+    let entries = trail["entries"].as_array().expect("entries").clone();
+    let by_operator: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["input"]["kind"] == json!("operator"))
+        .collect();
+    assert_eq!(by_operator.len(), 1, "one retry applied: {entries:?}");
+    let retry = serde_json::to_string(by_operator[0]).expect("json");
+    assert!(
+        retry.contains("\"ops\"") && retry.contains("the PSP fixed its answers"),
+        "{retry}"
+    );
+    assert_eq!(
+        entries.last().map(|e| e["status"].clone()),
+        Some(json!("completed"))
+    );
+    let (_, detail) = api(
+        admin,
+        "/instances/order-to-cash/o-1?history=true",
+        Some(VIEWER),
+    );
+    assert_eq!(
+        detail["history"].as_array().map(Vec::len),
+        Some(entries.len())
+    );
+
+    // The compliance check: every instance's trail rebuilds its snapshot.
+    let mut checked = 0;
+    for p in 0..PARTITIONS {
+        let (status, r) = api(admin, &format!("/audit/replay?partition={p}"), Some(VIEWER));
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["mismatched"], json!([]), "partition {p}: {r}");
+        checked += r["checked"].as_u64().expect("checked");
+    }
+    assert_eq!(checked, 4, "o-1 … o-4");
+    let (code, out) = cli(
+        admin,
+        &[
+            "audit",
+            "replay",
+            "--process",
+            "order-to-cash",
+            "--key",
+            "o-4",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("checked 1, matched 1, mismatched 0"), "{out}");
+    let (status, body) = api(admin, "/audit/replay", Some(VIEWER));
+    assert_eq!(status, 400, "{body}");
 }
 
 #[test]
@@ -762,4 +815,9 @@ fn definitions_deploy_at_run_time_and_instances_migrate_to_them() {
     eventually(60, "o-1 at v2's pay", || {
         (steps("o-1") == (2, json!(["pay"]))).then_some(())
     });
+    // Migrated trails replay too: the migration is one of their entries.
+    for p in 0..PARTITIONS {
+        let (_, r) = api(admin, &format!("/audit/replay?partition={p}"), Some(VIEWER));
+        assert_eq!(r["mismatched"], json!([]), "partition {p}: {r}");
+    }
 }

@@ -35,6 +35,8 @@ pub struct Actions {
     pub partitions: i32,
     /// Where deployed definitions are published.
     pub definitions_topic: String,
+    /// For reading the audit trail and the changelog.
+    pub config: Arc<crate::config::Config>,
     /// What became of the requests this member's shards applied.
     pub outcomes: Arc<Outcomes>,
     pub jobs: Arc<Jobs>,

@@ -106,6 +106,7 @@ impl Api {
                 publisher: Arc::new(crate::kafka::Publisher::new(cfg)?),
                 operator_topic: cfg.topics.operator(),
                 definitions_topic: cfg.topics.definitions(),
+                config: Arc::new(cfg.clone()),
                 partitions: cfg.topics.partitions,
                 outcomes: runtime.outcomes(),
                 jobs: Arc::default(),
@@ -158,6 +159,8 @@ pub fn routes(api: Api) -> Router {
         .route("/api/v1/jobs", get(act::jobs).post(act::start_job))
         .route("/api/v1/jobs/{id}", get(act::job))
         .route("/api/v1/migrations", post(act::migrate))
+        .route("/api/v1/audit/replay", get(super::audit::replay_check))
+        .route("/api/v1/audit/{process}/{key}", get(super::audit::trail))
         .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such API path".into()) })
         .method_not_allowed_fallback(|| async {
             Fail(
@@ -223,7 +226,8 @@ pub(super) struct Caller(pub String);
 #[openapi(
     info(title = "baton admin API", version = "1"),
     paths(instances, instance, incidents, definitions, definition, cluster,
-        act::act, act::request, act::start_job, act::jobs, act::job, act::migrate, super::deploy::deploy),
+        act::act, act::request, act::start_job, act::jobs, act::job, act::migrate, super::deploy::deploy,
+        super::audit::trail, super::audit::replay_check),
     components(schemas(ApiError)),
     modifiers(&Bearer)
 )]
@@ -481,6 +485,19 @@ pub struct Detail {
     pub open_incidents: Vec<IncidentView>,
     pub transitions: u64,
     pub parent: Option<ParentView>,
+    /// Its audit trail, oldest first (with `?history=true`; it is read
+    /// from the audit topic).
+    #[schema(value_type = Vec<Object>)]
+    pub history: Vec<Value>,
+}
+
+/// Options of one instance's view.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetailQuery {
+    /// Add the audit trail (one read of the instance's audit partition).
+    pub history: bool,
 }
 
 fn incident_view(api: &Api, id: &str, version: u32, i: &engine::Incident) -> IncidentView {
@@ -520,11 +537,12 @@ fn timer_kind(k: &engine::TimerKind) -> &'static str {
 
 /// One instance in full, from its committed state.
 #[utoipa::path(get, path = "/api/v1/instances/{process}/{key}",
-    params(("process" = String, Path), ("key" = String, Path)),
+    params(("process" = String, Path), ("key" = String, Path), DetailQuery),
     responses((status = 200, body = Detail), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
 async fn instance(
     State(api): State<Api>,
     Path((process, key)): Path<(String, String)>,
+    Query(q): Query<DetailQuery>,
 ) -> Result<Json<Detail>, Fail> {
     let id = format!("{process}/{key}");
     let Some(e) = api.index.get(&id) else {
@@ -586,6 +604,11 @@ async fn instance(
             key: p.key.clone(),
             version: p.version,
         }),
+        history: if q.history {
+            super::audit::history(&api, &id).await?
+        } else {
+            Vec::new()
+        },
     };
     Ok(Json(detail))
 }

@@ -5,6 +5,7 @@
 
 pub mod act;
 pub mod api;
+mod audit;
 mod deploy;
 
 use std::net::SocketAddr;

@@ -1020,7 +1020,9 @@ fn incident_table(incidents: &[Incident], with_instance: bool) -> Table {
 fn instance(server: &Server, id: &str, process: Option<&str>) -> Result<(), Failure> {
     let (p, k) = instance_id(id, process)?;
     let path = format!("/instances/{}/{}", segment(&p), segment(&k));
-    let value = server.client().get(&path, &[])?;
+    let value = server
+        .client()
+        .get(&path, &[("history", "true".to_string())])?;
     if server.json {
         print_json(&value);
         return Ok(());

@@ -422,6 +422,17 @@ impl Registry {
             .flat_map(|v| v.values().map(|(d, _)| d))
     }
 
+    /// This registry as it stood when `version` was the newest of
+    /// `process`: later versions of it left out (a replay starts an
+    /// instance on the version it started on).
+    pub fn as_of(&self, process: &str, version: u32) -> Registry {
+        let mut r = self.clone();
+        if let Some(versions) = r.processes.get_mut(process) {
+            versions.retain(|v, _| *v <= version);
+        }
+        r
+    }
+
     /// The newest version of every process.
     pub fn latest_all(&self) -> impl Iterator<Item = &std::sync::Arc<Definition>> {
         self.processes
