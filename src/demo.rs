@@ -226,7 +226,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
                     baton::config::Role::Operator,
                     opts.admin_token.clone(),
                 )]),
-                addr.to_string(),
+                format!("http://{addr}"),
             )?),
         )?),
         None => None,

@@ -144,7 +144,24 @@ fn start(name: &str) -> Setup {
     let broker = Broker::start();
     let group = unique(name);
     let t = Topics::of(&group);
-    let dir = broker.dir.join("baton");
+    let (admin, _baton) = member(&broker, &group, "operate-1");
+    eventually(60, "/readyz to answer 200", || {
+        support::admin::get(admin, "/readyz").filter(|(s, _)| *s == 200)
+    });
+    Setup {
+        broker,
+        t,
+        group,
+        admin,
+        _baton,
+    }
+}
+
+/// Starts `baton run` as member `instance` of `group`, with a viewer and an
+/// operator token; returns its admin address.
+fn member(broker: &Broker, group: &str, instance: &str) -> (SocketAddr, Baton) {
+    let t = Topics::of(group);
+    let dir = broker.dir.join(instance);
     std::fs::create_dir_all(&dir).expect("dir");
     let admin = free_addr();
     let secret = dir.join("operator.token");
@@ -161,8 +178,8 @@ fn start(name: &str) -> Setup {
         &dir,
         &support::RunConfig {
             bootstrap: &broker.bootstrap,
-            group: &group,
-            instance: "operate-1",
+            group,
+            instance,
             partitions: PARTITIONS,
             in_place: false,
             admin: admin.to_string(),
@@ -177,7 +194,7 @@ fn start(name: &str) -> Setup {
     let cfg = cfg.expect("valid config");
     kafka::ensure_topics(&cfg, &[(t.input.clone(), PARTITIONS, false)]).expect("input topic");
     let log = std::fs::File::create(dir.join("baton.log")).expect("log");
-    let _baton = Baton(
+    let baton = Baton(
         Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["run", "--config"])
             .arg(&config)
@@ -187,16 +204,7 @@ fn start(name: &str) -> Setup {
             .spawn()
             .expect("baton starts"),
     );
-    eventually(60, "/readyz to answer 200", || {
-        support::admin::get(admin, "/readyz").filter(|(s, _)| *s == 200)
-    });
-    Setup {
-        broker,
-        t,
-        group,
-        admin,
-        _baton,
-    }
+    (admin, baton)
 }
 
 #[test]
@@ -820,4 +828,87 @@ fn definitions_deploy_at_run_time_and_instances_migrate_to_them() {
         let (_, r) = api(admin, &format!("/audit/replay?partition={p}"), Some(VIEWER));
         assert_eq!(r["mismatched"], json!([]), "partition {p}: {r}");
     }
+}
+
+#[test]
+fn any_member_answers_for_instances_another_member_owns() {
+    let broker = Broker::start();
+    let group = unique("members");
+    let t = Topics::of(&group);
+    let (a, _first) = member(&broker, &group, "member-a");
+    let (b, _second) = member(&broker, &group, "member-b");
+    for admin in [a, b] {
+        eventually(60, "the admin port to answer", || {
+            support::admin::get(admin, "/healthz")
+        });
+    }
+    // Both ready with one shard each, and each knowing the other.
+    let shards = |admin: SocketAddr| -> Vec<Value> {
+        let (_, c) = api(admin, "/cluster", Some(VIEWER));
+        c["members"].as_array().cloned().unwrap_or_default()
+    };
+    eventually(
+        90,
+        "two members with one shard each, seen from both",
+        || {
+            [a, b]
+                .iter()
+                .all(|m| {
+                    let list = shards(*m);
+                    list.len() == 2
+                        && list.iter().all(|x| {
+                            x["ready"] == json!(true)
+                                && x["shards"].as_array().is_some_and(|s| s.len() == 1)
+                        })
+                })
+                .then_some(())
+        },
+    );
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    let orders: Vec<String> = (1..=8).map(|n| format!("o-{n}")).collect();
+    for n in &orders {
+        producer.send(&placed(&t, n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    let all: Vec<String> = orders
+        .iter()
+        .map(|n| format!("order-to-cash/{n}"))
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    for admin in [a, b] {
+        let listed = eventually(60, "every order listed by either member", || {
+            let (_, page) = api(admin, "/instances?process=order-to-cash", Some(VIEWER));
+            let got = ids(&page);
+            (got == sorted).then_some(got)
+        });
+        assert_eq!(listed.len(), 8);
+        // Paging over both members: pages of three, nothing twice or missed.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let path = match &after {
+                Some(c) => format!("/instances?limit=3&after={c}"),
+                None => "/instances?limit=3".to_string(),
+            };
+            let (_, page) = api(admin, &path, Some(VIEWER));
+            seen.extend(ids(&page));
+            match page["next"].as_str() {
+                Some(c) => after = Some(c.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, sorted);
+        // Each instance in full from either member, whoever owns it.
+        for id in &all {
+            let (status, d) = api(admin, &format!("/instances/{id}"), Some(VIEWER));
+            assert_eq!(status, 200, "{id} from {admin}: {d}");
+            assert_eq!(d["id"], json!(id));
+        }
+        // Local views hold only the member's own.
+        let (_, local) = api(admin, "/instances?local=true", Some(VIEWER));
+        assert!(ids(&local).len() < 8, "{local}");
+    }
+    let owners: Vec<Value> = shards(a).iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(owners, [json!("member-a"), json!("member-b")]);
 }

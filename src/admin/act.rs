@@ -168,7 +168,7 @@ pub(super) async fn act(
         process,
         key,
         action: body.action,
-        by: caller.0,
+        by: caller.name,
         reason: body.reason,
         request: request.clone(),
     };
@@ -272,6 +272,7 @@ impl JobFilter {
             ended_before: self.ended_before.clone(),
             limit: None,
             after: None,
+            local: None,
         }
         .filter()
     }
@@ -450,7 +451,7 @@ pub(super) async fn start_job(
     let targets = targets(&api, &body.filter, &body.action)?;
     let (job, created) = launch(
         &acts,
-        caller.0,
+        caller.name,
         body.filter,
         body.action,
         body.reason,
@@ -614,7 +615,7 @@ pub(super) async fn migrate(
         .iter()
         .map(|id| (id.clone(), action.clone()))
         .collect();
-    let (job, created) = launch(&acts, caller.0, filter, action, body.reason, targets);
+    let (job, created) = launch(&acts, caller.name, filter, action, body.reason, targets);
     let status = if created {
         StatusCode::ACCEPTED
     } else {

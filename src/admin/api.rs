@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, RawQuery, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -80,6 +80,8 @@ pub struct Api {
     pub registry: Arc<crate::index::Current<Registry>>,
     /// Operator actions and deploys (`None`: this API only reads).
     pub actions: Option<super::act::Actions>,
+    /// The other members, to forward and fan out to (`None`: this member alone).
+    pub members: Option<Arc<super::members::Members>>,
     pub health: Arc<Health>,
     pub tokens: Arc<Tokens>,
     /// This member's id and advertised admin address.
@@ -95,7 +97,13 @@ impl Api {
         admin: String,
     ) -> Result<Api, crate::kafka::KafkaFailure> {
         let cfg = runtime.config();
+        let members = Arc::new(super::members::Members::new(
+            cfg.instance_id(),
+            admin.clone(),
+        ));
+        super::members::start(cfg, runtime.health(), members.clone())?;
         Ok(Api {
+            members: Some(members),
             index: runtime.index(),
             registry: runtime.definitions(),
             health: runtime.health(),
@@ -196,7 +204,10 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
     let Some((name, role)) = api.tokens.check(presented.trim()) else {
         return Fail(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response();
     };
-    let caller = Caller(name.to_string());
+    let caller = Caller {
+        name: name.to_string(),
+        token: presented.trim().to_string(),
+    };
     let needs = if matches!(*req.method(), Method::GET | Method::HEAD) {
         Role::Viewer
     } else {
@@ -218,9 +229,13 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
-/// The name of the token a call came with (who asked, in the audit trail).
+/// The token a call came with: its holder's name (who asked, in the audit
+/// trail) and the token itself (to forward the call to another member).
 #[derive(Debug, Clone)]
-pub(super) struct Caller(pub String);
+pub(super) struct Caller {
+    pub name: String,
+    pub token: String,
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -276,6 +291,8 @@ pub struct InstanceQuery {
     pub limit: Option<usize>,
     /// The `next` cursor of the previous page.
     pub after: Option<String>,
+    /// Only this member's instances (no fan-out to the others).
+    pub local: Option<bool>,
 }
 
 pub(super) fn time(field: &str, v: &Option<String>) -> Result<Option<Millis>, Fail> {
@@ -322,7 +339,7 @@ impl InstanceQuery {
 }
 
 /// One instance as listed.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Summary {
     /// `process/key`.
     pub id: String,
@@ -341,10 +358,13 @@ pub struct Summary {
 }
 
 /// A page of instances; `next` is the cursor of the following page.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InstancePage {
     pub instances: Vec<Summary>,
     pub next: Option<String>,
+    /// Members that did not answer (their instances are missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 impl Api {
@@ -407,17 +427,104 @@ impl Api {
     responses((status = 200, body = InstancePage), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 async fn instances(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
     Query(q): Query<InstanceQuery>,
 ) -> Result<Json<InstancePage>, Fail> {
-    let (page, next) = api.page(&q.filter()?, q.after.as_deref(), limit(q.limit)?);
-    Ok(Json(InstancePage {
+    let limit = limit(q.limit)?;
+    let (page, next) = api.page(&q.filter()?, q.after.as_deref(), limit);
+    let mine = InstancePage {
         instances: page.iter().map(|(id, e)| api.summary(id, e)).collect(),
         next,
+        unreachable: Vec::new(),
+    };
+    let answers = api.fan_out("/instances", raw, q.local, &caller).await;
+    if answers.is_empty() {
+        return Ok(Json(mine));
+    }
+    let mut pages = vec![(mine.instances, mine.next)];
+    let mut unreachable = Vec::new();
+    for (member, answer) in answers {
+        match answer
+            .and_then(|v| serde_json::from_value::<InstancePage>(v).map_err(|e| e.to_string()))
+        {
+            Ok(p) => pages.push((p.instances, p.next)),
+            Err(e) => {
+                tracing::warn!(member, error = %e, "a member did not answer a listing");
+                unreachable.push(member);
+            }
+        }
+    }
+    let (instances, next) = merge(pages, limit, |s: &Summary| s.id.clone());
+    Ok(Json(InstancePage {
+        instances,
+        next,
+        unreachable,
     }))
 }
 
+/// Merges pages of several members, each in id order: the `limit` smallest
+/// distinct ids (an id listed by two members, during a hand-over, once),
+/// and the cursor of the next page if any member has more.
+fn merge<T>(
+    pages: Vec<(Vec<T>, Option<String>)>,
+    limit: usize,
+    id: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    let mut more = pages.iter().any(|(_, next)| next.is_some());
+    // Each id's items from the first member that listed it.
+    let mut by_id: BTreeMap<String, (usize, Vec<T>)> = BTreeMap::new();
+    for (n, (items, _)) in pages.into_iter().enumerate() {
+        for t in items {
+            let entry = by_id.entry(id(&t)).or_insert((n, Vec::new()));
+            if entry.0 == n {
+                entry.1.push(t);
+            }
+        }
+    }
+    if by_id.len() > limit {
+        more = true;
+    }
+    let kept: Vec<(String, (usize, Vec<T>))> = by_id.into_iter().take(limit).collect();
+    let next = more
+        .then(|| kept.last().map(|(id, _)| id.clone()))
+        .flatten();
+    (
+        kept.into_iter().flat_map(|(_, (_, items))| items).collect(),
+        next,
+    )
+}
+
+impl Api {
+    /// The same GET on every other member (with `local=true`), unless this
+    /// call is itself `local` or there are no others.
+    async fn fan_out(
+        &self,
+        path: &str,
+        raw: Option<String>,
+        local: Option<bool>,
+        caller: &Caller,
+    ) -> Vec<(String, Result<Value, String>)> {
+        let Some(members) = &self.members else {
+            return Vec::new();
+        };
+        if local == Some(true) {
+            return Vec::new();
+        }
+        let peers = members.peers();
+        if peers.is_empty() {
+            return Vec::new();
+        }
+        let query = match raw.filter(|q| !q.is_empty()) {
+            Some(q) => format!("{q}&local=true"),
+            None => "local=true".to_string(),
+        };
+        super::members::ask_all(&peers, &format!("{path}?{query}"), &caller.token).await
+    }
+}
+
 /// An open incident.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct IncidentView {
     /// The instance, `process/key`.
     pub instance: String,
@@ -498,6 +605,8 @@ pub struct Detail {
 pub struct DetailQuery {
     /// Add the audit trail (one read of the instance's audit partition).
     pub history: bool,
+    /// Only this member (no forwarding to the shard's owner).
+    pub local: Option<bool>,
 }
 
 fn incident_view(api: &Api, id: &str, version: u32, i: &engine::Incident) -> IncidentView {
@@ -542,14 +651,32 @@ fn timer_kind(k: &engine::TimerKind) -> &'static str {
 async fn instance(
     State(api): State<Api>,
     Path((process, key)): Path<(String, String)>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<DetailQuery>,
-) -> Result<Json<Detail>, Fail> {
+) -> Result<Response, Fail> {
     let id = format!("{process}/{key}");
     let Some(e) = api.index.get(&id) else {
-        return Err(Fail(
-            StatusCode::NOT_FOUND,
-            format!("no instance `{id}` on this member"),
-        ));
+        // Another member's shard: its owner answers.
+        let owner = match (&api.members, q.local) {
+            (Some(m), None | Some(false)) => {
+                let partitions = api.actions.as_ref().map_or(1, |a| a.partitions);
+                m.owner_of(crate::runtime::shard_of(&id, partitions))
+            }
+            _ => None,
+        };
+        if let Some(owner) = owner {
+            let path = format!(
+                "/instances/{}/{}?local=true&history={}",
+                super::members::segment(&process),
+                super::members::segment(&key),
+                q.history
+            );
+            let (status, body) = super::members::ask(&owner, "GET", path, caller.token, None)
+                .await
+                .map_err(|e| Fail(StatusCode::BAD_GATEWAY, e))?;
+            return Ok((status, Json(body)).into_response());
+        }
+        return Err(Fail(StatusCode::NOT_FOUND, format!("no instance `{id}`")));
     };
     let (_, _, inst) = crate::wire::decode_changelog_at(&e.record).map_err(|err| {
         Fail(
@@ -610,7 +737,7 @@ async fn instance(
             Vec::new()
         },
     };
-    Ok(Json(detail))
+    Ok(Json(detail).into_response())
 }
 
 /// Filters of `/incidents`.
@@ -624,13 +751,18 @@ pub struct IncidentQuery {
     pub limit: Option<usize>,
     /// The `next` cursor of the previous page (an instance id).
     pub after: Option<String>,
+    /// Only this member's incidents (no fan-out to the others).
+    pub local: Option<bool>,
 }
 
 /// Open incidents, oldest instance id first, with the cursor of the next page.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct IncidentPage {
     pub incidents: Vec<IncidentView>,
     pub next: Option<String>,
+    /// Members that did not answer (their incidents are missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// Open incidents with reason and age, paged by instance.
@@ -638,6 +770,8 @@ pub struct IncidentPage {
     responses((status = 200, body = IncidentPage), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 async fn incidents(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
     Query(q): Query<IncidentQuery>,
 ) -> Result<Json<IncidentPage>, Fail> {
     let filter = Filter {
@@ -646,8 +780,9 @@ async fn incidents(
         incident: Some(true),
         ..Filter::default()
     };
-    let (page, next) = api.page(&filter, q.after.as_deref(), limit(q.limit)?);
-    let incidents = page
+    let limit = limit(q.limit)?;
+    let (page, next) = api.page(&filter, q.after.as_deref(), limit);
+    let incidents: Vec<IncidentView> = page
         .iter()
         .flat_map(|(id, e)| {
             e.incidents
@@ -656,7 +791,33 @@ async fn incidents(
         })
         .filter(|v| q.step.is_none() || v.step == q.step)
         .collect();
-    Ok(Json(IncidentPage { incidents, next }))
+    let answers = api.fan_out("/incidents", raw, q.local, &caller).await;
+    if answers.is_empty() {
+        return Ok(Json(IncidentPage {
+            incidents,
+            next,
+            unreachable: Vec::new(),
+        }));
+    }
+    let mut pages = vec![(incidents, next)];
+    let mut unreachable = Vec::new();
+    for (member, answer) in answers {
+        match answer
+            .and_then(|v| serde_json::from_value::<IncidentPage>(v).map_err(|e| e.to_string()))
+        {
+            Ok(p) => pages.push((p.incidents, p.next)),
+            Err(e) => {
+                tracing::warn!(member, error = %e, "a member did not answer a listing");
+                unreachable.push(member);
+            }
+        }
+    }
+    let (incidents, next) = merge(pages, limit, |i: &IncidentView| i.instance.clone());
+    Ok(Json(IncidentPage {
+        incidents,
+        next,
+        unreachable,
+    }))
 }
 
 /// A deployed definition version.
@@ -749,7 +910,7 @@ async fn definition(
 }
 
 /// A member of the consumer group.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MemberView {
     pub id: String,
     /// Its admin address.
@@ -767,17 +928,24 @@ pub struct MemberView {
 }
 
 /// The group's members as this member knows them.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterView {
     pub members: Vec<MemberView>,
-    /// Open incidents per process on this member.
+    /// Open incidents per process.
     pub incidents: BTreeMap<String, usize>,
+    /// Members that did not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// Shard ownership and readiness.
-#[utoipa::path(get, path = "/api/v1/cluster",
+#[utoipa::path(get, path = "/api/v1/cluster", params(LocalQuery),
     responses((status = 200, body = ClusterView), (status = 401, body = ApiError)))]
-async fn cluster(State(api): State<Api>) -> Json<ClusterView> {
+async fn cluster(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<LocalQuery>,
+) -> Json<ClusterView> {
     let r = api.health.readiness();
     let none = |_: &str, _: u32| None;
     let mut incidents = BTreeMap::new();
@@ -789,7 +957,7 @@ async fn cluster(State(api): State<Api>) -> Json<ClusterView> {
         let process = id.split_once('/').map_or(&*id, |(p, _)| p);
         *incidents.entry(process.to_string()).or_insert(0) += 1;
     }
-    Json(ClusterView {
+    let mut view = ClusterView {
         members: vec![MemberView {
             id: api.member.clone(),
             admin: api.admin.clone(),
@@ -800,7 +968,37 @@ async fn cluster(State(api): State<Api>) -> Json<ClusterView> {
             instances: api.index.len(),
         }],
         incidents,
-    })
+        unreachable: Vec::new(),
+    };
+    for (member, answer) in api.fan_out("/cluster", None, q.local, &caller).await {
+        match answer
+            .and_then(|v| serde_json::from_value::<ClusterView>(v).map_err(|e| e.to_string()))
+        {
+            Ok(other) => {
+                for mut m in other.members {
+                    m.this = false;
+                    view.members.push(m);
+                }
+                for (p, n) in other.incidents {
+                    *view.incidents.entry(p).or_insert(0) += n;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(member, error = %e, "a member did not answer");
+                view.unreachable.push(member);
+            }
+        }
+    }
+    view.members.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(view)
+}
+
+/// Only this member's view (no fan-out to the others).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalQuery {
+    pub local: Option<bool>,
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ pub(super) async fn deploy(
         hash: hash.clone(),
         file: file.clone(),
         source: body.source,
-        by: caller.0,
+        by: caller.name,
         at: now_ms(),
     };
     let out = Outgoing {

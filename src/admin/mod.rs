@@ -7,6 +7,7 @@ pub mod act;
 pub mod api;
 mod audit;
 mod deploy;
+pub mod members;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -336,7 +336,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let api = baton::admin::api::Api::for_runtime(
                     &runtime,
                     baton::admin::api::Tokens::new(tokens),
-                    admin_cfg.listen.to_string(),
+                    admin_cfg.advertised(),
                 )
                 .context("cannot start the admin API")?;
                 Some(baton::admin::serve(

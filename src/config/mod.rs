@@ -161,6 +161,10 @@ impl Topics {
     pub fn operator(&self) -> String {
         format!("{}.operator", self.prefix)
     }
+    /// The members' admin addresses and shards (compacted, one partition).
+    pub fn members(&self) -> String {
+        format!("{}.members", self.prefix)
+    }
     /// Definitions deployed at run time (compacted, one partition).
     pub fn definitions(&self) -> String {
         format!("{}.definitions", self.prefix)
@@ -328,6 +332,29 @@ pub struct Admin {
     /// Bearer tokens for `/api/v1`; without any, the API refuses every call
     /// (health and metrics stay open).
     pub tokens: Vec<AdminToken>,
+    /// The URL other members reach this one's admin port at (default:
+    /// `http://<listen>`, with an unspecified address replaced by
+    /// `$HOSTNAME`, else 127.0.0.1).
+    pub advertise: Option<String>,
+}
+
+impl Admin {
+    /// The URL other members forward queries to.
+    pub fn advertised(&self) -> String {
+        if let Some(url) = &self.advertise {
+            return url.trim_end_matches('/').to_string();
+        }
+        let port = self.listen.port();
+        if self.listen.ip().is_unspecified() {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "127.0.0.1".to_string());
+            format!("http://{host}:{port}")
+        } else {
+            format!("http://{}", self.listen)
+        }
+    }
 }
 
 impl Default for Admin {
@@ -337,6 +364,7 @@ impl Default for Admin {
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             stall_after: Duration::from_secs(60),
             tokens: Vec::new(),
+            advertise: None,
         }
     }
 }
