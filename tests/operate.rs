@@ -911,4 +911,31 @@ fn any_member_answers_for_instances_another_member_owns() {
     }
     let owners: Vec<Value> = shards(a).iter().map(|m| m["id"].clone()).collect();
     assert_eq!(owners, [json!("member-a"), json!("member-b")]);
+
+    // A bulk job sent to one member runs on both, and reads as one job.
+    let (status, job) = post(
+        a,
+        "/jobs",
+        json!({
+            "filter": {"process": "order-to-cash", "key_prefix": "o-"},
+            "action": {"action": "cancel"},
+            "reason": "the shop closed",
+        }),
+    );
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["matched"], json!(8), "{job}");
+    let id = job["id"].as_str().expect("id").to_string();
+    let done = eventually(60, "the job to complete on both members", || {
+        let (_, j) = api(b, &format!("/jobs/{id}"), Some(VIEWER));
+        (j["state"] == json!("completed")).then_some(j)
+    });
+    assert_eq!(
+        (done["matched"].clone(), done["applied"].clone()),
+        (json!(8), json!(8)),
+        "{done}"
+    );
+    eventually(60, "every order cancelled", || {
+        let (_, page) = api(b, "/instances?status=cancelled", Some(VIEWER));
+        (ids(&page).len() == 8).then_some(())
+    });
 }

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::api::{Api, ApiError, Caller, Fail, InstanceQuery, bad, time};
+use super::api::{Api, ApiError, Caller, Fail, InstanceQuery, LocalQuery, bad, time};
 use crate::engine::{self, Registry, content_hash};
 use crate::index::{Filter, Outcome, Outcomes};
 use crate::kafka::{Outgoing, Publisher};
@@ -279,7 +279,7 @@ impl JobFilter {
 }
 
 /// One action for every instance a filter matches.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub filter: JobFilter,
@@ -288,8 +288,9 @@ pub struct JobRequest {
     pub reason: String,
 }
 
-/// A bulk job and its progress.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// A bulk job and its progress (on every member: each acts on the
+/// instances it holds).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub id: String,
     pub action: ActionBody,
@@ -352,7 +353,7 @@ impl Jobs {
 }
 
 /// The list of jobs.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
 }
@@ -423,9 +424,11 @@ fn targets(
 pub(super) async fn start_job(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
+    Query(l): Query<LocalQuery>,
     body: Result<Json<JobRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<JobView>), Fail> {
     let body = json_body(body)?;
+    let forward = serde_json::to_value(&body).ok();
     let acts = api.actions.clone().ok_or_else(unavailable)?;
     if body.filter.is_empty() {
         return Err(bad(
@@ -451,18 +454,69 @@ pub(super) async fn start_job(
     let targets = targets(&api, &body.filter, &body.action)?;
     let (job, created) = launch(
         &acts,
-        caller.name,
+        caller.name.clone(),
         body.filter,
         body.action,
         body.reason,
         targets,
     );
+    // Every other member runs the same job (same id) on the instances it holds.
+    let mut parts = vec![job];
+    for (member, answer) in api
+        .fan_out_with("POST", "/jobs", None, l.local, &caller, forward)
+        .await
+    {
+        match answer.and_then(|v| serde_json::from_value::<JobView>(v).map_err(|e| e.to_string())) {
+            Ok(j) => parts.push(j),
+            Err(e) => parts[0]
+                .errors
+                .push(format!("member {member}: the job did not start: {e}")),
+        }
+    }
     let status = if created {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(job)))
+    Ok((status, Json(combine(parts))))
+}
+
+/// One job's parts on several members as one.
+fn combine(parts: Vec<JobView>) -> JobView {
+    let mut parts = parts.into_iter();
+    let Some(mut all) = parts.next() else {
+        return JobView {
+            id: String::new(),
+            action: ActionBody::Retry { incident: None },
+            filter: JobFilter::default(),
+            reason: String::new(),
+            by: String::new(),
+            state: "completed".into(),
+            matched: 0,
+            published: 0,
+            applied: 0,
+            errors: Vec::new(),
+            created_at: String::new(),
+        };
+    };
+    for p in parts {
+        all.matched += p.matched;
+        all.published += p.published;
+        all.applied += p.applied;
+        all.errors.extend(p.errors);
+        let rank = |s: &str| match s {
+            "running" => 2,
+            "unconfirmed" => 1,
+            _ => 0,
+        };
+        if rank(&p.state) > rank(&all.state) {
+            all.state = p.state;
+        }
+        if p.created_at < all.created_at {
+            all.created_at = p.created_at;
+        }
+    }
+    all
 }
 
 /// Starts a job over `targets` unless the same job (same filter, action,
@@ -499,7 +553,7 @@ fn launch(
 }
 
 /// A migration of the active instances of one version to another.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationRequest {
     pub process: String,
@@ -517,7 +571,7 @@ pub struct MigrationRequest {
 }
 
 /// An instance that cannot move, and every reason.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Blocked {
     pub instance: String,
     pub reasons: Vec<String>,
@@ -525,7 +579,7 @@ pub struct Blocked {
 
 /// What a migration found, and the job that moves the movable instances
 /// (none on a dry run, or when nothing can move).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MigrationView {
     pub movable: Vec<String>,
     pub blocked: Vec<Blocked>,
@@ -543,9 +597,44 @@ pub struct MigrationView {
 pub(super) async fn migrate(
     State(api): State<Api>,
     Extension(caller): Extension<Caller>,
+    Query(l): Query<LocalQuery>,
     body: Result<Json<MigrationRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<MigrationView>), Fail> {
     let body = json_body(body)?;
+    let forward = serde_json::to_value(&body).ok();
+    let (status, mut view) = migrate_here(&api, &caller, body)?;
+    // Every other member checks (and moves) the instances it holds.
+    let mut jobs: Vec<JobView> = view.job.take().into_iter().collect();
+    for (member, answer) in api
+        .fan_out_with("POST", "/migrations", None, l.local, &caller, forward)
+        .await
+    {
+        match answer
+            .and_then(|v| serde_json::from_value::<MigrationView>(v).map_err(|e| e.to_string()))
+        {
+            Ok(other) => {
+                view.movable.extend(other.movable);
+                view.blocked.extend(other.blocked);
+                jobs.extend(other.job);
+            }
+            Err(e) => view.blocked.push(Blocked {
+                instance: format!("(the instances of member {member})"),
+                reasons: vec![format!("not checked: {e}")],
+            }),
+        }
+    }
+    view.movable.sort();
+    view.blocked.sort_by(|a, b| a.instance.cmp(&b.instance));
+    view.job = (!jobs.is_empty()).then(|| combine(jobs));
+    Ok((status, Json(view)))
+}
+
+/// [`migrate`] on this member's instances.
+fn migrate_here(
+    api: &Api,
+    caller: &Caller,
+    body: MigrationRequest,
+) -> Result<(StatusCode, MigrationView), Fail> {
     let acts = api.actions.clone().ok_or_else(unavailable)?;
     let registry = api.registry.get();
     let version = |v: u32| {
@@ -600,11 +689,11 @@ pub(super) async fn migrate(
     if body.dry_run || movable.is_empty() {
         return Ok((
             StatusCode::OK,
-            Json(MigrationView {
+            MigrationView {
                 movable,
                 blocked,
                 job: None,
-            }),
+            },
         ));
     }
     let action = ActionBody::Migrate {
@@ -615,7 +704,14 @@ pub(super) async fn migrate(
         .iter()
         .map(|id| (id.clone(), action.clone()))
         .collect();
-    let (job, created) = launch(&acts, caller.name, filter, action, body.reason, targets);
+    let (job, created) = launch(
+        &acts,
+        caller.name.clone(),
+        filter,
+        action,
+        body.reason,
+        targets,
+    );
     let status = if created {
         StatusCode::ACCEPTED
     } else {
@@ -623,11 +719,11 @@ pub(super) async fn migrate(
     };
     Ok((
         status,
-        Json(MigrationView {
+        MigrationView {
             movable,
             blocked,
             job: Some(job),
-        }),
+        },
     ))
 }
 
@@ -712,28 +808,56 @@ async fn run_job(acts: Actions, job: JobView, targets: Vec<(String, ActionBody)>
     acts.jobs.update(&job.id, |j| j.state = "completed".into());
 }
 
-/// The jobs this member started.
+/// The jobs of every member, each combined over the members.
 #[utoipa::path(get, path = "/api/v1/jobs",
     responses((status = 200, body = JobList), (status = 401, body = ApiError),
         (status = 503, body = ApiError)))]
-pub(super) async fn jobs(State(api): State<Api>) -> Result<Json<JobList>, Fail> {
+pub(super) async fn jobs(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Query(l): Query<LocalQuery>,
+) -> Result<Json<JobList>, Fail> {
     let acts = api.actions.clone().ok_or_else(unavailable)?;
+    let mut by_id: BTreeMap<String, Vec<JobView>> = BTreeMap::new();
+    for j in acts.jobs.all() {
+        by_id.entry(j.id.clone()).or_default().push(j);
+    }
+    for (_, answer) in api.fan_out("/jobs", None, l.local, &caller).await {
+        if let Ok(list) =
+            answer.and_then(|v| serde_json::from_value::<JobList>(v).map_err(|e| e.to_string()))
+        {
+            for j in list.jobs {
+                by_id.entry(j.id.clone()).or_default().push(j);
+            }
+        }
+    }
     Ok(Json(JobList {
-        jobs: acts.jobs.all(),
+        jobs: by_id.into_values().map(combine).collect(),
     }))
 }
 
-/// One job and its progress.
+/// One job and its progress, over every member.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}",
     responses((status = 200, body = JobView), (status = 401, body = ApiError),
         (status = 404, body = ApiError), (status = 503, body = ApiError)))]
 pub(super) async fn job(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(l): Query<LocalQuery>,
 ) -> Result<Json<JobView>, Fail> {
     let acts = api.actions.clone().ok_or_else(unavailable)?;
-    acts.jobs
-        .get(&id)
-        .map(Json)
-        .ok_or_else(|| Fail(StatusCode::NOT_FOUND, format!("no job {id}")))
+    let mut parts: Vec<JobView> = acts.jobs.get(&id).into_iter().collect();
+    let path = format!("/jobs/{}", super::members::segment(&id));
+    for (_, answer) in api.fan_out(&path, None, l.local, &caller).await {
+        if let Ok(j) =
+            answer.and_then(|v| serde_json::from_value::<JobView>(v).map_err(|e| e.to_string()))
+        {
+            parts.push(j);
+        }
+    }
+    if parts.is_empty() {
+        return Err(Fail(StatusCode::NOT_FOUND, format!("no job {id}")));
+    }
+    Ok(Json(combine(parts)))
 }

@@ -498,12 +498,26 @@ fn merge<T>(
 impl Api {
     /// The same GET on every other member (with `local=true`), unless this
     /// call is itself `local` or there are no others.
-    async fn fan_out(
+    pub(super) async fn fan_out(
         &self,
         path: &str,
         raw: Option<String>,
         local: Option<bool>,
         caller: &Caller,
+    ) -> Vec<(String, Result<Value, String>)> {
+        self.fan_out_with("GET", path, raw, local, caller, None)
+            .await
+    }
+
+    /// [`Api::fan_out`] with any method and body.
+    pub(super) async fn fan_out_with(
+        &self,
+        method: &'static str,
+        path: &str,
+        raw: Option<String>,
+        local: Option<bool>,
+        caller: &Caller,
+        body: Option<Value>,
     ) -> Vec<(String, Result<Value, String>)> {
         let Some(members) = &self.members else {
             return Vec::new();
@@ -519,7 +533,14 @@ impl Api {
             Some(q) => format!("{q}&local=true"),
             None => "local=true".to_string(),
         };
-        super::members::ask_all(&peers, &format!("{path}?{query}"), &caller.token).await
+        super::members::send_all(
+            &peers,
+            method,
+            &format!("{path}?{query}"),
+            &caller.token,
+            body,
+        )
+        .await
     }
 }
 
@@ -656,25 +677,33 @@ async fn instance(
 ) -> Result<Response, Fail> {
     let id = format!("{process}/{key}");
     let Some(e) = api.index.get(&id) else {
-        // Another member's shard: its owner answers.
-        let owner = match (&api.members, q.local) {
-            (Some(m), None | Some(false)) => {
-                let partitions = api.actions.as_ref().map_or(1, |a| a.partitions);
-                m.owner_of(crate::runtime::shard_of(&id, partitions))
+        // Another member's shard: its owner answers (by its advert; an
+        // advert lags a hand-over by a second or so, so the others are
+        // asked when the owner has no such instance).
+        if let (Some(m), None | Some(false)) = (&api.members, q.local) {
+            let partitions = api.actions.as_ref().map_or(1, |a| a.partitions);
+            let mut peers = m.peers();
+            if let Some(owner) = m.owner_of(crate::runtime::shard_of(&id, partitions)) {
+                peers.retain(|p| p.id != owner.id);
+                peers.insert(0, owner);
             }
-            _ => None,
-        };
-        if let Some(owner) = owner {
             let path = format!(
                 "/instances/{}/{}?local=true&history={}",
                 super::members::segment(&process),
                 super::members::segment(&key),
                 q.history
             );
-            let (status, body) = super::members::ask(&owner, "GET", path, caller.token, None)
-                .await
-                .map_err(|e| Fail(StatusCode::BAD_GATEWAY, e))?;
-            return Ok((status, Json(body)).into_response());
+            for peer in peers {
+                match super::members::ask(&peer, "GET", path.clone(), caller.token.clone(), None)
+                    .await
+                {
+                    Ok((StatusCode::NOT_FOUND, _)) => {}
+                    Ok((status, body)) => return Ok((status, Json(body)).into_response()),
+                    Err(e) => {
+                        tracing::warn!(member = %peer.id, error = %e, "a member did not answer")
+                    }
+                }
+            }
         }
         return Err(Fail(StatusCode::NOT_FOUND, format!("no instance `{id}`")));
     };

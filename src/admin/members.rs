@@ -215,17 +215,28 @@ pub async fn ask(
     .map_err(|e| e.to_string())?
 }
 
-/// Asks every peer the same; each answer or why there is none.
+/// Asks every peer the same GET; each answer or why there is none.
 pub async fn ask_all(
     peers: &[Advert],
     path: &str,
     token: &str,
 ) -> Vec<(String, Result<Value, String>)> {
+    send_all(peers, "GET", path, token, None).await
+}
+
+/// Sends every peer the same call; each answer (2xx only) or why there is none.
+pub async fn send_all(
+    peers: &[Advert],
+    method: &'static str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Vec<(String, Result<Value, String>)> {
     let mut set = tokio::task::JoinSet::new();
     for p in peers {
-        let (p, path, token) = (p.clone(), path.to_string(), token.to_string());
+        let (p, path, token, body) = (p.clone(), path.to_string(), token.to_string(), body.clone());
         set.spawn(async move {
-            let answer = ask(&p, "GET", path, token, None).await;
+            let answer = ask(&p, method, path, token, body).await;
             let answer = match answer {
                 Ok((s, v)) if s.is_success() => Ok(v),
                 Ok((s, v)) => Err(format!("member {} answered {s}: {v}", p.id)),
