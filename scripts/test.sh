@@ -2,12 +2,16 @@
 # The project's test command: installs the test broker (Apache Kafka, pinned
 # in scripts/kafka/pom.xml, from Maven Central) when it is missing, then runs
 # every test, the example scenarios, and the benchmarks in test mode (each
-# benchmark runs once to prove it works). Each test binary that needs the
+# benchmark runs once to prove it works), and schemathesis (PyPI) for the
+# admin API's contract test. Each test binary that needs the
 # broker starts its own on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/kafka.sh install
+# The admin API's contract test runs schemathesis against the served document.
+BATON_SCHEMATHESIS="$(bash scripts/schemathesis.sh)"
+export BATON_SCHEMATHESIS
 
 cargo test --all-targets
 cargo test --doc

@@ -939,3 +939,58 @@ fn any_member_answers_for_instances_another_member_owns() {
         (ids(&page).len() == 8).then_some(())
     });
 }
+
+/// The schemathesis executable `bash scripts/test.sh` installs.
+fn schemathesis() -> std::path::PathBuf {
+    let path = std::env::var_os("BATON_SCHEMATHESIS")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            Some(
+                std::path::Path::new(&home)
+                    .join(".cache/baton/schemathesis-4.32.5/bin/schemathesis"),
+            )
+        })
+        .filter(|p| p.is_file());
+    path.unwrap_or_else(|| {
+        panic!("schemathesis is not installed: `bash scripts/test.sh` (or `bash scripts/schemathesis.sh`) installs it")
+    })
+}
+
+#[test]
+fn the_served_openapi_document_holds_under_schemathesis() {
+    let Setup {
+        broker,
+        t,
+        admin,
+        _baton: _running,
+        ..
+    } = start("contract");
+    // Something to list, detail and act on.
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    for n in ["o-1", "o-2"] {
+        producer.send(&placed(&t, n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    eventually(60, "two instances", || {
+        let (_, page) = api(admin, "/instances", Some(VIEWER));
+        (ids(&page).len() == 2).then_some(())
+    });
+    let report = broker.dir.join("schemathesis");
+    let out = Command::new(schemathesis())
+        .args(["run", &format!("http://{admin}/api/v1/openapi.json")])
+        .args(["--header", &format!("Authorization: Bearer {OPERATOR}")])
+        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "25", "--workers", "2", "--seed", "7"])
+        .args(["--request-timeout", "20", "--no-color"])
+        .arg("--report-dir")
+        .arg(&report)
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("schemathesis runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    assert!(text.contains("passed"), "{text}");
+}

@@ -138,6 +138,7 @@ pub struct Accepted {
 
 /// Publishes an operator action for one instance.
 #[utoipa::path(post, path = "/api/v1/instances/{process}/{key}/actions",
+    params(("process" = String, Path), ("key" = String, Path)),
     request_body = ActionRequest,
     responses((status = 202, body = Accepted), (status = 400, body = ApiError),
         (status = 401, body = ApiError), (status = 403, body = ApiError),
@@ -198,6 +199,7 @@ pub struct RequestView {
 
 /// The outcome of an operator request.
 #[utoipa::path(get, path = "/api/v1/requests/{request}",
+    params(("request" = String, Path)),
     responses((status = 200, body = RequestView), (status = 401, body = ApiError),
         (status = 503, body = ApiError)))]
 pub(super) async fn request(
@@ -415,7 +417,7 @@ fn targets(
 
 /// Starts a bulk job; the same job sent again (same filter, action, reason
 /// and token) is the same job, and is not run twice.
-#[utoipa::path(post, path = "/api/v1/jobs", request_body = JobRequest,
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = JobRequest, params(LocalQuery),
     responses((status = 202, body = JobView, description = "started"),
         (status = 200, body = JobView, description = "the same job was started before"),
         (status = 400, body = ApiError), (status = 401, body = ApiError),
@@ -588,7 +590,7 @@ pub struct MigrationView {
 
 /// Checks every active instance of `from` against `to`; unless a dry run,
 /// migrates the movable ones as operator actions (a job).
-#[utoipa::path(post, path = "/api/v1/migrations", request_body = MigrationRequest,
+#[utoipa::path(post, path = "/api/v1/migrations", request_body = MigrationRequest, params(LocalQuery),
     responses((status = 200, body = MigrationView, description = "a dry run, or the same migration started before"),
         (status = 202, body = MigrationView, description = "the migration job started"),
         (status = 400, body = ApiError), (status = 401, body = ApiError),
@@ -809,7 +811,7 @@ async fn run_job(acts: Actions, job: JobView, targets: Vec<(String, ActionBody)>
 }
 
 /// The jobs of every member, each combined over the members.
-#[utoipa::path(get, path = "/api/v1/jobs",
+#[utoipa::path(get, path = "/api/v1/jobs", params(LocalQuery),
     responses((status = 200, body = JobList), (status = 401, body = ApiError),
         (status = 503, body = ApiError)))]
 pub(super) async fn jobs(
@@ -838,6 +840,7 @@ pub(super) async fn jobs(
 
 /// One job and its progress, over every member.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}",
+    params(("id" = String, Path), LocalQuery),
     responses((status = 200, body = JobView), (status = 401, body = ApiError),
         (status = 404, body = ApiError), (status = 503, body = ApiError)))]
 pub(super) async fn job(

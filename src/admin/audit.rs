@@ -97,6 +97,7 @@ pub(super) async fn history(api: &Api, id: &str) -> Result<Vec<serde_json::Value
 
 /// The audit trail of one instance, oldest first.
 #[utoipa::path(get, path = "/api/v1/audit/{process}/{key}",
+    params(("process" = String, Path), ("key" = String, Path)),
     responses((status = 200, body = AuditView), (status = 401, body = ApiError),
         (status = 503, body = ApiError)))]
 pub(super) async fn trail(
