@@ -724,7 +724,7 @@ fn decode<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, Failure> {
 // ---- arguments ----
 
 /// The keys a bulk filter takes, and how each value is typed in JSON.
-const FILTER_KEYS: [&str; 10] = [
+const FILTER_KEYS: [&str; 12] = [
     "process",
     "version",
     "status",
@@ -735,6 +735,8 @@ const FILTER_KEYS: [&str; 10] = [
     "started_before",
     "ended_after",
     "ended_before",
+    "incident_after",
+    "incident_before",
 ];
 
 /// `process=order-to-cash,version=1,incident=true` → `{"process": "order-to-cash", "version": 1, "incident": true}`.
