@@ -7,8 +7,9 @@
 //! changelog record, shared with the shard that holds the instance cold, for
 //! the full view of one instance.
 
-use std::collections::BinaryHeap;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dashmap::DashMap;
 
@@ -203,21 +204,36 @@ impl Filter {
 /// Looks up the step names of a process version, for filters by step.
 pub type StepNames<'a> = dyn Fn(&str, u32) -> Option<Arc<[String]>> + 'a;
 
-/// The instances this process holds.
+/// The instances this process holds: entries by id, and the ids in order.
 #[derive(Default)]
 pub struct Index {
     entries: DashMap<Arc<str>, Entry>,
+    /// Every id, sorted: a page is a range of it, not a pass over all.
+    order: RwLock<BTreeSet<Arc<str>>>,
 }
 
 impl Index {
+    fn order(&self) -> RwLockReadGuard<'_, BTreeSet<Arc<str>>> {
+        self.order.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn order_mut(&self) -> RwLockWriteGuard<'_, BTreeSet<Arc<str>>> {
+        self.order.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn apply(&self, updates: impl IntoIterator<Item = Update>) {
+        let mut order = self.order_mut();
         for u in updates {
             match u {
                 Update::Put(id, e) => {
-                    self.entries.insert(id, e);
+                    if self.entries.insert(id.clone(), e).is_none() {
+                        order.insert(id);
+                    }
                 }
                 Update::Remove(id) => {
-                    self.entries.remove(&id);
+                    if self.entries.remove(&id).is_some() {
+                        order.remove(&id);
+                    }
                 }
             }
         }
@@ -225,12 +241,21 @@ impl Index {
 
     /// Forgets every instance (the process left the group).
     pub fn apply_clear(&self) {
+        let mut order = self.order_mut();
         self.entries.clear();
+        order.clear();
     }
 
     /// Forgets a shard's instances (the shard was released or restores again).
     pub fn drop_shard(&self, shard: i32) {
-        self.entries.retain(|_, e| e.shard != shard);
+        let mut order = self.order_mut();
+        self.entries.retain(|id, e| {
+            let keep = e.shard != shard;
+            if !keep {
+                order.remove(id);
+            }
+            keep
+        });
     }
 
     pub fn get(&self, id: &str) -> Option<Entry> {
@@ -245,9 +270,11 @@ impl Index {
         self.entries.is_empty()
     }
 
-    /// The first `limit` matching instances in id order after `after`: one
-    /// pass over the index keeping the `limit` smallest ids, so a page costs
-    /// O(n log limit) and nothing is sorted or copied wholesale.
+    /// The first `limit` matching instances in id order after `after`: a
+    /// walk along the sorted ids from the cursor (or from the filter's
+    /// `process/key_prefix`, which bounds it too) that stops at `limit`
+    /// matches, so a page costs O(log n + what it skips), not a pass over
+    /// every instance.
     pub fn page(
         &self,
         filter: &Filter,
@@ -255,82 +282,73 @@ impl Index {
         limit: usize,
         steps: &StepNames<'_>,
     ) -> Vec<(Arc<str>, Entry)> {
-        let mut best: BinaryHeap<Ranked> = BinaryHeap::new();
-        for item in self.entries.iter() {
-            let id = item.key();
-            if after.is_some_and(|a| &**id <= a) {
-                continue;
-            }
-            if best.len() >= limit && best.peek().is_some_and(|worst| *id >= worst.0) {
-                continue;
-            }
-            let e = item.value();
-            let names = if filter.step.is_some() {
-                let process = id.split_once('/').map_or(&**id, |(p, _)| p);
-                steps(process, e.version)
-            } else {
-                None
-            };
-            if !filter.matches(id, e, names.as_deref()) {
-                continue;
-            }
-            best.push(Ranked(id.clone(), e.clone()));
-            if best.len() > limit {
-                best.pop();
-            }
+        let mut out = Vec::with_capacity(limit.min(1024));
+        if limit == 0 {
+            return out;
         }
-        let mut out: Vec<(Arc<str>, Entry)> = best.into_iter().map(|r| (r.0, r.1)).collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        self.walk(filter, after, steps, |id, e| {
+            out.push((id.clone(), e.clone()));
+            out.len() < limit
+        });
         out
     }
 
-    /// Every matching instance's id (for bulk actions and migrations).
+    /// Every matching instance's id, in order (for bulk actions and migrations).
     pub fn ids(&self, filter: &Filter, steps: &StepNames<'_>) -> Vec<Arc<str>> {
-        let mut out: Vec<Arc<str>> = self.matching(filter, steps).collect();
-        out.sort();
+        let mut out = Vec::new();
+        self.walk(filter, None, steps, |id, _| {
+            out.push(id.clone());
+            true
+        });
         out
     }
 
     /// How many instances match.
     pub fn count(&self, filter: &Filter, steps: &StepNames<'_>) -> usize {
-        self.matching(filter, steps).count()
+        let mut n = 0;
+        self.walk(filter, None, steps, |_, _| {
+            n += 1;
+            true
+        });
+        n
     }
 
-    fn matching<'a>(
-        &'a self,
-        filter: &'a Filter,
-        steps: &'a StepNames<'_>,
-    ) -> impl Iterator<Item = Arc<str>> + 'a {
-        self.entries.iter().filter_map(move |item| {
-            let id = item.key();
+    /// Hands the matching entries after `after` to `each`, in id order,
+    /// until it returns false.
+    fn walk(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        steps: &StepNames<'_>,
+        mut each: impl FnMut(&Arc<str>, &Entry) -> bool,
+    ) {
+        // Ids of one process (and key prefix) are one range of the order.
+        let scope = filter
+            .process
+            .as_ref()
+            .map(|p| format!("{p}/{}", filter.key_prefix.as_deref().unwrap_or("")));
+        let from = match (after, scope.as_deref()) {
+            (Some(a), Some(s)) if a >= s => Bound::Excluded(a),
+            (_, Some(s)) => Bound::Included(s),
+            (Some(a), None) => Bound::Excluded(a),
+            (None, None) => Bound::Unbounded,
+        };
+        let order = self.order();
+        for id in order.range::<str, _>((from, Bound::Unbounded)) {
+            if scope.as_deref().is_some_and(|s| !id.starts_with(s)) {
+                break;
+            }
+            let Some(e) = self.entries.get(id) else {
+                continue;
+            };
             let names = filter.step.as_ref().and_then(|_| {
                 let process = id.split_once('/').map_or(&**id, |(p, _)| p);
-                steps(process, item.value().version)
+                steps(process, e.version)
             });
-            filter
-                .matches(id, item.value(), names.as_deref())
-                .then(|| id.clone())
-        })
-    }
-}
-
-/// An entry ordered by id, for the page's heap.
-struct Ranked(Arc<str>, Entry);
-
-impl PartialEq for Ranked {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-impl Eq for Ranked {}
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Ranked {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&other.0)
+            if filter.matches(id, &e, names.as_deref()) && !each(id, &e) {
+                break;
+            }
+        }
     }
 }
 
@@ -408,6 +426,48 @@ mod tests {
         );
         index.drop_shard(0);
         assert!(index.ids(&Filter::default(), &names).len() < 251 - 60);
+    }
+
+    #[test]
+    fn a_process_and_key_prefix_bound_the_walk_and_updates_keep_the_order() {
+        let index = Index::default();
+        let put =
+            |id: &str, shard| Update::Put(Arc::from(id), entry(shard, Status::Active, &[0], 1));
+        index.apply(
+            ["a/k-1", "b/k-1", "b/k-2", "b/x-1", "b/k-3", "c/k-1"]
+                .iter()
+                .enumerate()
+                .map(|(n, id)| put(id, n as i32 % 2)),
+        );
+        let ids = |f: &Filter, after: Option<&str>| -> Vec<String> {
+            index
+                .page(f, after, 10, &names)
+                .into_iter()
+                .map(|(id, _)| id.to_string())
+                .collect()
+        };
+        let b = Filter {
+            process: Some("b".into()),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&b, None), ["b/k-1", "b/k-2", "b/k-3", "b/x-1"]);
+        assert_eq!(ids(&b, Some("a/zzz")), ["b/k-1", "b/k-2", "b/k-3", "b/x-1"]);
+        assert_eq!(ids(&b, Some("b/k-2")), ["b/k-3", "b/x-1"]);
+        let bk = Filter {
+            process: Some("b".into()),
+            key_prefix: Some("k-".into()),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&bk, None), ["b/k-1", "b/k-2", "b/k-3"]);
+        assert!(ids(&bk, Some("b/x")).is_empty());
+        // Removing, re-putting and dropping a shard keep ids and order as one.
+        index.apply([Update::Remove(Arc::from("b/k-2")), put("b/k-1", 0)]);
+        assert_eq!(ids(&bk, None), ["b/k-1", "b/k-3"]);
+        index.drop_shard(0);
+        assert_eq!(index.len(), index.ids(&Filter::default(), &names).len());
+        assert!(index.get("a/k-1").is_none());
+        index.apply_clear();
+        assert!(index.is_empty() && index.ids(&Filter::default(), &names).is_empty());
     }
 
     #[test]
