@@ -13,5 +13,5 @@ bash scripts/kafka.sh install
 BATON_SCHEMATHESIS="$(bash scripts/schemathesis.sh)"
 export BATON_SCHEMATHESIS
 
-cargo test --all-targets
+cargo test --all-targets --no-fail-fast
 cargo test --doc

@@ -209,6 +209,10 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
     ] {
         broker.create_topic(&t, partitions)?;
     }
+    // Single-partition compacted topics: run-time deploys and group membership.
+    for t in [cfg.topics.definitions(), cfg.topics.members()] {
+        broker.create_topic(&t, 1)?;
+    }
 
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
