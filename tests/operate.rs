@@ -987,6 +987,8 @@ fn the_served_openapi_document_holds_under_schemathesis() {
         .arg("--report-dir")
         .arg(&report)
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its example cache goes beside the report, not into the checkout.
+        .current_dir(&broker.dir)
         .output()
         .expect("schemathesis runs");
     let text =
