@@ -367,7 +367,7 @@ impl Expr {
             .execute(&ctx)
             .map_err(|e| ExprError::Execution {
                 expr: self.source.clone(),
-                reason: e.to_string(),
+                reason: execution_reason(&e),
             })
     }
 
@@ -702,6 +702,64 @@ fn for_each_child<'a>(e: &'a Expression, f: &mut impl FnMut(&'a Expression)) {
     }
 }
 
+/// Why an evaluation failed, in words that do not depend on the order of a
+/// map's keys (the interpreter's own message prints maps in hash order, and an
+/// incident's reason must be the same every time the input is replayed) and
+/// that name values briefly instead of echoing whole payloads.
+fn execution_reason(e: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    match e {
+        E::UnsupportedTargetType { target } => format!("invalid argument type: {}", brief(target)),
+        E::NotSupportedAsMethod { method, target } => {
+            format!("method '{method}' not supported on {}", brief(target))
+        }
+        E::UnsupportedKeyType(v) => format!("unable to use {} as a key", brief(v)),
+        E::ValuesNotComparable(a, b) => {
+            format!("{} can not be compared to {}", brief(a), brief(b))
+        }
+        E::UnsupportedBinaryOperator(op, a, b) => {
+            format!(
+                "unsupported binary operator '{op}': {}, {}",
+                brief(a),
+                brief(b)
+            )
+        }
+        E::UnsupportedIndex(a, b) => format!("cannot use {} to index {}", brief(a), brief(b)),
+        E::DivisionByZero(v) => format!("division by zero of {}", brief(v)),
+        E::RemainderByZero(v) => format!("remainder by zero of {}", brief(v)),
+        E::Overflow(op, a, b) => {
+            format!(
+                "overflow from binary operator '{op}': {}, {}",
+                brief(a),
+                brief(b)
+            )
+        }
+        E::IndexOutOfBounds(v) => format!("index out of bounds: {}", brief(v)),
+        E::DuplicateKey(v) => format!("repeated key {}", brief(v)),
+        other => other.to_string(),
+    }
+}
+
+/// A value named in an error: scalars as literals (long strings cut), lists
+/// and maps by their size.
+fn brief(v: &Cel) -> String {
+    match v {
+        Cel::String(s) if s.chars().count() > 40 => {
+            let cut: String = s.chars().take(40).collect();
+            format!("string {cut:?}…")
+        }
+        Cel::String(s) => format!("string {:?}", s.as_str()),
+        Cel::Int(i) => format!("int {i}"),
+        Cel::UInt(u) => format!("uint {u}"),
+        Cel::Float(f) => format!("double {f}"),
+        Cel::Bool(b) => format!("bool {b}"),
+        Cel::Null => "null".into(),
+        Cel::List(l) => format!("a list of {} items", l.len()),
+        Cel::Map(m) => format!("a map of {} keys", m.map.len()),
+        other => type_name(other),
+    }
+}
+
 fn type_name(v: &Cel) -> String {
     match v {
         Cel::Null => "null".into(),
@@ -798,6 +856,31 @@ mod tests {
         let mut ctx = Context::with_env(env());
         ctx.set_variable_resolver(scope);
         e.program.execute(&ctx).map_err(|e| e.to_string())
+    }
+
+    // Found by the engine fuzz target: the interpreter's message printed a map
+    // in hash order, so an incident's reason changed between two runs of the
+    // same input (and an audit replay reported a mismatch).
+    #[test]
+    fn an_evaluation_error_reads_the_same_every_time() {
+        let mut vars = Vars::new();
+        let map: serde_json::Map<String, Json> =
+            (0..16).map(|i| (format!("k{i}"), Json::from(i))).collect();
+        vars.insert("service".into(), Json::Object(map));
+        let scope = Scope::new(None, &vars, "k", 1_000, 1);
+        let e = Expr::parse("'restart-' + vars.service").expect("parses");
+        let reasons: BTreeSet<String> = (0..20)
+            .map(|_| match e.eval(&scope) {
+                Err(ExprError::Execution { reason, .. }) => reason,
+                other => panic!("expected an execution error, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        let reason = reasons.into_iter().next().unwrap_or_default();
+        assert_eq!(
+            reason,
+            "unsupported binary operator 'add': string \"restart-\", a map of 16 keys"
+        );
     }
 
     // The shortcuts (integer comparisons on JSON, roots cut to the fields an
