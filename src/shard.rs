@@ -42,6 +42,10 @@ pub enum ShardError {
     /// An operator action that does not apply to its instance as it stands.
     #[error("operator action on {id} refused: {reason}")]
     Refused { id: String, reason: String },
+    /// A timer for an instance the shard does not hold (it ended and was
+    /// forgotten, or never started).
+    #[error("{input} for instance {id}, which does not exist (never started, or ended and forgotten)")]
+    NoInstance { id: String, input: String },
 }
 
 /// What the caller carries out for one input, in order.
@@ -218,6 +222,9 @@ pub struct Shard {
     names: HashSet<Arc<str>>,
     /// How long an ended instance is kept; `None`: for ever.
     retention: Option<Millis>,
+    /// Instances whose snapshot did not decode on restore, with the reason:
+    /// every input for one is refused (never started afresh over it).
+    unreadable: HashMap<Arc<str>, String>,
 }
 
 impl Shard {
@@ -255,6 +262,7 @@ impl Shard {
     /// Removes an instance and its timers (a restore reading a newer record
     /// of its key, or its tombstone).
     pub fn remove(&mut self, id: &str) {
+        self.unreadable.remove(id);
         let Some((handle, slot)) = self.instances.remove_entry(id) else {
             return;
         };
@@ -279,6 +287,13 @@ impl Shard {
             self.timers
                 .remove(&(at.saturating_add(r), handle.clone(), name.clone()));
         }
+    }
+
+    /// Marks an instance whose snapshot does not decode: inputs for it are
+    /// refused with `reason` until a readable snapshot replaces it.
+    pub fn unreadable(&mut self, id: String, reason: String) {
+        self.remove(&id);
+        self.unreadable.insert(Arc::from(id), reason);
     }
 
     /// Adds an instance, decoded, with its timers (replacing one of the same id).
@@ -431,6 +446,13 @@ impl Shard {
             key,
             input,
         } = record;
+        let id = format!("{process}/{key}");
+        if let Some(reason) = self.unreadable.get(id.as_str()) {
+            return Err(ShardError::State {
+                id,
+                reason: reason.clone(),
+            });
+        }
         let (input, now) = match input {
             Kind::Event { event, .. } => {
                 let at = if event.time > 0 { event.time } else { now };
@@ -439,7 +461,6 @@ impl Shard {
             Kind::Call { parent, vars } => (Input::Call { parent, vars }, now),
             Kind::Operator(o) => return self.operate(registry, &process, &key, o, now, trace),
             Kind::Timer { timer, due } => {
-                let id = format!("{process}/{key}");
                 self.in_flight
                     .remove(&(due, Arc::from(id.as_str()), Arc::from(timer.as_str())));
                 if timer == RETENTION_TIMER {
@@ -451,8 +472,10 @@ impl Shard {
                     return Ok(Applied::nothing(id, due, change));
                 }
                 if !self.instances.contains_key(id.as_str()) {
-                    // The instance is gone; so is its timer.
-                    return Ok(Applied::nothing(id, due, Change::None));
+                    return Err(ShardError::NoInstance {
+                        id,
+                        input: format!("timer {timer} due {}", engine::format_rfc3339(due)),
+                    });
                 }
                 (Input::Timer(timer), due)
             }
@@ -1011,7 +1034,7 @@ pub(crate) mod tests {
             .expect("forgotten");
         assert_eq!(gone.id, "order-to-cash/o-1");
         assert!(s.is_empty());
-        // A timer of an instance that is gone does nothing.
+        // A timer of an instance that is gone changes nothing and says why.
         let late = ShardRecord {
             process: "order-to-cash".into(),
             key: "o-1".into(),
@@ -1020,11 +1043,34 @@ pub(crate) mod tests {
                 due: retention.0 + 1,
             },
         };
-        let a = s
-            .apply(&reg, late, retention.0 + 1, None)
-            .expect("deployed");
-        assert_eq!((a.change, a.actions.len()), (Change::None, 0));
+        match s.apply(&reg, late, retention.0 + 1, None) {
+            Err(ShardError::NoInstance { id, input }) => {
+                assert_eq!(id, "order-to-cash/o-1");
+                assert!(input.starts_with("timer reserve/timeout/1 due "), "{input}");
+            }
+            other => panic!("expected NoInstance, got {other:?}"),
+        }
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn an_instance_whose_snapshot_does_not_decode_refuses_its_inputs() {
+        let reg = registry();
+        let mut s = Shard::new(None);
+        s.unreadable("order-to-cash/o-1".into(), "bad bytes".into());
+        // Not even its start event starts it afresh.
+        match s.apply(&reg, placed("o-1"), T0, None) {
+            Err(ShardError::State { id, reason }) => {
+                assert_eq!((id.as_str(), reason.as_str()), ("order-to-cash/o-1", "bad bytes"));
+            }
+            other => panic!("expected a state error, got {other:?}"),
+        }
+        assert!(s.is_empty());
+        // Other instances are not concerned.
+        s.apply(&reg, placed("o-2"), T0, None).expect("o-2 starts");
+        // A readable snapshot of the same id replaces the mark.
+        s.insert("order-to-cash/o-1".into(), Instance::new("order-to-cash", 1, "o-1"));
+        assert!(s.apply(&reg, placed("o-1"), T0, None).is_ok());
     }
 
     #[test]

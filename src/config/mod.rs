@@ -242,6 +242,10 @@ pub struct Events {
     pub type_field: String,
     /// Field that holds its id (else `<topic>/<partition>/<offset>`).
     pub id_field: String,
+    /// Largest payload of an input record baton reads; a larger one is a
+    /// dead letter (`oversized-payload`), so one huge record cannot take the
+    /// memory of a process.
+    pub max_payload_bytes: usize,
 }
 
 impl Default for Events {
@@ -249,6 +253,7 @@ impl Default for Events {
         Events {
             type_field: "type".to_string(),
             id_field: "id".to_string(),
+            max_payload_bytes: 1024 * 1024,
         }
     }
 }

@@ -163,7 +163,16 @@ pub(super) fn rebuild(
                 repair.insert(key);
             }
             Err(e) => {
-                warn!(partition = p, offset = r.offset, error = %e, "unreadable changelog record skipped")
+                // Kept as unreadable: its inputs become dead letters naming
+                // the record, and no event starts the instance afresh.
+                warn!(partition = p, offset = r.offset, instance = %key, error = %e, "changelog record does not decode; inputs for its instance will be dead-lettered");
+                repair.remove(&key);
+                edited.remove(&key);
+                shard
+                    .index
+                    .push(index::Update::Remove(Arc::from(key.as_str())));
+                let reason = format!("its snapshot at {} offset {} does not decode: {e}", r.topic, r.offset);
+                shard.state.unreadable(key, reason);
             }
         }
     })?;

@@ -58,10 +58,23 @@ impl Runtime {
         };
         let mut out = Vec::new();
         let ctx = self.ctx();
-        match cloudevents::decode(&rec, &plain) {
+        let size = m.payload.as_ref().map_or(0, Vec::len);
+        let limit = self.cfg.events.max_payload_bytes;
+        let decoded = if size > limit {
+            Err(format!(
+                "payload of {size} bytes is above the limit of {limit} bytes (events.max_payload_bytes)"
+            ))
+        } else {
+            cloudevents::decode(&rec, &plain).map_err(|e| e.to_string())
+        };
+        match decoded {
+            Err(e) if size > limit => {
+                span.error(&e);
+                out.push(ctx.dead_letter(&m, "oversized-payload", &e))
+            }
             Err(e) => {
-                span.error(&e.to_string());
-                out.push(ctx.dead_letter(&m, "undecodable", &e.to_string()))
+                span.error(&e);
+                out.push(ctx.dead_letter(&m, "undecodable", &e))
             }
             Ok(event) => {
                 span.set("messaging.message.id", event.id.clone());

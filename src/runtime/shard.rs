@@ -366,6 +366,7 @@ pub(super) fn handle(
                 ShardError::Undeployed { .. } => "no-definition",
                 ShardError::State { .. } => "undecodable-state",
                 ShardError::Refused { .. } => "operator-refused",
+                ShardError::NoInstance { .. } => "unknown-instance",
             };
             let reason = e.to_string();
             span.error(&reason);
@@ -537,9 +538,9 @@ fn carry_out(applied: Applied, mut span: Span, source: &Incoming, ctx: &Ctx<'_>,
             }
             Action::Rejected { event, reason } => {
                 if reason == Rejection::Duplicate {
+                    // Not applied again; its copy goes to the dead letters
+                    // with the reason, like every input baton does not use.
                     ctx.stats.metrics.duplicates.inc();
-                    debug!(instance = %id, event_id = %event.id, "duplicate event ignored");
-                    continue;
                 }
                 span.event(
                     "event rejected",

@@ -70,11 +70,12 @@ pub fn decode(r: &Record<'_>, plain: &PlainJson) -> Result<Event, DecodeError> {
         }
     };
     let content_type = header(r.headers, "content-type").unwrap_or("");
+    // Whatever the mode, a record that says it is not JSON is not read as JSON.
+    if !content_type.is_empty() && !content_type.contains("json") {
+        return Err(DecodeError::ContentType(content_type.to_string()));
+    }
     if header(r.headers, "ce_specversion").is_some() {
         const MODE: &str = "binary CloudEvent";
-        if !content_type.is_empty() && !content_type.contains("json") {
-            return Err(DecodeError::ContentType(content_type.to_string()));
-        }
         let attr = |name: &str| -> Result<String, DecodeError> {
             match header(r.headers, &format!("ce_{name}")) {
                 Some(v) if !v.is_empty() => Ok(v.to_string()),
