@@ -44,7 +44,9 @@ pub enum ShardError {
     Refused { id: String, reason: String },
     /// A timer for an instance the shard does not hold (it ended and was
     /// forgotten, or never started).
-    #[error("{input} for instance {id}, which does not exist (never started, or ended and forgotten)")]
+    #[error(
+        "{input} for instance {id}, which does not exist (never started, or ended and forgotten)"
+    )]
     NoInstance { id: String, input: String },
 }
 
@@ -1061,7 +1063,10 @@ pub(crate) mod tests {
         // Not even its start event starts it afresh.
         match s.apply(&reg, placed("o-1"), T0, None) {
             Err(ShardError::State { id, reason }) => {
-                assert_eq!((id.as_str(), reason.as_str()), ("order-to-cash/o-1", "bad bytes"));
+                assert_eq!(
+                    (id.as_str(), reason.as_str()),
+                    ("order-to-cash/o-1", "bad bytes")
+                );
             }
             other => panic!("expected a state error, got {other:?}"),
         }
@@ -1069,7 +1074,10 @@ pub(crate) mod tests {
         // Other instances are not concerned.
         s.apply(&reg, placed("o-2"), T0, None).expect("o-2 starts");
         // A readable snapshot of the same id replaces the mark.
-        s.insert("order-to-cash/o-1".into(), Instance::new("order-to-cash", 1, "o-1"));
+        s.insert(
+            "order-to-cash/o-1".into(),
+            Instance::new("order-to-cash", 1, "o-1"),
+        );
         assert!(s.apply(&reg, placed("o-1"), T0, None).is_ok());
     }
 

@@ -215,7 +215,10 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::Duplicate => {
-                write!(f, "duplicate event id: the instance already processed an event with this id")
+                write!(
+                    f,
+                    "duplicate event id: the instance already processed an event with this id"
+                )
             }
             Rejection::Ended(s) => write!(f, "instance already {}", s.as_str()),
             Rejection::AlreadyStarted => write!(f, "instance already started"),

@@ -171,7 +171,10 @@ pub(super) fn rebuild(
                 shard
                     .index
                     .push(index::Update::Remove(Arc::from(key.as_str())));
-                let reason = format!("its snapshot at {} offset {} does not decode: {e}", r.topic, r.offset);
+                let reason = format!(
+                    "its snapshot at {} offset {} does not decode: {e}",
+                    r.topic, r.offset
+                );
                 shard.state.unreadable(key, reason);
             }
         }

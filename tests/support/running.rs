@@ -45,6 +45,8 @@ pub struct Running {
     handle: JoinHandle<Result<(), RuntimeError>>,
     pub stats: Arc<Stats>,
     pub health: Arc<Health>,
+    /// The live index of its instances.
+    pub index: Arc<baton::index::Index>,
 }
 
 impl Running {
@@ -71,6 +73,7 @@ impl Running {
             .expect("runtime starts")
             .with_faults(faults);
         let health = runtime.health();
+        let index = runtime.index();
         let flag = stop.clone();
         let handle = std::thread::spawn(move || runtime.run(flag));
         Running {
@@ -78,6 +81,7 @@ impl Running {
             handle,
             stats,
             health,
+            index,
         }
     }
 
