@@ -17,8 +17,11 @@ use baton::simulate::Simulation;
 use baton::wire::{self, cloudevents};
 use serde_json::Value as Json;
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the name of its file under `fuzz/fuzz_targets/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("dsl", dsl),
     ("cloudevents", cloudevents),
     ("records", records),

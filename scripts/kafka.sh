@@ -14,6 +14,9 @@
 #   BATON_KAFKA_POM     the pom to resolve (default: scripts/kafka/pom.xml)
 #   BATON_KAFKA_HOME    an installed broker (default: the cache directory above)
 #   BATON_KAFKA_PROPS   extra server.properties lines, appended as they are
+#   BATON_KAFKA_SASL_SSL_PORT  also listen for SASL_SSL clients on this port
+#   BATON_KAFKA_SCRAM   SCRAM credentials created when formatting, e.g.
+#                       SCRAM-SHA-512=[name=baton,password=...]
 #   BATON_KAFKA_HEAP    the broker's heap (default 768m; at most 1g)
 #   BATON_KAFKA_WATCH_STDIN=1   `run` stops the broker when its standard input
 #                       closes (the test process that started it has ended)
@@ -74,14 +77,21 @@ prepare() {
   [ -f "$h/libs/.complete" ] || die "Apache Kafka is not installed in $h: run \`bash scripts/kafka.sh install\`"
   need_java
   mkdir -p "$dir"
+  # An optional SASL_SSL listener (its TLS and SASL settings come in
+  # BATON_KAFKA_PROPS; its SCRAM users in BATON_KAFKA_SCRAM).
+  local sasl="" sasl_map=""
+  if [ -n "${BATON_KAFKA_SASL_SSL_PORT:-}" ]; then
+    sasl=",SASL_SSL://127.0.0.1:$BATON_KAFKA_SASL_SSL_PORT"
+    sasl_map=",SASL_SSL:SASL_SSL"
+  fi
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport$sasl
+advertised.listeners=PLAINTEXT://127.0.0.1:$port$sasl
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$sasl_map
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
@@ -125,7 +135,9 @@ EOF
   if [ ! -f "$dir/data/meta.properties" ]; then
     local id
     id="$(java -cp "$h/libs/*" kafka.tools.StorageTool random-uuid)"
-    java -cp "$h/libs/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+    local scram=()
+    [ -z "${BATON_KAFKA_SCRAM:-}" ] || scram=(--add-scram "$BATON_KAFKA_SCRAM")
+    java -cp "$h/libs/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" "${scram[@]}" >"$dir/format.log" 2>&1 ||
       die "formatting $dir/data failed: $(tail -n 3 "$dir/format.log")"
   fi
 }

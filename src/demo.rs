@@ -166,6 +166,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             // librdkafka's mock cluster speaks the classic group protocol.
             group_protocol: config::GroupProtocol::Classic,
             max_record_bytes: None,
+            secret_files: Default::default(),
             consumer_options: Default::default(),
             producer_options: Default::default(),
         },

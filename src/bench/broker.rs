@@ -111,6 +111,16 @@ impl LocalKafka {
     /// `dir` and starts the broker; returns once it accepts requests.
     /// `extra` is appended to `server.properties` as it is.
     pub fn start(dir: &Path, extra: &str) -> Result<LocalKafka, BrokerError> {
+        LocalKafka::start_with(dir, extra, &[])
+    }
+
+    /// [`LocalKafka::start`] with environment variables for `scripts/kafka.sh`
+    /// (`BATON_KAFKA_SASL_SSL_PORT`, `BATON_KAFKA_SCRAM`).
+    pub fn start_with(
+        dir: &Path,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Result<LocalKafka, BrokerError> {
         install()?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
@@ -120,7 +130,7 @@ impl LocalKafka {
             port,
             dir: dir.to_path_buf(),
         };
-        k.child = Some(k.spawn(free_port()?, extra)?);
+        k.child = Some(k.spawn(free_port()?, extra, env)?);
         Ok(k)
     }
 
@@ -150,7 +160,12 @@ impl LocalKafka {
     }
 
     /// Runs the broker script and waits until the broker accepts requests.
-    fn spawn(&self, controller_port: u16, extra: &str) -> Result<(Child, ChildStdin), BrokerError> {
+    fn spawn(
+        &self,
+        controller_port: u16,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(Child, ChildStdin), BrokerError> {
         let log = self.dir.join("broker.log");
         let mut child = script("run")
             .arg(&self.dir)
@@ -160,6 +175,7 @@ impl LocalKafka {
             .env("BATON_KAFKA_PROPS", extra)
             // A broker nobody drops (a test binary's) is cleaned up by the script.
             .env("BATON_KAFKA_EPHEMERAL", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

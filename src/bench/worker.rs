@@ -73,6 +73,7 @@ impl WorkerSpec {
                 options: self.options.clone(),
                 group_protocol: Default::default(),
                 max_record_bytes: None,
+                secret_files: Default::default(),
                 consumer_options: Default::default(),
                 producer_options: Default::default(),
             },

@@ -45,6 +45,13 @@ pub struct Kafka {
     /// (connection, TLS, SASL).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Options whose values are secrets (`sasl.password`, `ssl.key.password`),
+    /// each read from a file when the configuration loads (surrounding white
+    /// space is ignored) and added to `options`, so the file itself holds no
+    /// secret. (A `BATON_KAFKA__OPTIONS__<OPTION>` environment variable is the
+    /// other way.)
+    #[serde(default)]
+    pub secret_files: BTreeMap<String, std::path::PathBuf>,
     /// Passed to baton's consumers only (the group member, restore and
     /// offset readers), over `options`: fetch tuning, group settings.
     #[serde(default)]
@@ -460,7 +467,26 @@ impl Config {
                 message: e.to_string(),
             })?
         };
-        let problems = config.problems();
+        let mut config = config;
+        let mut problems = config.problems();
+        for (option, path) in &config.kafka.secret_files {
+            match std::fs::read_to_string(path) {
+                Ok(v) if v.trim().is_empty() => problems.push(format!(
+                    "kafka.secret_files.\"{option}\": file {} is empty",
+                    path.display()
+                )),
+                Ok(v) => {
+                    config
+                        .kafka
+                        .options
+                        .insert(option.clone(), v.trim().to_string());
+                }
+                Err(e) => problems.push(format!(
+                    "kafka.secret_files.\"{option}\": file {}: {e}",
+                    path.display()
+                )),
+            }
+        }
         if problems.is_empty() {
             Ok(config)
         } else {

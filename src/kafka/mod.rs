@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -32,6 +31,76 @@ pub enum KafkaFailure {
     },
     #[error("topic {topic}: {problem}")]
     Topic { topic: String, problem: String },
+}
+
+/// A partition's low and high watermarks. A topic created a moment ago may
+/// not be in the client's metadata yet: unknown partitions are asked again
+/// for up to 30 s.
+fn watermarks<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaFailure> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(30)) {
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        Code::UnknownPartition | Code::UnknownTopicOrPartition | Code::UnknownTopic
+                    )
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other.map_err(fail(format!("watermarks of {topic}/{partition}"))),
+        }
+    }
+}
+
+/// A client context that keeps the last error librdkafka reported, so a
+/// failure to connect can say why (wrong password, untrusted certificate)
+/// instead of only "transport failure".
+#[derive(Default)]
+pub struct Recorder {
+    last: Mutex<Option<String>>,
+}
+
+impl ClientContext for Recorder {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        // Authentication and TLS failures arrive as log lines only.
+        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32)
+            && let Ok(mut l) = self.last.lock()
+        {
+            *l = Some(message.to_string());
+        }
+        tracing::debug!(facility = fac, message, "kafka client log");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(reason.to_string());
+        }
+    }
+}
+
+impl Recorder {
+    /// `source`, with the last reported error when there is one.
+    fn failure(&self, what: &str, source: KafkaError) -> KafkaFailure {
+        match self.last.lock().ok().and_then(|l| l.clone()) {
+            Some(reason) => KafkaFailure::Client {
+                what: format!("{what} (last client error: {reason})"),
+                source,
+            },
+            None => KafkaFailure::Client {
+                what: what.to_string(),
+                source,
+            },
+        }
+    }
 }
 
 fn fail(what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaFailure {
@@ -537,13 +606,14 @@ fn admin_runtime() -> Result<tokio::runtime::Runtime, KafkaFailure> {
 
 /// Creates missing topics; checks partitions and the changelog's compaction on existing ones.
 pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(), KafkaFailure> {
-    let admin: AdminClient<DefaultClientContext> =
-        base(cfg).create().map_err(fail("create admin client"))?;
+    let admin: AdminClient<Recorder> = base(cfg)
+        .create_with_context(Recorder::default())
+        .map_err(fail("create admin client"))?;
     let rt = admin_runtime()?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(fail("fetch metadata"))?;
+        .map_err(|e| admin.inner().context().failure("fetch metadata", e))?;
     let existing: HashMap<String, i32> = metadata
         .topics()
         .iter()
@@ -654,12 +724,13 @@ pub fn record_limit(cfg: &Config) -> Result<usize, KafkaFailure> {
     if let Some(n) = cfg.kafka.max_record_bytes {
         return Ok(n.min(client));
     }
-    let admin: AdminClient<DefaultClientContext> =
-        base(cfg).create().map_err(fail("create admin client"))?;
+    let admin: AdminClient<Recorder> = base(cfg)
+        .create_with_context(Recorder::default())
+        .map_err(fail("create admin client"))?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(fail("fetch metadata"))?;
+        .map_err(|e| admin.inner().context().failure("fetch metadata", e))?;
     let Some(broker) = metadata.brokers().first().map(|b| b.id()) else {
         return Ok(client);
     };
@@ -769,9 +840,7 @@ pub fn scan_partition(
         .set("enable.partition.eof", "false")
         .create()
         .map_err(fail("create restore consumer"))?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(30))
-        .map_err(fail(format!("watermarks of {topic}/{partition}")))?;
+    let (low, high) = watermarks(&consumer, topic, partition)?;
     if high <= low {
         return Ok(0);
     }
@@ -856,10 +925,7 @@ impl Follower {
     /// Every record up to the partition's end as of now.
     pub fn catch_up(&self, patience: Duration) -> Result<Vec<Incoming>, KafkaFailure> {
         let (topic, p) = (self.topic.as_str(), self.partition);
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(30))
-            .map_err(fail(format!("watermarks of {topic}/{p}")))?;
+        let (_, high) = watermarks(&self.consumer, topic, p)?;
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + patience;
         loop {

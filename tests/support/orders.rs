@@ -88,6 +88,7 @@ pub fn config(bootstrap: &str, group: &str, instance: &str) -> Config {
             options: BTreeMap::new(),
             group_protocol: Default::default(),
             max_record_bytes: None,
+            secret_files: Default::default(),
             consumer_options: Default::default(),
             producer_options: Default::default(),
         },
