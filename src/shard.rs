@@ -448,12 +448,14 @@ impl Shard {
             key,
             input,
         } = record;
-        let id = format!("{process}/{key}");
-        if let Some(reason) = self.unreadable.get(id.as_str()) {
-            return Err(ShardError::State {
-                id,
-                reason: reason.clone(),
-            });
+        if !self.unreadable.is_empty() {
+            let id = format!("{process}/{key}");
+            if let Some(reason) = self.unreadable.get(id.as_str()) {
+                return Err(ShardError::State {
+                    id,
+                    reason: reason.clone(),
+                });
+            }
         }
         let (input, now) = match input {
             Kind::Event { event, .. } => {
@@ -463,6 +465,7 @@ impl Shard {
             Kind::Call { parent, vars } => (Input::Call { parent, vars }, now),
             Kind::Operator(o) => return self.operate(registry, &process, &key, o, now, trace),
             Kind::Timer { timer, due } => {
+                let id = format!("{process}/{key}");
                 self.in_flight
                     .remove(&(due, Arc::from(id.as_str()), Arc::from(timer.as_str())));
                 if timer == RETENTION_TIMER {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -31,6 +32,11 @@ pub enum KafkaFailure {
     },
     #[error("topic {topic}: {problem}")]
     Topic { topic: String, problem: String },
+}
+
+fn fail(what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaFailure {
+    let what = what.into();
+    move |source| KafkaFailure::Client { what, source }
 }
 
 /// A partition's low and high watermarks. A topic created a moment ago may
@@ -58,54 +64,6 @@ fn watermarks<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerC
             other => return other.map_err(fail(format!("watermarks of {topic}/{partition}"))),
         }
     }
-}
-
-/// A client context that keeps the last error librdkafka reported, so a
-/// failure to connect can say why (wrong password, untrusted certificate)
-/// instead of only "transport failure".
-#[derive(Default)]
-pub struct Recorder {
-    last: Mutex<Option<String>>,
-}
-
-impl ClientContext for Recorder {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        // Authentication and TLS failures arrive as log lines only.
-        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32)
-            && let Ok(mut l) = self.last.lock()
-        {
-            *l = Some(message.to_string());
-        }
-        tracing::debug!(facility = fac, message, "kafka client log");
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "kafka client error");
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some(reason.to_string());
-        }
-    }
-}
-
-impl Recorder {
-    /// `source`, with the last reported error when there is one.
-    fn failure(&self, what: &str, source: KafkaError) -> KafkaFailure {
-        match self.last.lock().ok().and_then(|l| l.clone()) {
-            Some(reason) => KafkaFailure::Client {
-                what: format!("{what} (last client error: {reason})"),
-                source,
-            },
-            None => KafkaFailure::Client {
-                what: what.to_string(),
-                source,
-            },
-        }
-    }
-}
-
-fn fail(what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaFailure {
-    let what = what.into();
-    move |source| KafkaFailure::Client { what, source }
 }
 
 /// A client of any kind: `kafka.options`.
@@ -606,14 +564,13 @@ fn admin_runtime() -> Result<tokio::runtime::Runtime, KafkaFailure> {
 
 /// Creates missing topics; checks partitions and the changelog's compaction on existing ones.
 pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(), KafkaFailure> {
-    let admin: AdminClient<Recorder> = base(cfg)
-        .create_with_context(Recorder::default())
-        .map_err(fail("create admin client"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        base(cfg).create().map_err(fail("create admin client"))?;
     let rt = admin_runtime()?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(|e| admin.inner().context().failure("fetch metadata", e))?;
+        .map_err(fail("fetch metadata"))?;
     let existing: HashMap<String, i32> = metadata
         .topics()
         .iter()
@@ -724,13 +681,12 @@ pub fn record_limit(cfg: &Config) -> Result<usize, KafkaFailure> {
     if let Some(n) = cfg.kafka.max_record_bytes {
         return Ok(n.min(client));
     }
-    let admin: AdminClient<Recorder> = base(cfg)
-        .create_with_context(Recorder::default())
-        .map_err(fail("create admin client"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        base(cfg).create().map_err(fail("create admin client"))?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(|e| admin.inner().context().failure("fetch metadata", e))?;
+        .map_err(fail("fetch metadata"))?;
     let Some(broker) = metadata.brokers().first().map(|b| b.id()) else {
         return Ok(client);
     };

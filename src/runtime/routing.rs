@@ -61,20 +61,19 @@ impl Runtime {
         let size = m.payload.as_ref().map_or(0, Vec::len);
         let limit = self.cfg.events.max_payload_bytes;
         let decoded = if size > limit {
-            Err(format!(
-                "payload of {size} bytes is above the limit of {limit} bytes (events.max_payload_bytes)"
+            Err((
+                "oversized-payload",
+                format!(
+                    "payload of {size} bytes is above the limit of {limit} bytes (events.max_payload_bytes)"
+                ),
             ))
         } else {
-            cloudevents::decode(&rec, &plain).map_err(|e| e.to_string())
+            cloudevents::decode(&rec, &plain).map_err(|e| ("undecodable", e.to_string()))
         };
         match decoded {
-            Err(e) if size > limit => {
+            Err((kind, e)) => {
                 span.error(&e);
-                out.push(ctx.dead_letter(&m, "oversized-payload", &e))
-            }
-            Err(e) => {
-                span.error(&e);
-                out.push(ctx.dead_letter(&m, "undecodable", &e))
+                out.push(ctx.dead_letter(&m, kind, &e))
             }
             Ok(event) => {
                 span.set("messaging.message.id", event.id.clone());
