@@ -21,6 +21,7 @@
 #   BATON_KAFKA_WATCH_STDIN=1   `run` stops the broker when its standard input
 #                       closes (the test process that started it has ended)
 #   BATON_KAFKA_EPHEMERAL=1     `run` removes DIR when the broker has stopped
+#                               (unless DIR/keep exists: an outage, started again)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" 2>/dev/null && pwd || pwd)"
@@ -165,7 +166,7 @@ run() {
     wait "$java_pid" || rc=$?
   done
   [ -n "$watcher" ] && kill "$watcher" 2>/dev/null || true
-  if [ "${BATON_KAFKA_EPHEMERAL:-0}" = 1 ]; then
+  if [ "${BATON_KAFKA_EPHEMERAL:-0}" = 1 ] && [ ! -e "$dir/keep" ]; then
     rm -rf "$dir"
   fi
   return "$rc"

@@ -48,6 +48,15 @@ pub enum ShardError {
         "{input} for instance {id}, which does not exist (never started, or ended and forgotten)"
     )]
     NoInstance { id: String, input: String },
+    /// An event that would start a new instance on a shard holding its cap.
+    #[error(
+        "event {event} would start instance {id}, but its shard holds its cap of {cap} instances (runtime.max_instances_per_shard)"
+    )]
+    AtCapacity {
+        id: String,
+        event: String,
+        cap: usize,
+    },
 }
 
 /// What the caller carries out for one input, in order.
@@ -227,9 +236,22 @@ pub struct Shard {
     /// Instances whose snapshot did not decode on restore, with the reason:
     /// every input for one is refused (never started afresh over it).
     unreadable: HashMap<Arc<str>, String>,
+    /// Most instances held; an event for a new one is refused at the cap.
+    cap: Option<usize>,
 }
 
 impl Shard {
+    /// Refuses events for new instances once the shard holds `cap` of them.
+    pub fn with_cap(mut self, cap: usize) -> Shard {
+        self.cap = Some(cap);
+        self
+    }
+
+    /// Whether the shard holds its cap of instances.
+    pub fn full(&self) -> bool {
+        self.cap.is_some_and(|c| self.instances.len() >= c)
+    }
+
     /// An empty shard that keeps ended instances for `retention`.
     pub fn new(retention: Option<Millis>) -> Shard {
         Shard {
@@ -459,6 +481,16 @@ impl Shard {
         }
         let (input, now) = match input {
             Kind::Event { event, .. } => {
+                if self.full() {
+                    let id = format!("{process}/{key}");
+                    if !self.instances.contains_key(id.as_str()) {
+                        return Err(ShardError::AtCapacity {
+                            id,
+                            event: event.id,
+                            cap: self.cap.unwrap_or_default(),
+                        });
+                    }
+                }
                 let at = if event.time > 0 { event.time } else { now };
                 (Input::Event(event), at)
             }
@@ -1014,6 +1046,37 @@ pub(crate) mod tests {
             .expect("deployed");
         assert_eq!(a.at, due, "a timer runs at its due time");
         assert!(a.transitions > 0 || !a.actions.is_empty());
+    }
+
+    #[test]
+    fn a_shard_at_its_cap_refuses_new_instances_and_serves_the_ones_it_holds() {
+        let reg = registry();
+        let mut s = Shard::new(Some(60_000)).with_cap(2);
+        s.apply(&reg, placed("o-1"), T0, None).expect("deployed");
+        s.apply(&reg, placed("o-2"), T0, None).expect("deployed");
+        assert!(s.full());
+        match s.apply(&reg, placed("o-3"), T0, None) {
+            Err(e @ ShardError::AtCapacity { .. }) => assert_eq!(
+                e.to_string(),
+                "event o-3/placed would start instance order-to-cash/o-3, but its shard holds its cap of 2 instances (runtime.max_instances_per_shard)"
+            ),
+            other => panic!("expected AtCapacity, got {other:?}"),
+        }
+        assert_eq!(s.len(), 2, "nothing of the refused instance is kept");
+        // The instances it holds go on: o-1 is cancelled and, once its
+        // retention passed, forgotten, which makes room again.
+        let a = s
+            .apply(&reg, cancel("o-1"), T0 + 1_000, None)
+            .expect("deployed");
+        assert!(a.actions.contains(&Action::Ended(Status::Cancelled)));
+        let due = T0 + 1_000 + 60_000;
+        for r in s.due(due) {
+            s.apply(&reg, r, due, None).expect("deployed");
+        }
+        assert!(!s.full());
+        s.apply(&reg, placed("o-3"), due, None)
+            .expect("o-3 starts below the cap");
+        assert!(s.instance("order-to-cash/o-3").is_some());
     }
 
     #[test]

@@ -16,16 +16,9 @@ use std::time::{Duration, Instant};
 use baton::config::{self, Config};
 use baton::kafka::{self, Outgoing, PlainProducer};
 use support::orders::{Topics, services};
-use support::{Broker, eventually, oracle, unique};
+use support::{Broker, eventually, oracle, setting, unique};
 
 const PARTITIONS: i32 = 2;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Orders are keyed by event id (re-keyed through the repartition topic), the
 /// services' answers by order (processed in place): both paths crash.

@@ -10,15 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use baton::config::Config;
-use baton::kafka::{self, PlainProducer};
+use baton::kafka;
 use baton::runtime::now_ms;
 use baton::telemetry::Health;
 use support::admin::get;
-use support::orders::{Topics, config, create_input, services};
+use support::orders::{Topics, config, create_input, load, services};
 use support::running::{Running, assert_each_command_once, collector, example, orders_with};
 use support::{Broker, eventually, free_addr, oracle, unique};
 
@@ -38,31 +37,6 @@ fn group_config(bootstrap: &str, group: &str, instance: &str) -> Config {
     // Co-partitioning: input partition p and shard p on one member.
     c.runtime.in_place = true;
     c
-}
-
-/// Orders keyed by their id (so they are processed in place), `per_second`,
-/// until stopped; the thread returns how many it sent.
-fn load(bootstrap: &str, t: &Topics, per_second: u64) -> (Arc<AtomicBool>, JoinHandle<u64>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let producer = PlainProducer::new(bootstrap).expect("producer");
-    let (st, t) = (stop.clone(), t.clone());
-    let handle = std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut sent = 0;
-        while !st.load(Ordering::Relaxed) {
-            let due = started.elapsed().as_millis() as u64 * per_second / 1000;
-            while sent < due {
-                let mut r = t.placed(sent);
-                r.key = format!("o-{sent}").into_bytes();
-                producer.send(&r).expect("send");
-                sent += 1;
-            }
-            let _ = producer.flush();
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        sent
-    });
-    (stop, handle)
 }
 
 /// Who owned which shard when: a change log of the members' readiness.

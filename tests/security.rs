@@ -206,12 +206,16 @@ fn orders_flow_through_a_sasl_ssl_listener_and_a_wrong_password_fails_clearly() 
         !out.status.success(),
         "a wrong password must fail:\n{stderr}"
     );
-    // It names the step that failed. (librdkafka reports the SASL failure
-    // itself only as a transport failure here; naming authentication is a
-    // known gap.)
+    // It names the step that failed and why: authentication.
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     assert!(
-        stderr.contains("cannot start the runtime: fetch metadata"),
-        "the error names what failed:\n{stderr}"
+        last.contains("cannot start the runtime: fetch metadata")
+            && last.to_ascii_lowercase().contains("authentication"),
+        "the error names what failed, and why:\n{stderr}"
     );
     assert!(!stderr.contains("not-the-password-0000"), "{stderr}");
     drop(kafka);

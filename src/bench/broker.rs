@@ -103,7 +103,11 @@ fn free_port() -> Result<u16, BrokerError> {
 pub struct LocalKafka {
     child: Option<(Child, ChildStdin)>,
     port: u16,
+    controller_port: u16,
     dir: PathBuf,
+    /// `server.properties` additions and script environment, for a restart.
+    extra: String,
+    env: Vec<(String, String)>,
 }
 
 impl LocalKafka {
@@ -124,14 +128,41 @@ impl LocalKafka {
         install()?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-        let port = free_port()?;
         let mut k = LocalKafka {
             child: None,
-            port,
+            port: free_port()?,
+            controller_port: free_port()?,
             dir: dir.to_path_buf(),
+            extra: extra.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        k.child = Some(k.spawn(free_port()?, extra, env)?);
+        k.child = Some(k.spawn()?);
         Ok(k)
+    }
+
+    /// An outage (the fault tests compile this file too): stops the broker process (as an operator's stop does),
+    /// keeping its data; [`LocalKafka::resume`] starts it again.
+    #[allow(dead_code)]
+    pub fn outage(&mut self) {
+        let _ = std::fs::write(self.dir.join("keep"), "");
+        self.stop();
+    }
+
+    /// Starts the broker again after [`LocalKafka::outage`], on the same
+    /// ports and data; returns once it accepts requests.
+    #[allow(dead_code)]
+    pub fn resume(&mut self) -> Result<(), BrokerError> {
+        if self.child.is_none() {
+            // The log of the first start says "started" already.
+            let log = self.dir.join("broker.log");
+            std::fs::write(&log, "").map_err(io(format!("truncate {}", log.display())))?;
+            let _ = std::fs::remove_file(self.dir.join("keep"));
+            self.child = Some(self.spawn()?);
+        }
+        Ok(())
     }
 
     /// `host:port` for clients.
@@ -160,22 +191,18 @@ impl LocalKafka {
     }
 
     /// Runs the broker script and waits until the broker accepts requests.
-    fn spawn(
-        &self,
-        controller_port: u16,
-        extra: &str,
-        env: &[(&str, &str)],
-    ) -> Result<(Child, ChildStdin), BrokerError> {
+    fn spawn(&self) -> Result<(Child, ChildStdin), BrokerError> {
         let log = self.dir.join("broker.log");
         let mut child = script("run")
             .arg(&self.dir)
             .arg(self.port.to_string())
-            .arg(controller_port.to_string())
+            .arg(self.controller_port.to_string())
             .env("BATON_KAFKA_WATCH_STDIN", "1")
-            .env("BATON_KAFKA_PROPS", extra)
-            // A broker nobody drops (a test binary's) is cleaned up by the script.
+            .env("BATON_KAFKA_PROPS", &self.extra)
+            // A broker nobody drops (a test binary's) is cleaned up by the
+            // script, unless an outage keeps its data (`keep` marker).
             .env("BATON_KAFKA_EPHEMERAL", "1")
-            .envs(env.iter().copied())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -197,6 +197,14 @@ pub struct Runtime {
     pub commit_interval: Duration,
     /// Most events in one transaction.
     pub max_batch: usize,
+    /// Most records one transaction holds before it commits (checked between
+    /// batches, so a transaction holds at most this plus one batch's records).
+    pub max_in_flight_records: usize,
+    /// Most instances a shard holds in memory (ended ones count until their
+    /// retention ends). At the cap, an event that would start a new instance
+    /// is a dead letter (kind `instance-cap`); events for the instances held,
+    /// timers and operator actions go on.
+    pub max_instances_per_shard: usize,
     /// How long an ended instance is kept before its changelog key is tombstoned.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
@@ -232,6 +240,8 @@ impl Default for Runtime {
             instance_id: None,
             commit_interval: Duration::from_millis(100),
             max_batch: 1000,
+            max_in_flight_records: 50_000,
+            max_instances_per_shard: 100_000,
             retention: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
             in_place: false,
@@ -516,6 +526,12 @@ impl Config {
         }
         if self.runtime.max_batch == 0 {
             p.push("runtime.max_batch: must be at least 1".to_string());
+        }
+        if self.runtime.max_in_flight_records == 0 {
+            p.push("runtime.max_in_flight_records: must be at least 1".to_string());
+        }
+        if self.runtime.max_instances_per_shard == 0 {
+            p.push("runtime.max_instances_per_shard: must be at least 1".to_string());
         }
         match self.kafka.group_protocol {
             GroupProtocol::Classic => {

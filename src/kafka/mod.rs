@@ -13,7 +13,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer as _, ProducerContext,
+    ThreadedProducer,
+};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, TopicPartitionList as Tpl};
 
@@ -443,7 +446,9 @@ pub type Offsets = BTreeMap<(String, i32), (i64, String)>;
 
 /// The transactional producer.
 pub struct Producer {
-    inner: ThreadedProducer<DefaultProducerContext>,
+    inner: std::sync::RwLock<ThreadedProducer<DefaultProducerContext>>,
+    /// How to create it again, with its transactional id (transactional only).
+    renewal: Option<(ClientConfig, String)>,
 }
 
 impl Producer {
@@ -463,19 +468,50 @@ impl Producer {
                 client.set(key, default);
             }
         }
-        let inner: ThreadedProducer<DefaultProducerContext> = client
+        client
             .set("transactional.id", transactional_id)
-            .set("enable.idempotence", "true")
-            .create()
-            .map_err(fail("create transactional producer"))?;
-        inner
-            .init_transactions(Duration::from_secs(60))
-            .map_err(fail(format!("init transactions for {transactional_id}")))?;
-        Ok(Producer { inner })
+            .set("enable.idempotence", "true");
+        let inner = transactional(&client, transactional_id)?;
+        Ok(Producer {
+            inner: std::sync::RwLock::new(inner),
+            renewal: Some((client, transactional_id.to_string())),
+        })
+    }
+
+    fn plain(inner: ThreadedProducer<DefaultProducerContext>) -> Producer {
+        Producer {
+            inner: std::sync::RwLock::new(inner),
+            renewal: None,
+        }
+    }
+
+    /// The client, for one call.
+    fn client(&self) -> std::sync::RwLockReadGuard<'_, ThreadedProducer<DefaultProducerContext>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the transactional producer with a new one of the same
+    /// transactional id, instead of aborting a failed transaction: the new
+    /// one's initialisation fences the old and has the coordinator abort its
+    /// open transaction. A transaction that failed with the broker away (its
+    /// records timed out) needs a new producer epoch to abort; librdkafka
+    /// 2.12's abort of it failed an internal assertion
+    /// (`rd_kafka_enq_once_del_source_return`) and ended the process.
+    pub fn renew(&self) -> Result<(), KafkaFailure> {
+        let Some((client, id)) = &self.renewal else {
+            return Ok(());
+        };
+        let fresh = transactional(client, id)?;
+        let old = std::mem::replace(
+            &mut *self.inner.write().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        drop(old);
+        Ok(())
     }
 
     pub fn begin(&self) -> Result<(), KafkaFailure> {
-        self.inner
+        self.client()
             .begin_transaction()
             .map_err(fail("begin transaction"))
     }
@@ -499,7 +535,7 @@ impl Producer {
             if let Some(p) = r.partition {
                 rec = rec.partition(p);
             }
-            match self.inner.send(rec) {
+            match self.client().send(rec) {
                 Ok(()) => return Ok(()),
                 Err((
                     KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
@@ -535,20 +571,34 @@ impl Producer {
                     problem: "no consumer group metadata: the consumer has not joined its group"
                         .into(),
                 })?;
-            self.inner
+            self.client()
                 .send_offsets_to_transaction(&tpl, &group, Duration::from_secs(30))
                 .map_err(fail("send offsets to transaction"))?;
         }
-        self.inner
+        self.client()
             .commit_transaction(Duration::from_secs(60))
             .map_err(fail("commit transaction"))
     }
 
     pub fn abort(&self) -> Result<(), KafkaFailure> {
-        self.inner
+        self.client()
             .abort_transaction(Duration::from_secs(60))
             .map_err(fail("abort transaction"))
     }
+}
+
+/// Creates a transactional producer and initialises its transactions.
+fn transactional(
+    client: &ClientConfig,
+    id: &str,
+) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaFailure> {
+    let inner: ThreadedProducer<DefaultProducerContext> = client
+        .create()
+        .map_err(fail("create transactional producer"))?;
+    inner
+        .init_transactions(Duration::from_secs(60))
+        .map_err(fail(format!("init transactions for {id}")))?;
+    Ok(inner)
 }
 
 /// A current-thread runtime for the admin client's futures.
@@ -567,10 +617,7 @@ pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(),
     let admin: AdminClient<DefaultClientContext> =
         base(cfg).create().map_err(fail("create admin client"))?;
     let rt = admin_runtime()?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(fail("fetch metadata"))?;
+    let metadata = cluster_metadata(cfg, &admin)?;
     let existing: HashMap<String, i32> = metadata
         .topics()
         .iter()
@@ -683,10 +730,7 @@ pub fn record_limit(cfg: &Config) -> Result<usize, KafkaFailure> {
     }
     let admin: AdminClient<DefaultClientContext> =
         base(cfg).create().map_err(fail("create admin client"))?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(30))
-        .map_err(fail("fetch metadata"))?;
+    let metadata = cluster_metadata(cfg, &admin)?;
     let Some(broker) = metadata.brokers().first().map(|b| b.id()) else {
         return Ok(client);
     };
@@ -707,6 +751,75 @@ pub fn record_limit(cfg: &Config) -> Result<usize, KafkaFailure> {
             .and_then(|v| v.parse::<usize>().ok())
     });
     Ok(broker_max.map_or(client, |b| b.min(client)))
+}
+
+/// The cluster's metadata, the first request of a run: a failure says why
+/// the cluster does not answer where librdkafka tells (see [`why_unreachable`]).
+fn cluster_metadata(
+    cfg: &Config,
+    admin: &AdminClient<DefaultClientContext>,
+) -> Result<rdkafka::metadata::Metadata, KafkaFailure> {
+    admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(|e| {
+            fail(match why_unreachable(cfg) {
+                Some(why) => format!("fetch metadata ({why})"),
+                None => "fetch metadata".to_string(),
+            })(e)
+        })
+}
+
+/// Why the cluster does not answer, when librdkafka says (a wrong password,
+/// a TLS failure): its metadata error is only "transport failure", the
+/// reason comes as an error event, served here by polling a short-lived
+/// client of the same settings.
+fn why_unreachable(cfg: &Config) -> Option<String> {
+    let probe: BaseProducer<FirstContact> = base(cfg)
+        .set("reconnect.backoff.max.ms", "1000")
+        .create_with_context(FirstContact::default())
+        .ok()?;
+    let _ = probe.client().fetch_metadata(None, Duration::from_secs(5));
+    for _ in 0..10 {
+        probe.poll(Duration::from_millis(100));
+        if let Some(why) = probe.context().why() {
+            return Some(why);
+        }
+    }
+    None
+}
+
+/// Keeps the last authentication or TLS failure librdkafka reports.
+#[derive(Default)]
+struct FirstContact {
+    failure: Mutex<Option<String>>,
+}
+
+impl FirstContact {
+    fn why(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+impl ClientContext for FirstContact {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let lower = reason.to_ascii_lowercase();
+        let security = matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::Authentication)
+                | Some(rdkafka::types::RDKafkaErrorCode::SaslAuthenticationFailed)
+                | Some(rdkafka::types::RDKafkaErrorCode::SSL)
+        ) || lower.contains("authentication")
+            || lower.contains("ssl");
+        if security && let Ok(mut f) = self.failure.lock() {
+            *f = Some(reason.to_string());
+        }
+    }
+}
+
+impl ProducerContext for FirstContact {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
 }
 
 /// The bytes a record takes against the record size limit (key, value and
@@ -930,11 +1043,11 @@ pub fn send_plain(cfg: &Config, records: &[Outgoing]) -> Result<(), KafkaFailure
     let producer: ThreadedProducer<DefaultProducerContext> = producer_base(cfg)
         .create()
         .map_err(fail("create producer"))?;
-    let p = Producer { inner: producer };
+    let p = Producer::plain(producer);
     for r in records {
         p.send(r)?;
     }
-    p.inner
+    p.client()
         .flush(Duration::from_secs(30))
         .map_err(fail("flush"))
 }
@@ -1055,7 +1168,7 @@ impl PlainProducer {
             .create()
             .map_err(fail("create producer"))?;
         Ok(PlainProducer {
-            inner: Producer { inner },
+            inner: Producer::plain(inner),
         })
     }
 
@@ -1065,7 +1178,7 @@ impl PlainProducer {
 
     pub fn flush(&self) -> Result<(), KafkaFailure> {
         self.inner
-            .inner
+            .client()
             .flush(Duration::from_secs(30))
             .map_err(fail("flush"))
     }
@@ -1115,7 +1228,7 @@ impl PlainProducer {
         let inner: ThreadedProducer<DefaultProducerContext> =
             c.create().map_err(fail("create producer"))?;
         Ok(PlainProducer {
-            inner: Producer { inner },
+            inner: Producer::plain(inner),
         })
     }
 }

@@ -80,7 +80,15 @@ impl Runtime {
             return Ok(());
         }
         self.deploys.read_at = Instant::now();
-        let records = self.deploys.follower.poll()?;
+        // The broker away is no reason to stop: the topic is read again at
+        // the next turn (readiness says the process is not ready meanwhile).
+        let records = match self.deploys.follower.poll() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read the definitions topic; trying again");
+                return Ok(());
+            }
+        };
         let mut changed = false;
         for m in &records {
             changed |= take(&mut self.registry, m);

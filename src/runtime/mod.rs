@@ -26,6 +26,7 @@
 
 mod deploys;
 mod faults;
+mod limits;
 mod partition;
 mod process;
 mod restore;
@@ -124,6 +125,10 @@ pub struct Runtime {
     deploys: deploys::Deploys,
     /// The operator topic.
     operator: String,
+    /// Set when the runtime is asked to stop (`run`'s flag).
+    stop: Arc<AtomicBool>,
+    /// Shards holding their cap of instances.
+    full: BTreeSet<i32>,
 }
 
 /// How often gauges that need a walk over the instances are refreshed.
@@ -247,6 +252,8 @@ impl Runtime {
             in_place: cfg_in_place,
             index: Arc::default(),
             outcomes: Arc::default(),
+            stop: Arc::default(),
+            full: BTreeSet::new(),
         })
     }
 
@@ -291,6 +298,7 @@ impl Runtime {
     /// Runs until `stop` is set; the transaction in flight is committed first.
     /// On an error the open transaction is aborted, never committed.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
+        self.stop = stop.clone();
         let result = self.turn_until(&stop);
         if result.is_err() {
             self.abort_open();
@@ -315,6 +323,7 @@ impl Runtime {
             self.fire_timers()?;
             self.set_in_batch(false);
             self.maybe_commit(false)?;
+            self.watch_caps();
             self.refresh_gauges(false);
         }
         self.health.update(|r| r.stopping = true);

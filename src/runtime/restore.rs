@@ -114,8 +114,9 @@ pub(super) fn rebuild(
     // Snapshots up to these positions belong to committed transactions.
     let valid_until = |source: &str| committed.get(source).map_or(0, |o| (*o).max(0) as u64);
     let retention = cfg.runtime.retention.as_millis() as u64;
+    let cap = cfg.runtime.max_instances_per_shard;
     let mut shard = shard::Owned {
-        state: crate::shard::Shard::new(Some(retention)),
+        state: crate::shard::Shard::new(Some(retention)).with_cap(cap),
         position: committed.get("").copied().unwrap_or(-1),
         shard: p,
         repair: Vec::new(),

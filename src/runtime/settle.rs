@@ -35,9 +35,10 @@ pub struct GroupWatcher {
 
 impl GroupWatcher {
     pub fn start(cfg: &Config, topics: Vec<String>) -> Result<GroupWatcher, KafkaFailure> {
-        let watch = GroupWatch::new(cfg)?;
+        let mut watch = GroupWatch::new(cfg)?;
         let latest = Arc::new(Mutex::new(Latest::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let cfg = cfg.clone();
         let thread = {
             let latest = latest.clone();
             let stop = stop.clone();
@@ -46,10 +47,25 @@ impl GroupWatcher {
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let timeout = Duration::from_secs(5);
+                        // The group is described only while the cluster
+                        // answers metadata, and a client whose description
+                        // failed is replaced: librdkafka 2.12 failed an
+                        // internal assertion (`rd_kafka_enq_once_del_source_return`,
+                        // admin coordinator requests) and ended the process
+                        // when the broker came back after an outage with
+                        // descriptions outstanding.
                         let expected = watch.partitions(&topics, timeout);
-                        let view = watch.describe(timeout).map_err(|e| e.to_string());
+                        let view = match &expected {
+                            Ok(_) => watch.describe(timeout).map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
                         if let Err(e) = &view {
                             debug!(error = %e, "cannot describe the group");
+                            if expected.is_ok()
+                                && let Ok(fresh) = GroupWatch::new(&cfg)
+                            {
+                                watch = fresh;
+                            }
                         }
                         if let Ok(mut l) = latest.lock() {
                             l.seq += 1;

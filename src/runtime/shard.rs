@@ -367,6 +367,7 @@ pub(super) fn handle(
                 ShardError::State { .. } => "undecodable-state",
                 ShardError::Refused { .. } => "operator-refused",
                 ShardError::NoInstance { .. } => "unknown-instance",
+                ShardError::AtCapacity { .. } => "instance-cap",
             };
             let reason = e.to_string();
             span.error(&reason);

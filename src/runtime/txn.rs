@@ -12,6 +12,8 @@ pub(super) struct Txn {
     /// Shards written in this transaction (their repairs are done).
     pub(super) shards: BTreeSet<i32>,
     pub(super) events: usize,
+    /// Records sent in this transaction.
+    pub(super) records: usize,
     pub(super) started: Option<Instant>,
     /// Set by the revocation hook: the transaction was committed (true) or failed (false).
     pub(super) ended_by_hook: Option<bool>,
@@ -160,6 +162,35 @@ impl Runtime {
         }));
     }
 
+    /// [`Producer::renew`], tried again (the processing loop turning, not
+    /// ready) until the broker answers; a stop asked meanwhile ends it.
+    fn renew_producer(&mut self) -> Result<(), RuntimeError> {
+        let mut said = false;
+        loop {
+            match self.producer.renew() {
+                Ok(()) => {
+                    if said {
+                        info!(
+                            "the transactional producer is back; the failed transaction was aborted"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if !said {
+                        warn!(error = %e, "cannot renew the transactional producer; trying again every second (not ready meanwhile)");
+                        said = true;
+                    }
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
+                    self.health.beat();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     pub(super) fn begin(&mut self) -> Result<(), RuntimeError> {
         let mut t = self
             .txn
@@ -182,6 +213,9 @@ impl Runtime {
             }));
         }
         self.producer.send(&r)?;
+        if let Ok(mut t) = self.txn.lock() {
+            t.records += 1;
+        }
         stats::bump(&self.stats.records);
         Ok(())
     }
@@ -198,7 +232,9 @@ impl Runtime {
             let old = t
                 .started
                 .is_some_and(|s| s.elapsed() >= self.cfg.runtime.commit_interval);
-            if !(force || old || t.events >= self.cfg.runtime.max_batch) {
+            let full = t.events >= self.cfg.runtime.max_batch
+                || t.records >= self.cfg.runtime.max_in_flight_records;
+            if !(force || old || full) {
                 return Ok(());
             }
             self.stats.metrics.batch_events.observe(t.events as f64);
@@ -222,7 +258,12 @@ impl Runtime {
             Err(e) => {
                 warn!(error = %e, "commit failed");
                 self.stats.transaction(false);
-                let _ = self.producer.abort();
+                // A new producer of the same transactional id fences this
+                // one's transaction, which the coordinator then aborts (see
+                // `Producer::renew`); not ready until it is initialised.
+                self.health.update(|r| r.producer = false);
+                self.renew_producer()?;
+                self.health.update(|r| r.producer = true);
                 self.recover()?;
             }
         }

@@ -25,13 +25,28 @@ pub struct Readiness {
     pub group: Option<String>,
     /// The runtime is shutting down.
     pub stopping: bool,
+    /// The processing loop has not turned for this many milliseconds (more
+    /// than [`STALLED_AFTER`]): it waits, e.g. on a commit while the broker
+    /// is away, so it processes nothing. Set when readiness is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_ms: Option<u64>,
 }
+
+/// How long the processing loop may go without turning before readiness
+/// fails (a commit normally takes milliseconds; a batch is bounded by
+/// `runtime.max_batch`).
+pub const STALLED_AFTER: Duration = Duration::from_secs(5);
 
 impl Readiness {
     /// Ready to process: joined, the group settled, producer usable, every
     /// assigned shard restored.
     pub fn ready(&self) -> bool {
-        self.joined && self.settled && self.producer && self.restoring.is_empty() && !self.stopping
+        self.joined
+            && self.settled
+            && self.producer
+            && self.restoring.is_empty()
+            && !self.stopping
+            && self.stalled_ms.is_none()
     }
 }
 
@@ -60,7 +75,12 @@ impl Health {
     }
 
     pub fn readiness(&self) -> Readiness {
-        self.readiness.lock().map(|r| r.clone()).unwrap_or_default()
+        let mut r = self.readiness.lock().map(|r| r.clone()).unwrap_or_default();
+        let since = self.since_beat();
+        if since > STALLED_AFTER {
+            r.stalled_ms = Some(since.as_millis() as u64);
+        }
+        r
     }
 
     /// The processing loop is turning.

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub timers_pending: Gauge,
     pub shards_owned: Gauge,
     pub shards_restoring: Gauge,
+    /// Shards holding their cap of instances.
+    pub shards_full: Gauge,
     per_process: RwLock<HashMap<String, Arc<ProcessCounters>>>,
 }
 
@@ -155,6 +157,7 @@ impl Metrics {
             timers_pending: Gauge::default(),
             shards_owned: Gauge::default(),
             shards_restoring: Gauge::default(),
+            shards_full: Gauge::default(),
             per_process: RwLock::new(HashMap::new()),
         };
         r.register(
@@ -279,6 +282,11 @@ impl Metrics {
             "shards_restoring",
             "Shards being restored from the changelog",
             m.shards_restoring.clone(),
+        );
+        r.register(
+            "shards_full",
+            "Shards holding runtime.max_instances_per_shard instances: events for new instances are dead letters (instance-cap)",
+            m.shards_full.clone(),
         );
         let path = |p: &str| {
             m.routed

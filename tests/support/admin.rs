@@ -8,11 +8,22 @@ use std::time::Duration;
 
 /// `GET path` → (status, body); `None` if nothing answers.
 pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_as(addr, path, None, Duration::from_secs(5))
+}
+
+/// [`get`] with a bearer token, waiting up to `wait` for the answer.
+pub fn get_as(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    wait: Duration,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut raw = String::new();

@@ -89,6 +89,14 @@ impl Drop for Broker {
     }
 }
 
+/// A number from the environment (the long forms of the fault tests), or `default`.
+pub fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A free loopback address (for an admin port).
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use baton::config::{self, Config};
 use baton::kafka::{Incoming, Outgoing, PlainConsumer, PlainProducer};
@@ -138,6 +139,38 @@ pub fn placed_on(topic: &str, n: u64) -> Outgoing {
     }
 }
 
+/// Orders keyed by their id (so they are processed in place), `per_second`,
+/// until stopped; the thread returns how many it sent. A send the client
+/// cannot take (its queue is full while the broker is away) is tried again,
+/// so every order counted was sent.
+pub fn load(bootstrap: &str, t: &Topics, per_second: u64) -> (Arc<AtomicBool>, JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = PlainProducer::new(bootstrap).expect("producer");
+    let (st, t) = (stop.clone(), t.clone());
+    let handle = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut sent = 0;
+        while !st.load(Ordering::Relaxed) {
+            let due = started.elapsed().as_millis() as u64 * per_second / 1000;
+            while sent < due && !st.load(Ordering::Relaxed) {
+                let mut r = t.placed(sent);
+                r.key = format!("o-{sent}").into_bytes();
+                if producer.send(&r).is_ok() {
+                    sent += 1;
+                } else {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        producer
+            .flush()
+            .expect("every order reaches the broker in the end");
+        sent
+    });
+    (stop, handle)
+}
+
 /// A header of a record, as text.
 pub fn header(m: &Incoming, name: &str) -> Option<String> {
     m.headers
@@ -157,6 +190,9 @@ pub struct Behaviour {
     pub trace: fn(order: &str, command: &Headers) -> Headers,
     /// The warehouse also reports the shipment delivered (the order then completes).
     pub deliver: bool,
+    /// While set, the services stop reading their commands (a consumer
+    /// that has stopped); they read the backlog once it is cleared.
+    pub hold: Option<Arc<AtomicBool>>,
 }
 
 fn propagate(_: &str, command: &Headers) -> Headers {
@@ -172,6 +208,7 @@ impl Default for Behaviour {
         Behaviour {
             trace: propagate,
             deliver: false,
+            hold: None,
         }
     }
 }
@@ -192,6 +229,14 @@ pub fn services_with(bootstrap: &str, topics: &Topics, behaviour: Behaviour) -> 
     std::thread::spawn(move || {
         let mut answered = BTreeSet::new();
         while !st.load(Ordering::Relaxed) {
+            if behaviour
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.load(Ordering::Relaxed))
+            {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
                 continue;
             };

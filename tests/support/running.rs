@@ -137,6 +137,18 @@ pub fn collector(bootstrap: &str, topics: &[String]) -> (Seen, Arc<AtomicBool>) 
     (seen, stop)
 }
 
+/// Every record of partitions `0..partitions` of `topics`, as a
+/// read_committed consumer reads them (`None`: a read failed).
+pub fn committed(cfg: &Config, topics: &[String], partitions: i32) -> Option<Vec<Incoming>> {
+    let mut all = Vec::new();
+    for topic in topics {
+        for p in 0..partitions {
+            all.extend(baton::kafka::read_partition(cfg, topic, p).ok()?);
+        }
+    }
+    Some(all)
+}
+
 /// How many different orders got a command of this type.
 pub fn orders_with(seen: &[Incoming], kind: &str) -> usize {
     let orders: std::collections::BTreeSet<String> = ids_of(seen, kind)
