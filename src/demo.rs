@@ -38,7 +38,8 @@ pub const EXAMPLES: [(&str, &str); 3] = [
     ),
 ];
 
-const EVENTS: &str = "demo.events";
+/// The topic the demo's simulated systems publish their domain events to.
+pub const EVENTS: &str = "demo.events";
 
 /// How the demo runs.
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ pub enum DemoError {
     Admin(#[from] baton::admin::AdminError),
     #[error("example {0}: {1}")]
     Example(String, String),
+    #[error("the simulated services stopped: {0}")]
+    Services(String),
 }
 
 /// What the demo did.
@@ -124,10 +127,10 @@ impl Rng {
     }
 }
 
-fn event(kind: &str, id: String, data: Json) -> Outgoing {
+fn event(topic: &str, kind: &str, id: String, data: Json) -> Outgoing {
     let payload = cloudevents::structured(&id, kind, "demo", now_ms(), &data);
     Outgoing {
-        topic: EVENTS.to_string(),
+        topic: topic.to_string(),
         partition: None,
         key: id.clone().into_bytes(),
         payload: Some(payload),
@@ -245,7 +248,9 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         let latencies = latencies.clone();
         let bootstrap = bootstrap.clone();
         let opts = opts.clone();
-        std::thread::spawn(move || services(&bootstrap, &commands, &opts, &stop, &latencies))
+        std::thread::spawn(move || {
+            services(&bootstrap, EVENTS, &commands, &opts, &stop, &latencies)
+        })
     };
 
     let producer = PlainProducer::new(&bootstrap)?;
@@ -259,7 +264,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
     while started.elapsed() < total {
         if started.elapsed() < generate {
             n += 1;
-            for r in start_events(n, &mut rng) {
+            for r in start_events(EVENTS, n, &mut rng) {
                 producer.send(&r)?;
             }
         }
@@ -292,6 +297,96 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         }
     }
     Ok(summary(&stats, &latencies))
+}
+
+/// Where `baton services` plays the simulated systems, and how busily.
+#[derive(Debug, Clone)]
+pub struct World {
+    /// The Kafka that the `baton run` processes use.
+    pub bootstrap: String,
+    /// The topic the simulated systems publish domain events to (one of
+    /// the processes' `kafka.input_topics`).
+    pub topic: String,
+    /// Partitions of the event and command topics it creates when missing
+    /// (the processes' `topics.partitions`).
+    pub partitions: i32,
+    /// New instances per second, how payments and commands go, and for how
+    /// long instances start (`seconds = 0`: until stopped).
+    pub opts: Options,
+}
+
+/// `baton services`: the demo's simulated CRM, ERP, payment provider,
+/// warehouse, chat and ops tooling against a real Kafka, for `baton run`
+/// processes that deploy the three examples (as `docker-compose.yml` does).
+/// Creates the event and command topics when missing, starts new instances
+/// and answers every command until `stop` is set; `progress` gets a line
+/// every ten seconds. Returns the instances it started.
+pub fn world(
+    w: &World,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<u64, DemoError> {
+    let registry = registry(1, 0)?;
+    let commands: Vec<String> = runtime::command_topics(&registry).into_iter().collect();
+    let mut table = toml::Table::new();
+    let mut kafka = toml::Table::new();
+    kafka.insert("bootstrap_servers".into(), w.bootstrap.clone().into());
+    kafka.insert("input_topics".into(), vec![w.topic.clone()].into());
+    let mut topics = toml::Table::new();
+    topics.insert("partitions".into(), i64::from(w.partitions).into());
+    table.insert("kafka".into(), kafka.into());
+    table.insert("topics".into(), topics.into());
+    table.insert(
+        "definitions".into(),
+        toml::Table::from_iter([("paths".to_string(), toml::Value::Array(Vec::new()))]).into(),
+    );
+    // Only the brokers and topic settings matter here (no runtime starts),
+    // so the settings are read without the checks of a runtime's.
+    let cfg: Config = toml::from_str(&table.to_string())
+        .map_err(|e| DemoError::Services(format!("the services' own Kafka settings: {e}")))?;
+    let wanted: Vec<(String, i32, bool)> = commands
+        .iter()
+        .chain([w.topic.clone()].iter())
+        .map(|t| (t.clone(), w.partitions, false))
+        .collect();
+    baton::kafka::ensure_topics(&cfg, &wanted)?;
+
+    let latencies = Mutex::new(Vec::<u64>::new());
+    let producer = PlainProducer::new(&w.bootstrap)?;
+    let mut rng = Rng(w.opts.seed.max(1));
+    let gap = Duration::from_secs_f64(1.0 / f64::from(w.opts.rate.max(1)));
+    let generate = (w.opts.seconds > 0).then(|| Duration::from_secs(w.opts.seconds));
+    std::thread::scope(|scope| {
+        let answering =
+            scope.spawn(|| services(&w.bootstrap, &w.topic, &commands, &w.opts, stop, &latencies));
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut n: u64 = 0;
+        while !stop.load(Ordering::Relaxed) && !answering.is_finished() {
+            if generate.is_none_or(|g| started.elapsed() < g) {
+                n += 1;
+                for r in start_events(&w.topic, n, &mut rng) {
+                    producer.send(&r)?;
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                last_report = Instant::now();
+                let answered = latencies.lock().map(|l| l.len()).unwrap_or(0);
+                progress(&format!(
+                    "{:>5}s  instances started {n:>7}  commands seen {answered:>8}",
+                    started.elapsed().as_secs()
+                ));
+            }
+            std::thread::sleep(gap);
+        }
+        producer.flush()?;
+        stop.store(true, Ordering::Relaxed);
+        match answering.join() {
+            Ok(Ok(())) => Ok(n),
+            Ok(Err(e)) => Err(DemoError::Services(e.to_string())),
+            Err(_) => Err(DemoError::Services("the answering thread panicked".into())),
+        }
+    })
 }
 
 fn summary(stats: &Stats, latencies: &Mutex<Vec<u64>>) -> Summary {
@@ -328,7 +423,7 @@ fn summary(stats: &Stats, latencies: &Mutex<Vec<u64>>) -> Summary {
 }
 
 /// The start event(s) of the n-th new instance.
-fn start_events(n: u64, rng: &mut Rng) -> Vec<Outgoing> {
+fn start_events(topic: &str, n: u64, rng: &mut Rng) -> Vec<Outgoing> {
     let r = rng.next();
     if r < 0.5 {
         let total = if rng.next() < 0.1 {
@@ -337,6 +432,7 @@ fn start_events(n: u64, rng: &mut Rng) -> Vec<Outgoing> {
             40 + n % 900
         };
         vec![event(
+            topic,
             "com.acme.order.placed",
             format!("order-{n}"),
             json!({"orderId": format!("o-{n}"), "customerId": format!("c-{}", n % 97), "total": total,
@@ -344,6 +440,7 @@ fn start_events(n: u64, rng: &mut Rng) -> Vec<Outgoing> {
         )]
     } else if r < 0.8 {
         vec![event(
+            topic,
             "com.acme.crm.lead.captured",
             format!("lead-{n}"),
             json!({"leadId": format!("l-{n}"), "company": format!("Company {n}"), "email": format!("ops{n}@example.com"), "requestedCredit": 1000 * (n % 50)}),
@@ -352,6 +449,7 @@ fn start_events(n: u64, rng: &mut Rng) -> Vec<Outgoing> {
         let alert =
             json!({"incidentId": format!("inc-{n}"), "service": "checkout", "severity": "high"});
         let mut out = vec![event(
+            topic,
             "com.acme.monitoring.alert.fired",
             format!("alert-{n}"),
             alert.clone(),
@@ -359,6 +457,7 @@ fn start_events(n: u64, rng: &mut Rng) -> Vec<Outgoing> {
         if rng.next() < 0.5 {
             // The monitoring system fires again: deduplicated onto the same instance.
             out.push(event(
+                topic,
                 "com.acme.monitoring.alert.fired",
                 format!("alert-{n}-again"),
                 alert,
@@ -371,17 +470,14 @@ fn start_events(n: u64, rng: &mut Rng) -> Vec<Outgoing> {
 /// Simulated CRM, ERP, payment provider, warehouse, chat and ops tooling.
 fn services(
     bootstrap: &str,
+    events: &str,
     topics: &[String],
     opts: &Options,
     stop: &AtomicBool,
     latencies: &Mutex<Vec<u64>>,
-) {
-    let (Ok(consumer), Ok(producer)) = (
-        PlainConsumer::new(bootstrap, "demo-services", topics),
-        PlainProducer::new(bootstrap),
-    ) else {
-        return;
-    };
+) -> Result<(), KafkaFailure> {
+    let consumer = PlainConsumer::new(bootstrap, "demo-services", topics)?;
+    let producer = PlainProducer::new(bootstrap)?;
     let mut rng = Rng(opts.seed.wrapping_mul(31).max(1));
     let mut delayed: Vec<(Instant, Outgoing)> = Vec::new();
     let mut answered: BTreeSet<String> = BTreeSet::new();
@@ -421,7 +517,7 @@ fn services(
         let s = |k: &str| data.get(k).cloned().unwrap_or(Json::Null);
         let silent = rng.next() < opts.silence_rate;
         let r = rng.next();
-        let reply = |kind: &str, data: Json| event(kind, format!("{id}/{kind}"), data);
+        let reply = |kind: &str, data: Json| event(events, kind, format!("{id}/{kind}"), data);
         let mut now_out = Vec::new();
         let mut later_out: Vec<(u64, Outgoing)> = Vec::new();
         match kind.as_str() {
@@ -486,6 +582,7 @@ fn services(
             delayed.push((Instant::now() + Duration::from_millis(ms), r));
         }
     }
+    Ok(())
 }
 
 /// The summary as the terminal shows it.

@@ -175,3 +175,22 @@ async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
         s.metrics.encode(),
     )
 }
+
+/// Asks `url` once (GET) and returns its status when it is 2xx, the reason
+/// otherwise: `baton probe`, the health check of a container image that has
+/// no curl.
+pub fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
+        Ok(mut r) => {
+            let body = r.body_mut().read_to_string().unwrap_or_default();
+            Err(format!("answered {}: {}", r.status(), body.trim()))
+        }
+        Err(e) => Err(format!("no answer: {e}")),
+    }
+}

@@ -23,6 +23,7 @@
 pub mod broker;
 mod load;
 pub mod report;
+pub mod scale;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -158,28 +159,9 @@ const STALL: Duration = Duration::from_secs(120);
 
 /// Runs every phase and writes the report, its JSON and charts to `opts.out`.
 pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report, BenchError> {
-    std::fs::create_dir_all(&opts.out).map_err(io(format!("create {}", opts.out.display())))?;
     let started = Instant::now();
-    let run_id = format!(
-        "bench-{}-{}",
-        std::process::id(),
-        baton::runtime::now_ms() % 1_000_000_000
-    );
-    progress(Progress::Phase {
-        name: "starting the broker".into(),
-        total: 0,
-    });
-    let broker = match &opts.bootstrap_servers {
-        Some(b) => broker::Broker::External(b.clone()),
-        None => broker::Broker::start()?,
-    };
-    let options = opts.kafka_options.clone();
-    let bench = Bench {
-        opts,
-        bootstrap: broker.bootstrap(),
-        run_id,
-        options,
-    };
+    let broker = start(opts, progress)?;
+    let bench = Bench::new(opts, &broker);
 
     let baseline = bench.baseline(progress)?;
     let full = bench.full_speed(progress, &bench.spec("full", Mode::Baton), 0)?;
@@ -252,6 +234,19 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report,
     Ok(report)
 }
 
+/// The output directory and the broker of a run.
+fn start(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<broker::Broker, BenchError> {
+    std::fs::create_dir_all(&opts.out).map_err(io(format!("create {}", opts.out.display())))?;
+    progress(Progress::Phase {
+        name: "starting the broker".into(),
+        total: 0,
+    });
+    Ok(match &opts.bootstrap_servers {
+        Some(b) => broker::Broker::External(b.clone()),
+        None => broker::Broker::start()?,
+    })
+}
+
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
@@ -264,7 +259,21 @@ struct Bench<'a> {
     options: BTreeMap<String, String>,
 }
 
-impl Bench<'_> {
+impl<'a> Bench<'a> {
+    /// A run on `broker`: topics and groups are named after a fresh run id.
+    fn new(opts: &'a Options, broker: &broker::Broker) -> Bench<'a> {
+        Bench {
+            opts,
+            bootstrap: broker.bootstrap(),
+            run_id: format!(
+                "bench-{}-{}",
+                std::process::id(),
+                baton::runtime::now_ms() % 1_000_000_000
+            ),
+            options: opts.kafka_options.clone(),
+        }
+    }
+
     fn spec(&self, phase: &str, mode: Mode) -> WorkerSpec {
         self.spec_at(phase, mode, self.opts.commit_interval)
     }
@@ -284,6 +293,7 @@ impl Bench<'_> {
             in_place: self.opts.in_place,
             session_timeout_ms: self.opts.session_timeout.as_millis() as u64,
             options: self.options.clone(),
+            instance: "bench".into(),
         }
     }
 

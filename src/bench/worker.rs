@@ -60,6 +60,13 @@ pub struct WorkerSpec {
     /// librdkafka options for every client.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// `runtime.instance_id`: distinct for processes that share a group.
+    #[serde(default = "bench_instance")]
+    pub instance: String,
+}
+
+fn bench_instance() -> String {
+    "bench".to_string()
 }
 
 impl WorkerSpec {
@@ -84,7 +91,7 @@ impl WorkerSpec {
             },
             definitions: config::Definitions { paths: Vec::new() },
             runtime: config::Runtime {
-                instance_id: Some("bench".into()),
+                instance_id: Some(self.instance.clone()),
                 commit_interval: Duration::from_millis(self.commit_interval_ms),
                 max_batch: self.max_batch,
                 session_timeout: Duration::from_millis(self.session_timeout_ms),
@@ -388,6 +395,20 @@ impl Worker {
                     )));
                 }
             }
+        }
+    }
+
+    /// The newest sample it sent.
+    pub fn latest(&self) -> Option<Sample> {
+        self.samples.lock().ok().and_then(|v| v.last().cloned())
+    }
+
+    /// Ends the process with SIGKILL, as a crash does: nothing is committed.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
     }
 

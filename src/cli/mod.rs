@@ -75,6 +75,49 @@ enum Cmd {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Load a configuration with its BATON_* environment and its
+    /// definitions as `baton run` does, connect to nothing, and print what
+    /// it amounts to (JSON); exit 1 when a definition fails, 2 when the
+    /// configuration does.
+    Check {
+        #[arg(long, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Play the demo's simulated CRM, ERP, payment, warehouse, chat and ops
+    /// systems against a Kafka that `baton run` processes use (the three
+    /// examples deployed): start instances and answer their commands.
+    Services {
+        #[arg(long, default_value = "localhost:9092")]
+        brokers: String,
+        /// The topic the simulated systems publish domain events to.
+        #[arg(long, default_value = crate::demo::EVENTS)]
+        topic: String,
+        /// Partitions of the event and command topics created when missing
+        /// (the processes' `topics.partitions`).
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// New instances per second.
+        #[arg(long, default_value_t = 5)]
+        rate: u32,
+        /// Seconds during which new instances start (0: until stopped).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+        /// Share of payments the simulated provider declines (→ compensation).
+        #[arg(long, default_value_t = 0.1)]
+        decline_rate: f64,
+        /// Share of commands no simulated service answers (→ timeouts, retries).
+        #[arg(long, default_value_t = 0.05)]
+        silence_rate: f64,
+    },
+    /// Exit 0 when a URL answers 2xx, 1 otherwise: a container health check
+    /// (`HEALTHCHECK`) in an image without curl.
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Measure throughput, latency, restore and memory against a baseline (see the README's "Performance").
     Bench {
         /// A Kafka to measure against (default: start Apache Kafka, installed by `scripts/kafka.sh install` or on first use).
@@ -121,6 +164,14 @@ enum Cmd {
         /// A librdkafka option for every client, as KEY=VALUE (repeatable; e.g. security settings).
         #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
         kafka_options: Vec<String>,
+        /// Measure scale-out instead: the order-to-cash load with 1, 2, 3 …
+        /// processes of one group (see --processes), and the time until every
+        /// shard runs again after one of them is killed.
+        #[arg(long)]
+        scale_out: bool,
+        /// Process counts of --scale-out (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        processes: Vec<usize>,
         /// Internal: run one measured process from this spec.
         #[arg(long, hide = true)]
         worker: Option<PathBuf>,
@@ -153,6 +204,16 @@ enum Cmd {
     Admin(admin::Command),
 }
 
+/// `baton.toml` with the `BATON_*` overrides of this process's environment.
+fn load_config(path: &Path) -> Result<baton::config::Config> {
+    let text = read(path)?;
+    Ok(baton::config::Config::load(
+        &path.display().to_string(),
+        &text,
+        std::env::vars(),
+    )?)
+}
+
 /// Definition files named by the configuration (directories give their `*.yaml`).
 fn definition_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -170,6 +231,38 @@ fn definition_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// Sets `stop` on Ctrl-C or SIGTERM (a container's stop signal), from a
+/// thread of its own; `baton run` then commits the open transaction first.
+fn stop_on_signal(stop: Arc<AtomicBool>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot set up the signal handler")?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+    Ok(())
 }
 
 /// Entry point of the binary.
@@ -270,13 +363,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Cmd::Check { config } => {
+            let cfg = load_config(&config)?;
+            let Some(registry) = load(&definition_files(&cfg.definitions.paths)?)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let summary = serde_json::json!({
+                "instance_id": cfg.instance_id(),
+                "group_id": cfg.kafka.group_id,
+                "group_protocol": format!("{:?}", cfg.kafka.group_protocol).to_lowercase(),
+                "bootstrap_servers": cfg.kafka.bootstrap_servers,
+                "input_topics": cfg.kafka.input_topics,
+                "partitions": cfg.topics.partitions,
+                "command_topics": baton::runtime::command_topics(&registry),
+                "commit_interval_ms": cfg.runtime.commit_interval.as_millis() as u64,
+                "transaction_timeout_ms": cfg
+                    .kafka
+                    .producer_option("transaction.timeout.ms")
+                    .map_or(Ok(baton::kafka::TRANSACTION_TIMEOUT_MS), |v| v.parse::<u64>())
+                    .context("kafka transaction.timeout.ms is not a number")?,
+                "admin_listen": cfg.admin.enabled.then(|| cfg.admin.listen.to_string()),
+                "admin_advertised": cfg.admin.advertised(),
+                "token_variables": cfg.admin.tokens.iter().filter_map(|t| t.env.clone()).collect::<Vec<_>>(),
+                "otlp_endpoint": cfg.telemetry.otlp_endpoint,
+                "definitions": registry.all().map(|d| format!("{} v{}", d.process, d.version)).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Run { config, json_logs } => {
-            let text = read(&config)?;
-            let mut cfg = baton::config::Config::load(
-                &config.display().to_string(),
-                &text,
-                std::env::vars(),
-            )?;
+            let mut cfg = load_config(&config)?;
             if json_logs {
                 cfg.log.format = baton::config::LogFormat::Json;
             }
@@ -286,35 +402,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             };
             let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    // Stop on Ctrl-C or SIGTERM: the open transaction is committed first.
-                    rt.block_on(async {
-                        #[cfg(unix)]
-                        {
-                            use tokio::signal::unix::{SignalKind, signal};
-                            match signal(SignalKind::terminate()) {
-                                Ok(mut term) => {
-                                    tokio::select! {
-                                        _ = tokio::signal::ctrl_c() => {}
-                                        _ = term.recv() => {}
-                                    }
-                                }
-                                Err(_) => {
-                                    let _ = tokio::signal::ctrl_c().await;
-                                }
-                            }
-                        }
-                        #[cfg(not(unix))]
-                        let _ = tokio::signal::ctrl_c().await;
-                    });
-                    flag.store(true, Ordering::Relaxed);
-                }
-            });
+            stop_on_signal(stop.clone())?;
             let traces = baton::telemetry::init_traces(&cfg.telemetry, &cfg.instance_id())
                 .context("cannot set up trace export")?;
             let stats = Arc::new(baton::runtime::Stats::default());
@@ -410,6 +498,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("\n{}", crate::demo::render(&summary?));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Services {
+            brokers,
+            topic,
+            partitions,
+            rate,
+            seconds,
+            decline_rate,
+            silence_rate,
+        } => {
+            baton::telemetry::init_logs(&baton::config::Log::default());
+            let world = crate::demo::World {
+                bootstrap: brokers,
+                topic,
+                partitions,
+                opts: crate::demo::Options {
+                    seconds,
+                    rate,
+                    decline_rate,
+                    silence_rate,
+                    ..Default::default()
+                },
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            stop_on_signal(stop.clone())?;
+            println!(
+                "baton services: simulated systems on {} (events to {}, {rate} new instances/s)",
+                world.bootstrap, world.topic
+            );
+            let started = crate::demo::world(&world, &stop, &mut |line| println!("{line}"))?;
+            println!("stopped after starting {started} instances");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { url, timeout } => match baton::admin::probe(&url, timeout) {
+            Ok(status) => {
+                println!("{url}: {status}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(why) => {
+                eprintln!("{url}: {why}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Cmd::Bench {
             bootstrap_servers,
             out,
@@ -425,6 +555,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_batch,
             no_in_place,
             kafka_options,
+            scale_out,
+            processes,
             worker,
         } => {
             if let Some(spec) = worker {
@@ -463,7 +595,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("--kafka-option {kv}: expected KEY=VALUE"))?;
                 opts.kafka_options.insert(k.to_string(), v.to_string());
             }
-            let report = bench_with_progress(&opts)?;
+            if scale_out {
+                // Twelve shards unless --partitions says otherwise: room for
+                // the processes to divide the work.
+                opts.partitions = partitions.unwrap_or(12);
+                let scale = crate::bench::scale::ScaleOptions {
+                    processes,
+                    failover: true,
+                    failover_seconds: if quick { 12 } else { 30 },
+                };
+                let report = with_progress(|p| crate::bench::scale::run(&opts, &scale, p))?;
+                println!("{}", report.table());
+                println!("written to {}", opts.out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = with_progress(|p| crate::bench::run(&opts, p))?;
             println!("{}", report.table());
             println!("written to {}", opts.out.display());
             Ok(ExitCode::SUCCESS)
@@ -507,7 +653,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Runs `baton bench` with a progress bar on stderr.
-fn bench_with_progress(opts: &crate::bench::Options) -> Result<crate::bench::Report> {
+/// Runs a benchmark with a progress bar on the terminal.
+fn with_progress<T>(
+    run: impl FnOnce(&mut dyn FnMut(crate::bench::Progress)) -> Result<T, crate::bench::BenchError>,
+) -> Result<T> {
     use indicatif::{ProgressBar, ProgressStyle};
     let bar = ProgressBar::new(0);
     let counted =
@@ -516,7 +665,7 @@ fn bench_with_progress(opts: &crate::bench::Options) -> Result<crate::bench::Rep
     let open = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg} {pos}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let report = crate::bench::run(opts, &mut |p| match p {
+    let report = run(&mut |p| match p {
         crate::bench::Progress::Phase { name, total } => {
             bar.set_style(if total > 0 {
                 counted.clone()

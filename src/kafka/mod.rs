@@ -463,7 +463,8 @@ impl Producer {
         // the broker abort the open transaction of a fenced (paused,
         // partitioned) process soon, so the new owner of its shards, whose
         // committed offsets wait for it, goes on (Kafka Streams: 10 s too).
-        for (key, default) in [("linger.ms", "20"), ("transaction.timeout.ms", "10000")] {
+        let timeout = TRANSACTION_TIMEOUT_MS.to_string();
+        for (key, default) in [("linger.ms", "20"), ("transaction.timeout.ms", &timeout)] {
             if cfg.kafka.producer_option(key).is_none() {
                 client.set(key, default);
             }
@@ -611,6 +612,10 @@ fn admin_runtime() -> Result<tokio::runtime::Runtime, KafkaFailure> {
             problem: e.to_string(),
         })
 }
+
+/// baton's `transaction.timeout.ms` unless `kafka.producer_options` sets
+/// one: the broker aborts a transaction open for longer (see [`Producer::new`]).
+pub const TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 /// Creates missing topics; checks partitions and the changelog's compaction on existing ones.
 pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(), KafkaFailure> {
