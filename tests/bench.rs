@@ -141,3 +141,65 @@ fn bench_pipeline_produces_a_complete_report() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn scale_out_reports_every_process_count_and_a_failover() {
+    let broker = support::Broker::start();
+    let out = std::env::temp_dir().join(support::unique("baton-scale"));
+    let run = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "bench",
+            "--scale-out",
+            "--quick",
+            "--bootstrap-servers",
+            &broker.bootstrap,
+        ])
+        .arg("--out")
+        .arg(&out)
+        .args(["--orders", "60", "--processes", "1,2,3"])
+        .output()
+        .expect("baton bench --scale-out runs");
+    assert!(
+        run.status.success(),
+        "baton bench --scale-out failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read(out.join("scale-out.json")).expect("scale-out.json");
+    let report: Value = serde_json::from_slice(&json).expect("scale-out.json parses");
+    let partitions = u(&report, "/partitions");
+    assert_eq!(partitions, 12, "twelve shards by default");
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 3);
+    for (i, r) in runs.iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_eq!(u(r, "/processes"), n);
+        // The group divided every shard among all its processes.
+        let shards: Vec<u64> = r["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        assert_eq!(shards.len() as u64, n);
+        assert_eq!(
+            shards.iter().sum::<u64>(),
+            partitions,
+            "run {n}: {shards:?}"
+        );
+        assert!(shards.iter().all(|s| *s > 0), "run {n}: {shards:?}");
+        assert_eq!(r["cpu_cores"].as_array().map(Vec::len), Some(n as usize));
+        assert!(f(r, "/events_per_s") > 0.0);
+    }
+    assert_eq!(
+        f(&runs[0], "/ratio"),
+        1.0,
+        "the one-process run is the baseline"
+    );
+    // After the kill, the two left run every shard and every order goes on.
+    assert_eq!(u(&report, "/failover/processes"), 3);
+    assert!(f(&report, "/failover/shards_back_s") > 0.0);
+    assert!(u(&report, "/failover/orders") > 0);
+    assert_eq!(u(&report, "/failover/outstanding"), 0);
+    assert!(out.join("scale-out.txt").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
