@@ -9,6 +9,9 @@ use std::sync::Mutex;
 pub struct Faults {
     /// Shard processing panics on the event with this id, this many times.
     pub panic_on_event: BTreeMap<String, u32>,
+    /// Routing an input (decoded, before it reaches a shard) panics on the
+    /// event with this id, this many times.
+    pub panic_on_routing: BTreeMap<String, u32>,
     /// The next this many transaction commits fail (and are aborted).
     pub failed_commits: u32,
     /// After this many records were sent, sending the next one fails (once).
@@ -24,22 +27,36 @@ impl Armed {
         Armed(Mutex::new(f))
     }
 
-    /// Panics if the event `id` is to panic once more.
+    /// Panics if the event `id` is to panic once more in a shard.
     pub fn on_event(&self, id: &str) {
-        let hit = self
-            .0
+        if self.take(id, |f| &mut f.panic_on_event) {
+            panic!("injected fault: panic on event {id}");
+        }
+    }
+
+    /// Panics if the event `id` is to panic once more while it is routed.
+    pub fn on_routing(&self, id: &str) {
+        if self.take(id, |f| &mut f.panic_on_routing) {
+            panic!("injected fault: panic routing event {id}");
+        }
+    }
+
+    /// Counts one hit of `id` down in the table `which` picks; true if it hit.
+    fn take(
+        &self,
+        id: &str,
+        which: impl FnOnce(&mut Faults) -> &mut BTreeMap<String, u32>,
+    ) -> bool {
+        self.0
             .lock()
             .ok()
-            .is_some_and(|mut f| match f.panic_on_event.get_mut(id) {
+            .is_some_and(|mut f| match which(&mut f).get_mut(id) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
                     true
                 }
                 _ => false,
-            });
-        if hit {
-            panic!("injected fault: panic on event {id}");
-        }
+            })
     }
 
     /// Whether this send is to fail.

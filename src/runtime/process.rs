@@ -77,11 +77,7 @@ pub(super) fn run_shard(
             }
         }));
         if let Err(payload) = step {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
+            let message = panic_message(payload.as_ref());
             return Err(Failed::Panic { at: at(), message });
         }
         if let Some(message) = oversized(&out.records[before..], ctx.max_record) {
@@ -94,6 +90,15 @@ pub(super) fn run_shard(
         return Err(Failed::Batched);
     }
     Ok(out)
+}
+
+/// What a panic said.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl Runtime {
@@ -121,8 +126,32 @@ impl Runtime {
             } else if m.topic == self.operator {
                 self.handle_operator(m)?;
             } else {
-                for local in self.handle_input(m)? {
-                    by_shard.entry(local.0.partition).or_default().push(local);
+                let at = (m.topic.clone(), m.partition, m.offset);
+                if let Some(poison) = self.poisoned.get(&at) {
+                    // It panicked twice while it was routed: a dead letter.
+                    let r = self.ctx().dead_letter(&m, poison.kind, &poison.reason);
+                    self.stats.event_consumed(&m.topic);
+                    self.consumed(&m)?;
+                    self.send(r)?;
+                    continue;
+                }
+                // Routing runs the definitions' correlation expressions on
+                // the event's data: a panic there is handled like one in a
+                // shard (the batch is aborted and processed again, and a
+                // record that panics twice is dead-lettered), never an end
+                // of the runtime that the restarted process meets again.
+                let routed =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle_input(m)));
+                match routed {
+                    Ok(locals) => {
+                        for local in locals? {
+                            by_shard.entry(local.0.partition).or_default().push(local);
+                        }
+                    }
+                    Err(payload) => {
+                        let message = panic_message(payload.as_ref());
+                        return self.after_panic(vec![Failed::Panic { at, message }]);
+                    }
                 }
             }
         }

@@ -76,6 +76,9 @@ impl Runtime {
                 out.push(ctx.dead_letter(&m, kind, &e))
             }
             Ok(event) => {
+                if let Some(f) = &self.faults {
+                    f.on_routing(&event.id);
+                }
                 span.set("messaging.message.id", event.id.clone());
                 span.set("cloudevents.event_id", event.id.clone());
                 span.set("cloudevents.event_type", event.kind.clone());
