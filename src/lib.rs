@@ -5,6 +5,7 @@
 //! - [`engine`]: the pure, deterministic state machine (`step`).
 //! - [`shard`]: a partition's instances and timers as a pure state machine
 //!   (`Shard::apply`), driven by `baton run` and `baton simulate` alike.
+//! - [`deadletters`]: the dead-letter topic read back, and letters replayed to where they came from.
 //! - [`audit`]: the audit trail's entries (every input in full, what it did)
 //!   and their replay against the changelog.
 //! - [`dsl`]: process definitions in YAML, parsed and validated into the engine's model.
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod deadletters;
 pub mod diagram;
 pub mod dsl;
 pub mod engine;

@@ -1,7 +1,8 @@
 //! Bounded resources against the real broker: a shard that holds its cap of
 //! instances turns events for new instances into dead letters (kind
 //! `instance-cap`, with the reason) while the instances it holds go on to
-//! their end; once they have left memory, new instances start again. No
+//! their end; once they have left memory, new instances start again, and
+//! the refused events replayed from the dead-letter topic start theirs. No
 //! event is lost on the way and the partition never stops.
 
 mod support;
@@ -109,6 +110,46 @@ fn a_shard_at_its_instance_cap_refuses_new_instances_and_serves_the_ones_it_hold
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "a command twice: {ids:?}");
     assert_eq!(orders_with(&held, "com.acme.invoice.create"), CAP + 5);
+
+    // Nothing refused is lost: the letters replayed to where they came from
+    // start their orders, as many as the cap lets in; the rest are refused
+    // again, and replayed again once those have ended.
+    let instance_cap = |from: Option<i64>| baton::deadletters::Filter {
+        kinds: vec!["instance-cap".into()],
+        from,
+        ..Default::default()
+    };
+    let mut letters = baton::deadletters::read(&cfg, &instance_cap(None)).expect("letters");
+    assert_eq!(letters.len() as u64, FIRST - CAP as u64);
+    let mut rounds = 0;
+    while !letters.is_empty() {
+        rounds += 1;
+        assert!(rounds <= 4, "replays did not get every order in");
+        let end = letters.iter().map(|d| d.offset).max().unwrap_or(0) + 1;
+        let before = orders_with(&read(), "com.acme.invoice.create");
+        let refused = baton::deadletters::replay(&cfg, &letters).expect("replay");
+        assert!(refused.is_empty(), "{refused:?}");
+        // The shard takes at most its cap: those orders end, the rest are refused again.
+        eventually(120, "the replayed orders admitted to end", || {
+            let d = baton::deadletters::read(&cfg, &instance_cap(Some(end))).ok()?;
+            let done = orders_with(&read(), "com.acme.invoice.create");
+            (done as u64 + d.len() as u64 == (before + letters.len()) as u64).then_some(())
+        });
+        eventually(60, "the shard to be below its cap again", || {
+            (metric(&r, "baton_shards_full") == 0.0).then_some(())
+        });
+        letters = baton::deadletters::read(&cfg, &instance_cap(Some(end))).expect("letters");
+    }
+    assert!(rounds >= 2, "the cap held during the replay");
+    let all = read();
+    assert_eq!(
+        orders_with(&all, "com.acme.invoice.create") as u64,
+        FIRST + 5,
+        "every order, refused or not, invoiced"
+    );
+    let ids: Vec<String> = all.iter().filter_map(|m| header(m, "ce_id")).collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a command twice after the replays");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     r.stop();
 }
@@ -146,4 +187,120 @@ fn a_transaction_commits_when_it_holds_its_cap_of_records() {
     assert_eq!(unique.len(), ids.len(), "a command twice: {ids:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     r.stop();
+}
+
+/// `baton dead-letters` lists the letters and `--replay` publishes each
+/// original record to its origin (its headers without `baton.dlq.*`); a
+/// truncated letter is not replayed, and the command says where its whole
+/// record is and exits 1.
+#[test]
+fn dead_letters_are_listed_and_replayed_to_their_origin() {
+    let broker = Broker::start();
+    let group = unique("dlq");
+    let path = support::write_config(
+        &broker.dir,
+        &support::RunConfig {
+            bootstrap: &broker.bootstrap,
+            group: &group,
+            instance: "dlq-1",
+            partitions: 1,
+            in_place: false,
+            admin: "127.0.0.1:0".into(),
+            extra: "",
+        },
+    );
+    let text = std::fs::read_to_string(&path).expect("config");
+    let cfg = baton::config::Config::load("test", &text, []).expect("config loads");
+    let origin = format!("{group}.origin");
+    let dlq = cfg.topics.dead_letters();
+    kafka::ensure_topics(&cfg, &[(dlq.clone(), 1, false), (origin.clone(), 1, false)])
+        .expect("topics");
+    let letter = |kind: &str, payload: &[u8], truncated: bool| {
+        let mut headers = vec![
+            (
+                "traceparent".to_string(),
+                b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec(),
+            ),
+            ("baton.dlq.kind".to_string(), kind.as_bytes().to_vec()),
+            (
+                "baton.dlq.reason".to_string(),
+                format!("a {kind} letter").into_bytes(),
+            ),
+            ("baton.dlq.topic".to_string(), origin.clone().into_bytes()),
+            ("baton.dlq.partition".to_string(), b"0".to_vec()),
+            ("baton.dlq.offset".to_string(), b"41".to_vec()),
+            ("baton.version".to_string(), b"0.1.0".to_vec()),
+        ];
+        if truncated {
+            headers.push(("baton.dlq.truncated".to_string(), b"9000000".to_vec()));
+        }
+        baton::kafka::Outgoing {
+            topic: dlq.clone(),
+            partition: Some(0),
+            key: format!("{kind}-key").into_bytes(),
+            payload: Some(payload.to_vec()),
+            headers,
+        }
+    };
+    kafka::send_plain(
+        &cfg,
+        &[
+            letter("instance-cap", b"{\"first\": 1}", false),
+            letter("undecodable", b"not json", false),
+            letter("oversized-payload", b"head only", true),
+        ],
+    )
+    .expect("letters written");
+    let baton = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("dead-letters")
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("baton dead-letters runs")
+    };
+    let listed = baton(&[]);
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{out}");
+    assert!(out.contains("3 dead letters"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "0/0  instance-cap  from {origin}/0/41  a instance-cap letter"
+        )),
+        "{out}"
+    );
+
+    // One kind replayed: only its record reaches the origin, as it was.
+    let replayed = baton(&["--kind", "instance-cap", "--replay"]);
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("replayed 1 of 1"));
+    let got = eventually(30, "the replayed record at its origin", || {
+        let r = kafka::read_partition(&cfg, &origin, 0).ok()?;
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key.as_deref(), Some(&b"instance-cap-key"[..]));
+    assert_eq!(got[0].payload.as_deref(), Some(&b"{\"first\": 1}"[..]));
+    let names: Vec<&str> = got[0].headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["traceparent"], "the dlq headers are gone");
+
+    // The truncated one is refused with where its whole record is.
+    let refused = baton(&["--from", "2", "--replay"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!(
+            "0/2 not replayed: only the head of its payload was kept; replay it from {origin}/0/41"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        kafka::read_partition(&cfg, &origin, 0).expect("read").len(),
+        1
+    );
 }

@@ -83,6 +83,28 @@ enum Cmd {
         #[arg(long, default_value = "baton.toml")]
         config: PathBuf,
     },
+    /// List the dead letters (kind, reason, origin), and with --replay
+    /// publish the chosen ones again to where they came from (see the
+    /// README's "Dead letters").
+    DeadLetters {
+        #[arg(long, default_value = "baton.toml")]
+        config: PathBuf,
+        /// Only letters of this kind (repeatable), e.g. instance-cap.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Only this partition of the dead-letter topic.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Only offsets at or after this one.
+        #[arg(long)]
+        from: Option<i64>,
+        /// Only offsets before this one.
+        #[arg(long)]
+        to: Option<i64>,
+        /// Publish the listed letters' original records again.
+        #[arg(long)]
+        replay: bool,
+    },
     /// Play the demo's simulated CRM, ERP, payment, warehouse, chat and ops
     /// systems against a Kafka that `baton run` processes use (the three
     /// examples deployed): start instances and answer their commands.
@@ -390,6 +412,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             });
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::DeadLetters {
+            config,
+            kinds,
+            partition,
+            from,
+            to,
+            replay,
+        } => {
+            let cfg = load_config(&config)?;
+            let filter = baton::deadletters::Filter {
+                kinds,
+                partition,
+                from,
+                to,
+            };
+            let letters = baton::deadletters::read(&cfg, &filter)?;
+            for d in &letters {
+                println!(
+                    "{}/{}  {}  from {}/{}/{}  {}",
+                    d.partition,
+                    d.offset,
+                    d.kind,
+                    d.origin_topic.as_deref().unwrap_or("?"),
+                    d.origin_partition.map_or("?".into(), |p| p.to_string()),
+                    d.origin_offset.map_or("?".into(), |o| o.to_string()),
+                    d.reason
+                );
+            }
+            if !replay {
+                println!("{} dead letters", letters.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let refused = baton::deadletters::replay(&cfg, &letters)?;
+            for (d, why) in &refused {
+                eprintln!("{}/{} not replayed: {why}", d.partition, d.offset);
+            }
+            println!(
+                "replayed {} of {} dead letters",
+                letters.len() - refused.len(),
+                letters.len()
+            );
+            Ok(if refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Run { config, json_logs } => {
             let mut cfg = load_config(&config)?;
