@@ -144,7 +144,10 @@ fn bench_pipeline_produces_a_complete_report() {
 
 #[test]
 fn scale_out_reports_every_process_count_and_a_failover() {
-    let broker = support::Broker::start();
+    // A broker of its own: the example's command topics get the run's
+    // partition count (12 here), and the other bench test's run makes them
+    // with 2 on the shared broker.
+    let (_kafka, broker) = support::Broker::dedicated("");
     let out = std::env::temp_dir().join(support::unique("baton-scale"));
     let run = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args([

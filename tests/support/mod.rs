@@ -65,7 +65,9 @@ impl Broker {
         }
     }
 
-    /// A broker of the test's own, for tests that stop it or change its settings.
+    /// A broker of the test's own, for tests that stop it, change its
+    /// settings, or need the example's shared topic names with a partition
+    /// count of their own.
     pub fn dedicated(extra_properties: &str) -> (LocalKafka, Broker) {
         let dir = std::env::temp_dir().join(unique("baton-kafka"));
         let kafka = LocalKafka::start(&dir, extra_properties).unwrap_or_else(|e| {
