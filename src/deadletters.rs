@@ -53,10 +53,7 @@ impl Filter {
 }
 
 fn header(m: &Incoming, name: &str) -> Option<String> {
-    m.headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+    crate::wire::cloudevents::header(&m.headers, name).map(str::to_string)
 }
 
 impl DeadLetter {

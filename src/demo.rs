@@ -362,6 +362,7 @@ pub fn world(
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut n: u64 = 0;
+        let mut seen: usize = 0;
         while !stop.load(Ordering::Relaxed) && !answering.is_finished() {
             if generate.is_none_or(|g| started.elapsed() < g) {
                 n += 1;
@@ -371,9 +372,14 @@ pub fn world(
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 last_report = Instant::now();
-                let answered = latencies.lock().map(|l| l.len()).unwrap_or(0);
+                // Counted and dropped: `baton services` runs for as long as
+                // its container does.
+                seen += latencies
+                    .lock()
+                    .map(|mut l| l.drain(..).count())
+                    .unwrap_or(0);
                 progress(&format!(
-                    "{:>5}s  instances started {n:>7}  commands seen {answered:>8}",
+                    "{:>5}s  instances started {n:>7}  commands seen {seen:>8}",
                     started.elapsed().as_secs()
                 ));
             }
@@ -505,7 +511,12 @@ fn services(
         {
             l.push(now_ms().saturating_sub(t));
         }
-        // Commands carry deterministic ids; a service answers each once.
+        // Commands carry deterministic ids; a service answers each once. The
+        // ids are forgotten now and then (a long `baton services` run): an
+        // answer given twice has the same event id, which baton ignores.
+        if answered.len() >= 100_000 {
+            answered.clear();
+        }
         if !answered.insert(id.clone()) {
             continue;
         }

@@ -389,50 +389,20 @@ fn readiness_waits_until_the_group_has_settled() {
 /// dead-lettered, and everything else goes on.
 #[test]
 fn a_panicking_shard_loses_nothing_and_a_record_that_panics_twice_is_dead_lettered() {
-    let broker = Broker::start();
-    let group = unique("panic");
-    let cfg = config(&broker.bootstrap, &group, "a");
-    let t = create_input(&cfg);
-    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
-    for n in 0..6 {
-        producer.send(&t.placed(n)).expect("send");
-    }
-    producer.flush().expect("flush");
-    let dlq = cfg.topics.dead_letters();
-    let mut topics = t.commands.clone();
-    topics.push(dlq.clone());
-    let (seen, stop_collector) = collector(&broker.bootstrap, &topics);
-    let services = services(&broker.bootstrap, &t);
-    let faults = Faults {
-        // Once: processing it again succeeds. Always: it is poison.
-        panic_on_event: [("placed-3".to_string(), 1), ("placed-5".to_string(), 1000)].into(),
-        ..Faults::default()
-    };
-    let runtime = Running::faulty(cfg, registry(&t), faults);
-    let all = eventually(120, "five invoices and the poison dead-lettered", || {
-        let v = seen.lock().ok()?.clone();
-        let dead = v.iter().any(|m| m.topic == dlq);
-        (orders_with(&v, "com.acme.invoice.create") >= 5 && dead).then_some(v)
-    });
-    assert_each_command_once(&all, 5);
-    let dead: Vec<&Incoming> = all.iter().filter(|m| m.topic == dlq).collect();
-    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
-    assert_eq!(dead[0].key.as_deref(), Some(&b"order-to-cash/o-5"[..]));
-    let reason = header(dead[0], "baton.dlq.reason").unwrap_or_default();
+    let dead = six_orders_with_a_poison(
+        "panic",
+        Faults {
+            // Once: processing it again succeeds. Always: it is poison.
+            panic_on_event: [("placed-3".to_string(), 1), ("placed-5".to_string(), 1000)].into(),
+            ..Faults::default()
+        },
+    );
+    assert_eq!(dead.key.as_deref(), Some(&b"order-to-cash/o-5"[..]));
+    let reason = header(&dead, "baton.dlq.reason").unwrap_or_default();
     assert!(
         reason.contains("panicked twice") && reason.contains("panic on event placed-5"),
         "{reason}"
     );
-    assert!(
-        all.iter().all(
-            |m| !String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).contains("o-5")
-                || m.topic == dlq
-        ),
-        "the poison order started"
-    );
-    stop_collector.store(true, Ordering::Relaxed);
-    services.store(true, Ordering::Relaxed);
-    runtime.stop();
 }
 
 /// A panic while an input was routed (decoded, correlated, before any shard)
@@ -442,8 +412,29 @@ fn a_panicking_shard_loses_nothing_and_a_record_that_panics_twice_is_dead_letter
 /// processed again, and a record that panics twice is dead-lettered.
 #[test]
 fn a_panic_while_routing_an_input_loses_nothing_and_a_poison_input_is_dead_lettered() {
+    let dead = six_orders_with_a_poison(
+        "routepanic",
+        Faults {
+            // Once: routing it again succeeds. Always: it is poison.
+            panic_on_routing: [("placed-2".to_string(), 1), ("placed-5".to_string(), 1000)].into(),
+            ..Faults::default()
+        },
+    );
+    assert_eq!(dead.key.as_deref(), Some(&b"placed-5"[..]));
+    assert_eq!(header(&dead, "baton.dlq.kind").as_deref(), Some("panic"));
+    let reason = header(&dead, "baton.dlq.reason").unwrap_or_default();
+    assert!(
+        reason.contains("panicked twice") && reason.contains("panic routing event placed-5"),
+        "{reason}"
+    );
+}
+
+/// Orders o-0 … o-5 through a runtime with `faults` that make o-5 poison:
+/// the other five are invoiced with every command once, o-5 never starts,
+/// and its one dead letter is returned.
+fn six_orders_with_a_poison(name: &str, faults: Faults) -> Incoming {
     let broker = Broker::start();
-    let group = unique("routepanic");
+    let group = unique(name);
     let cfg = config(&broker.bootstrap, &group, "a");
     let t = create_input(&cfg);
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
@@ -456,11 +447,6 @@ fn a_panic_while_routing_an_input_loses_nothing_and_a_poison_input_is_dead_lette
     topics.push(dlq.clone());
     let (seen, stop_collector) = collector(&broker.bootstrap, &topics);
     let services = services(&broker.bootstrap, &t);
-    let faults = Faults {
-        // Once: routing it again succeeds. Always: it is poison.
-        panic_on_routing: [("placed-2".to_string(), 1), ("placed-5".to_string(), 1000)].into(),
-        ..Faults::default()
-    };
     let runtime = Running::faulty(cfg, registry(&t), faults);
     let all = eventually(120, "five invoices and the poison dead-lettered", || {
         let v = seen.lock().ok()?.clone();
@@ -470,13 +456,6 @@ fn a_panic_while_routing_an_input_loses_nothing_and_a_poison_input_is_dead_lette
     assert_each_command_once(&all, 5);
     let dead: Vec<&Incoming> = all.iter().filter(|m| m.topic == dlq).collect();
     assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
-    assert_eq!(dead[0].key.as_deref(), Some(&b"placed-5"[..]));
-    assert_eq!(header(dead[0], "baton.dlq.kind").as_deref(), Some("panic"));
-    let reason = header(dead[0], "baton.dlq.reason").unwrap_or_default();
-    assert!(
-        reason.contains("panicked twice") && reason.contains("panic routing event placed-5"),
-        "{reason}"
-    );
     assert!(
         all.iter().all(
             |m| !String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).contains("o-5")
@@ -484,9 +463,11 @@ fn a_panic_while_routing_an_input_loses_nothing_and_a_poison_input_is_dead_lette
         ),
         "the poison order started"
     );
+    let letter = dead[0].clone();
     stop_collector.store(true, Ordering::Relaxed);
     services.store(true, Ordering::Relaxed);
     runtime.stop();
+    letter
 }
 
 /// After a failed transaction, input partitions were rewound to their
