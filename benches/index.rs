@@ -52,6 +52,7 @@ fn index(n: usize) -> Index {
                 incidents,
                 started_at: 1_700_000_000_000 + i as u64,
                 updated_at: 1_700_000_000_000 + i as u64,
+                compensated: false,
                 record: record.clone(),
             },
         )

@@ -3,7 +3,8 @@
 # in scripts/kafka/pom.xml, from Maven Central) when it is missing, then runs
 # every test, the example scenarios, and the benchmarks in test mode (each
 # benchmark runs once to prove it works), and schemathesis (PyPI) for the
-# admin API's contract test. Each test binary that needs the
+# admin API's contract test, and Chromium with playwright-core for the
+# console's browser test. Each test binary that needs the
 # broker starts its own on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ bash scripts/kafka.sh install
 # The admin API's contract test runs schemathesis against the served document.
 BATON_SCHEMATHESIS="$(bash scripts/schemathesis.sh)"
 export BATON_SCHEMATHESIS
+# The console's browser test drives Debian's Chromium with playwright-core (npm).
+BATON_CHROMIUM="$(bash scripts/browser.sh)"
+export BATON_CHROMIUM
 
 cargo test --all-targets --no-fail-fast
 cargo test --doc

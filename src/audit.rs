@@ -511,6 +511,11 @@ pub struct Effects {
     /// Buffered events the input dropped (they expired, or the instance
     /// ended), to the dead letters.
     pub dropped: Vec<Dropped>,
+    /// The steps the input's transitions entered, in order (also steps
+    /// passed through within the input, such as a `switch`): with
+    /// `before` and `after`, the path the instance took.
+    #[serde(default)]
+    pub entered: Vec<String>,
 }
 
 /// A command event published.
@@ -669,7 +674,8 @@ impl Outcome {
                 }
                 // The step entered shows in `after`; a forward is the
                 // other instance's input, in its own entries.
-                Action::Entered(_) | Action::Forward(_) => {}
+                Action::Entered(step) => fx.entered.push(step.clone()),
+                Action::Forward(_) => {}
             }
         }
         o
@@ -891,6 +897,7 @@ fn diff(rebuilt: &Instance, held: &Instance) -> Option<String> {
         timers,
         expects,
         met_expects,
+        compensated,
         incidents,
         seen,
         buffer,
@@ -937,6 +944,7 @@ fn diff(rebuilt: &Instance, held: &Instance) -> Option<String> {
     same!(timers, debug);
     same!(expects, debug);
     same!(met_expects, debug);
+    same!(compensated, |v: &bool| v.to_string());
     same!(incidents, debug);
     same!(seen, debug);
     same!(buffer, debug);
@@ -1008,7 +1016,7 @@ mod purpose {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::shard::tests::registry;
     use serde_json::{Value, json};
@@ -1026,7 +1034,7 @@ mod tests {
     /// A shard driven as the runtime drives it: an entry for every input
     /// applied (`Input::of` before `apply`, `Entry::new` after), packed
     /// into a record per transaction as `Output::flush_audit` packs them.
-    struct Run {
+    pub(crate) struct Run {
         reg: Registry,
         shard: Shard,
         now: Millis,
@@ -1150,7 +1158,7 @@ mod tests {
         }
 
         /// The audit topic so far, read back and grouped by instance.
-        fn trail(&mut self) -> BTreeMap<String, Vec<Entry>> {
+        pub(crate) fn trail(&mut self) -> BTreeMap<String, Vec<Entry>> {
             self.commit();
             by_instance(self.records.iter().map(|r| decode(r).expect("a v2 record")))
         }
@@ -1175,7 +1183,7 @@ mod tests {
     /// (compensated), a happy one with a duplicate and a late event, and
     /// one that starts from a buffered event, has an event refused and is
     /// cancelled with compensation.
-    fn scenario() -> Run {
+    pub(crate) fn scenario() -> Run {
         let mut run = Run::new();
         // o-3: timeouts and retries until an incident; an operator retries.
         run.event(

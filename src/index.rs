@@ -26,6 +26,8 @@ pub struct Entry {
     pub incidents: Box<[Incident]>,
     pub started_at: Millis,
     pub updated_at: Millis,
+    /// It compensated completed tasks (on a failure or a cancel).
+    pub compensated: bool,
     /// Its committed changelog record.
     pub record: Arc<[u8]>,
 }
@@ -41,6 +43,7 @@ impl Entry {
             incidents: inst.incidents.iter().cloned().collect(),
             started_at: inst.started_at,
             updated_at: inst.updated_at,
+            compensated: inst.compensated,
             record,
         }
     }
@@ -55,6 +58,7 @@ impl Entry {
             incidents: peek.open.iter().cloned().collect(),
             started_at: peek.started_at,
             updated_at: peek.updated_at,
+            compensated: peek.compensated,
             record,
         }
     }
@@ -266,6 +270,14 @@ impl Index {
         self.entries.len()
     }
 
+    /// Hands every entry to `each`, in no particular order (for figures
+    /// over all instances, such as the console's overview).
+    pub fn scan(&self, mut each: impl FnMut(&str, &Entry)) {
+        for e in self.entries.iter() {
+            each(e.key(), e.value());
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -365,6 +377,7 @@ mod tests {
             incidents: Box::new([]),
             started_at: started,
             updated_at: started + 10,
+            compensated: false,
             record: Arc::from(&b""[..]),
         }
     }

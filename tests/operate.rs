@@ -6,30 +6,18 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use baton::config::Config;
-use baton::kafka::{self, Outgoing, PlainProducer};
+use baton::kafka::{Outgoing, PlainProducer};
 use baton::wire::cloudevents;
 use serde_json::{Value, json};
 
+use support::admin::{Baton, OPERATOR, VIEWER};
 use support::orders::Topics;
-use support::{Broker, eventually, free_addr, unique};
+use support::{Broker, eventually, unique};
 
 const PARTITIONS: i32 = 2;
-const VIEWER: &str = "viewer-token-5f1c0d9a8b7e";
-const OPERATOR: &str = "operator-token-2a4b6c8d0e1f";
-
-/// `baton run`, killed when dropped.
-struct Baton(Child);
-
-impl Drop for Baton {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `GET /api/v1{path}` with `token` → (status, JSON body).
 fn api(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -160,51 +148,7 @@ fn start(name: &str) -> Setup {
 /// Starts `baton run` as member `instance` of `group`, with a viewer and an
 /// operator token; returns its admin address.
 fn member(broker: &Broker, group: &str, instance: &str) -> (SocketAddr, Baton) {
-    let t = Topics::of(group);
-    let dir = broker.dir.join(instance);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let admin = free_addr();
-    let secret = dir.join("operator.token");
-    std::fs::write(&secret, format!("{OPERATOR}\n")).expect("token file");
-    let viewer = dir.join("viewer.token");
-    std::fs::write(&viewer, VIEWER).expect("token file");
-    let extra = format!(
-        "[[admin.tokens]]\nname = \"ana\"\nrole = \"viewer\"\nfile = \"{}\"\n\n\
-         [[admin.tokens]]\nname = \"ops\"\nrole = \"operator\"\nfile = \"{}\"\n",
-        viewer.display(),
-        secret.display()
-    );
-    let config = support::write_config(
-        &dir,
-        &support::RunConfig {
-            bootstrap: &broker.bootstrap,
-            group,
-            instance,
-            partitions: PARTITIONS,
-            in_place: false,
-            admin: admin.to_string(),
-            extra: &extra,
-        },
-    );
-    let cfg = Config::load(
-        "baton.toml",
-        &std::fs::read_to_string(&config).expect("config"),
-        [],
-    );
-    let cfg = cfg.expect("valid config");
-    kafka::ensure_topics(&cfg, &[(t.input.clone(), PARTITIONS, false)]).expect("input topic");
-    let log = std::fs::File::create(dir.join("baton.log")).expect("log");
-    let baton = Baton(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("baton starts"),
-    );
-    (admin, baton)
+    support::admin::member(broker, group, instance, PARTITIONS)
 }
 
 #[test]

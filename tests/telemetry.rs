@@ -208,7 +208,7 @@ fn one_order_is_one_trace_from_the_crm_through_baton_to_the_services() {
         Behaviour {
             trace: untraced_o2,
             deliver: true,
-            hold: None,
+            ..Behaviour::default()
         },
     );
     let crm_trace = format!("{:032x}", 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319cu128);

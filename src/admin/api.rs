@@ -169,6 +169,21 @@ pub fn routes(api: Api) -> Router {
         .route("/api/v1/migrations", post(act::migrate))
         .route("/api/v1/audit/replay", get(super::audit::replay_check))
         .route("/api/v1/audit/{process}/{key}", get(super::audit::trail))
+        .route("/api/v1/whoami", get(super::insight::whoami))
+        .route("/api/v1/overview", get(super::insight::overview))
+        .route("/api/v1/instances/count", get(super::insight::count))
+        .route(
+            "/api/v1/incidents/groups",
+            get(super::insight::incident_groups),
+        )
+        .route(
+            "/api/v1/definitions/{process}/{version}/diagram",
+            get(super::insight::diagram),
+        )
+        .route(
+            "/api/v1/definitions/{process}/{version}/heatmap",
+            get(super::insight::heatmap),
+        )
         .fallback(|| async { Fail(StatusCode::NOT_FOUND, "no such API path".into()) })
         .method_not_allowed_fallback(|| async {
             Fail(
@@ -206,6 +221,7 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
     };
     let caller = Caller {
         name: name.to_string(),
+        role,
         token: presented.trim().to_string(),
     };
     let needs = if matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -234,6 +250,7 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
 #[derive(Debug, Clone)]
 pub(super) struct Caller {
     pub name: String,
+    pub role: Role,
     pub token: String,
 }
 
@@ -242,7 +259,9 @@ pub(super) struct Caller {
     info(title = "baton admin API", version = "1"),
     paths(instances, instance, incidents, definitions, definition, cluster,
         act::act, act::request, act::start_job, act::jobs, act::job, act::migrate, super::deploy::deploy,
-        super::audit::trail, super::audit::replay_check),
+        super::audit::trail, super::audit::replay_check,
+        super::insight::whoami, super::insight::overview, super::insight::count,
+        super::insight::incident_groups, super::insight::diagram, super::insight::heatmap),
     components(schemas(ApiError)),
     modifiers(&Bearer)
 )]
@@ -313,7 +332,7 @@ fn status(v: &str) -> Result<Status, Fail> {
     })
 }
 
-fn limit(v: Option<usize>) -> Result<usize, Fail> {
+pub(super) fn limit(v: Option<usize>) -> Result<usize, Fail> {
     match v {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
@@ -368,13 +387,13 @@ pub struct InstancePage {
 }
 
 impl Api {
-    fn step_names(&self, process: &str, version: u32) -> Option<Arc<[String]>> {
+    pub(super) fn step_names(&self, process: &str, version: u32) -> Option<Arc<[String]>> {
         let registry = self.registry.get();
         let def = registry.get(process, version)?;
         Some(def.steps.iter().map(|s| s.id.clone()).collect())
     }
 
-    fn step_name(&self, process: &str, version: u32, step: usize) -> String {
+    pub(super) fn step_name(&self, process: &str, version: u32, step: usize) -> String {
         self.registry
             .get()
             .get(process, version)
@@ -860,6 +879,10 @@ pub struct DefinitionView {
     pub latest: bool,
     /// Instances of this version this member holds.
     pub instances: usize,
+    /// Who deployed it at run time (`null`: read from a file at start).
+    pub deployed_by: Option<String>,
+    /// When it was deployed at run time.
+    pub deployed_at: Option<String>,
     /// Its source text (in `/definitions/{process}/{version}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -884,7 +907,11 @@ impl Api {
             ..Filter::default()
         };
         let none = |_: &str, _: u32| None;
+        let registry = self.registry.get();
+        let origin = registry.origin(&def.process, def.version);
         DefinitionView {
+            deployed_by: origin.map(|(by, _)| by.to_string()),
+            deployed_at: origin.map(|(_, at)| engine::format_rfc3339(at)),
             process: def.process.clone(),
             version: def.version,
             hash: def.hash.clone(),

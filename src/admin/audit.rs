@@ -40,6 +40,24 @@ fn entries(cfg: &Config, p: i32) -> Result<BTreeMap<String, Vec<audit::Entry>>, 
     Ok(audit::by_instance(records))
 }
 
+/// The audit entries of every shard written at or after `since` (epoch
+/// ms), by instance, each instance's in the order they were applied.
+pub(super) fn trail_since(
+    cfg: &Config,
+    since: u64,
+) -> Result<BTreeMap<String, Vec<audit::Entry>>, Fail> {
+    let mut records = Vec::new();
+    for p in 0..cfg.topics.partitions {
+        kafka::scan_partition_since(cfg, &cfg.topics.audit(), p, Some(since), |m| {
+            if let Some(r) = m.payload.as_deref().and_then(|b| audit::decode(b).ok()) {
+                records.push(r);
+            }
+        })
+        .map_err(kafka_failed)?;
+    }
+    Ok(audit::by_instance(records))
+}
+
 /// The latest committed snapshot of every instance of shard `p`.
 fn snapshots(cfg: &Config, p: i32) -> Result<BTreeMap<String, Option<Instance>>, Fail> {
     let mut out = BTreeMap::new();
@@ -66,7 +84,7 @@ pub struct AuditView {
     pub entries: Vec<serde_json::Value>,
 }
 
-fn config(api: &Api) -> Result<Arc<Config>, Fail> {
+pub(super) fn config(api: &Api) -> Result<Arc<Config>, Fail> {
     api.actions
         .as_ref()
         .map(|a| a.config.clone())

@@ -6,7 +6,9 @@
 pub mod act;
 pub mod api;
 mod audit;
+mod console;
 mod deploy;
+mod insight;
 pub mod members;
 
 use std::net::SocketAddr;
@@ -95,7 +97,7 @@ pub fn serve(
     });
     let with_api = api.is_some();
     if let Some(api) = api {
-        app = app.merge(api::routes(api));
+        app = app.merge(api::routes(api)).merge(console::routes());
     }
     let thread = std::thread::Builder::new()
         .name("baton-admin".into())
@@ -121,7 +123,7 @@ pub fn serve(
         })
         .map_err(AdminError::Start)?;
     if with_api {
-        tracing::info!(%addr, "admin port: /healthz /readyz /metrics /api/v1");
+        tracing::info!(%addr, "admin port: /healthz /readyz /metrics /api/v1, console at /");
     } else {
         tracing::info!(%addr, "admin port: /healthz /readyz /metrics");
     }

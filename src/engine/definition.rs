@@ -356,6 +356,9 @@ pub struct Registry {
         String,
         std::collections::BTreeMap<u32, (std::sync::Arc<Definition>, String)>,
     >,
+    /// Who deployed a version at run time, and when (epoch ms); versions
+    /// read from files at start have none.
+    origins: std::collections::BTreeMap<(String, u32), (String, Millis)>,
 }
 
 /// Deploying over an existing version with other content.
@@ -413,6 +416,20 @@ impl Registry {
             .get(process)?
             .get(&version)
             .map(|(_, s)| s.as_str())
+    }
+
+    /// Records who deployed `version` of `process` at run time, and when.
+    pub fn set_origin(&mut self, process: &str, version: u32, by: &str, at: Millis) {
+        self.origins
+            .insert((process.to_string(), version), (by.to_string(), at));
+    }
+
+    /// Who deployed a version at run time and when; `None` for a version
+    /// read from a file at start.
+    pub fn origin(&self, process: &str, version: u32) -> Option<(&str, Millis)> {
+        self.origins
+            .get(&(process.to_string(), version))
+            .map(|(by, at)| (by.as_str(), *at))
     }
 
     /// Every deployed version of every process.

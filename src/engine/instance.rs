@@ -68,6 +68,8 @@ pub struct Instance {
     /// `expect` watchdogs whose event already arrived before they were armed
     /// (indexes into the definition's `expect`): met, they never arm.
     pub met_expects: Vec<u32>,
+    /// A failure or a cancel emitted the compensation of completed tasks.
+    pub compensated: bool,
     pub incidents: Vec<Incident>,
     /// Recent event ids, for deduplication.
     pub seen: VecDeque<String>,
@@ -107,6 +109,7 @@ impl Instance {
             timers: Vec::new(),
             expects: Vec::new(),
             met_expects: Vec::new(),
+            compensated: false,
             incidents: Vec::new(),
             seen: VecDeque::new(),
             buffer: Vec::new(),

@@ -1054,6 +1054,7 @@ impl<'a> Machine<'a> {
                         c.visit,
                         c.attempt,
                     );
+                    self.inst.compensated = true;
                     self.fx.push(Effect::Command(Command {
                         id: format!("{id}/compensate"),
                         topic: tpl.topic.clone(),

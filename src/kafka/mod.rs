@@ -895,6 +895,18 @@ pub fn scan_partition(
     cfg: &Config,
     topic: &str,
     partition: i32,
+    each: impl FnMut(Incoming),
+) -> Result<u64, KafkaFailure> {
+    scan_partition_since(cfg, topic, partition, None, each)
+}
+
+/// Like [`scan_partition`], from the first record written at or after
+/// `since` (epoch ms; `None`: from the start).
+pub fn scan_partition_since(
+    cfg: &Config,
+    topic: &str,
+    partition: i32,
+    since: Option<u64>,
     mut each: impl FnMut(Incoming),
 ) -> Result<u64, KafkaFailure> {
     let mut client = consumer_base(cfg);
@@ -914,7 +926,20 @@ pub fn scan_partition(
         .set("enable.partition.eof", "false")
         .create()
         .map_err(fail("create restore consumer"))?;
-    let (low, high) = watermarks(&consumer, topic, partition)?;
+    let (mut low, high) = watermarks(&consumer, topic, partition)?;
+    if let Some(since) = since {
+        let mut ask = TopicPartitionList::new();
+        ask.add_partition_offset(topic, partition, Offset::Offset(since as i64))
+            .map_err(fail("offsets for times"))?;
+        let found = consumer
+            .offsets_for_times(ask, Duration::from_secs(30))
+            .map_err(fail(format!("offsets for times of {topic}/{partition}")))?;
+        match found.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => low = low.max(o),
+            // Nothing written at or after `since`.
+            _ => return Ok(0),
+        }
+    }
     if high <= low {
         return Ok(0);
     }

@@ -62,6 +62,7 @@ fn take(registry: &mut Registry, m: &Incoming) -> bool {
         Ok(_) if known => false,
         Ok(d) => {
             info!(process = %d.process, version = d.version, hash = %d.hash, by = %r.by, "definition deployed");
+            registry.set_origin(&r.process, r.version, &r.by, r.at);
             true
         }
         Err(e) => {

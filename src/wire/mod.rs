@@ -218,6 +218,7 @@ fn to_proto(i: &Instance) -> pb::InstanceSnapshot {
         trace: i.trace.clone().unwrap_or_default(),
         met_expects: i.met_expects.clone(),
         definition_hash: i.definition.clone(),
+        compensated: i.compensated,
     }
 }
 
@@ -346,6 +347,7 @@ fn from_proto(s: pb::InstanceSnapshot) -> Result<Instance, WireError> {
         trace: (!s.trace.is_empty()).then_some(s.trace),
         met_expects: s.met_expects,
         definition: s.definition_hash,
+        compensated: s.compensated,
     })
 }
 

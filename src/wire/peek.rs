@@ -51,6 +51,8 @@ struct Snapshot {
     trace: String,
     #[prost(string, tag = "24")]
     definition_hash: String,
+    #[prost(bool, tag = "25")]
+    compensated: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -87,6 +89,8 @@ pub struct Peek {
     pub started_at: Millis,
     pub updated_at: Millis,
     pub trace: Option<String>,
+    /// It compensated completed tasks.
+    pub compensated: bool,
 }
 
 /// The position guard of a changelog record: its source topic (empty: the
@@ -120,6 +124,7 @@ pub fn peek_changelog(bytes: &[u8]) -> Result<Peek, WireError> {
         started_at: s.started_at,
         updated_at: s.updated_at,
         trace: (!s.trace.is_empty()).then_some(s.trace),
+        compensated: s.compensated,
     })
 }
 
@@ -147,6 +152,7 @@ mod tests {
         let mut i = Instance::new("order-to-cash", 3, "o-1");
         i.status = Status::Active;
         i.definition = "abc123".into();
+        i.compensated = true;
         i.updated_at = 1_700_000_000_000;
         i.trace = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         i.vars.insert("total".into(), serde_json::json!(250));
@@ -188,8 +194,13 @@ mod tests {
             )
         );
         assert_eq!(
-            (p.status, p.updated_at, p.trace.clone()),
-            (full.status, full.updated_at, full.trace.clone())
+            (p.status, p.updated_at, p.trace.clone(), p.compensated),
+            (
+                full.status,
+                full.updated_at,
+                full.trace.clone(),
+                full.compensated
+            )
         );
         assert_eq!(
             p.timers,

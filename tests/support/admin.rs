@@ -1,5 +1,5 @@
 //! Reading baton's admin port: plain HTTP GET and a strict parser of the
-//! Prometheus/OpenMetrics text format.
+//! Prometheus/OpenMetrics text format; and `baton run` with admin tokens.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -214,4 +214,77 @@ fn the_parser_rejects_what_prometheus_would() {
     ] {
         assert!(parse_metrics(bad).is_err(), "accepted: {bad}");
     }
+}
+
+/// The viewer token of [`member`].
+pub const VIEWER: &str = "viewer-token-5f1c0d9a8b7e";
+/// The operator token of [`member`].
+pub const OPERATOR: &str = "operator-token-2a4b6c8d0e1f";
+
+/// `baton run`, killed when dropped.
+pub struct Baton(pub std::process::Child);
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `baton run` with the order-to-cash example as member `instance`
+/// of `group` (`partitions` shards), with a viewer (`ana`, [`VIEWER`]) and
+/// an operator token (`ops`, [`OPERATOR`]), its log in its directory;
+/// returns its admin address.
+pub fn member(
+    broker: &super::Broker,
+    group: &str,
+    instance: &str,
+    partitions: i32,
+) -> (SocketAddr, Baton) {
+    let t = super::orders::Topics::of(group);
+    let dir = broker.dir.join(instance);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let admin = super::free_addr();
+    let secret = dir.join("operator.token");
+    std::fs::write(&secret, format!("{OPERATOR}\n")).expect("token file");
+    let viewer = dir.join("viewer.token");
+    std::fs::write(&viewer, VIEWER).expect("token file");
+    let extra = format!(
+        "[[admin.tokens]]\nname = \"ana\"\nrole = \"viewer\"\nfile = \"{}\"\n\n\
+         [[admin.tokens]]\nname = \"ops\"\nrole = \"operator\"\nfile = \"{}\"\n",
+        viewer.display(),
+        secret.display()
+    );
+    let config = super::write_config(
+        &dir,
+        &super::RunConfig {
+            bootstrap: &broker.bootstrap,
+            group,
+            instance,
+            partitions,
+            in_place: false,
+            admin: admin.to_string(),
+            extra: &extra,
+        },
+    );
+    let cfg = baton::config::Config::load(
+        "baton.toml",
+        &std::fs::read_to_string(&config).expect("config"),
+        [],
+    );
+    let cfg = cfg.expect("valid config");
+    baton::kafka::ensure_topics(&cfg, &[(t.input.clone(), partitions, false)])
+        .expect("input topic");
+    let log = std::fs::File::create(dir.join("baton.log")).expect("log");
+    let baton = Baton(
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("baton starts"),
+    );
+    (admin, baton)
 }

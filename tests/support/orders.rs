@@ -193,6 +193,10 @@ pub struct Behaviour {
     /// While set, the services stop reading their commands (a consumer
     /// that has stopped); they read the backlog once it is cleared.
     pub hold: Option<Arc<AtomicBool>>,
+    /// The payment provider's first answer for this order lacks its
+    /// `paymentId`: the order is parked in an incident at `charge`, and
+    /// answered in full when an operator retries it.
+    pub bad_charge: Option<String>,
 }
 
 fn propagate(_: &str, command: &Headers) -> Headers {
@@ -209,6 +213,7 @@ impl Default for Behaviour {
             trace: propagate,
             deliver: false,
             hold: None,
+            bad_charge: None,
         }
     }
 }
@@ -258,6 +263,11 @@ pub fn services_with(bootstrap: &str, topics: &Topics, behaviour: Behaviour) -> 
                     "com.acme.inventory.reserved",
                     json!({"orderId": order, "reservationId": "r"}),
                 ),
+                "com.acme.payment.charge"
+                    if behaviour.bad_charge.as_deref() == order.as_str() && id.ends_with("/1") =>
+                {
+                    ("com.acme.payment.charged", json!({"orderId": order}))
+                }
                 "com.acme.payment.charge" => (
                     "com.acme.payment.charged",
                     json!({"orderId": order, "paymentId": "p"}),
