@@ -17,7 +17,8 @@
 //! - [`admin`]: the admin HTTP port: health, metrics and the admin API (`/api/v1`).
 //! - [`index`]: the live index of the instances a process holds, read by the admin API.
 //! - [`simulate`]: runs definitions in memory on a virtual clock (`baton simulate`).
-//! - [`diagram`]: Mermaid flowcharts of definitions (`baton graph`).
+//! - [`diagram`]: definitions as graphs: Mermaid flowcharts (`baton graph`),
+//!   the console's laid-out diagrams and heat maps from the audit trail.
 
 pub mod admin;
 pub mod audit;

@@ -927,17 +927,31 @@ pub fn scan_partition_since(
         .create()
         .map_err(fail("create restore consumer"))?;
     let (mut low, high) = watermarks(&consumer, topic, partition)?;
-    if let Some(since) = since {
-        let mut ask = TopicPartitionList::new();
-        ask.add_partition_offset(topic, partition, Offset::Offset(since as i64))
-            .map_err(fail("offsets for times"))?;
-        let found = consumer
-            .offsets_for_times(ask, Duration::from_secs(30))
-            .map_err(fail(format!("offsets for times of {topic}/{partition}")))?;
-        match found.find_partition(topic, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => low = low.max(o),
-            // Nothing written at or after `since`.
-            _ => return Ok(0),
+    if let Some(since) = since
+        && high > low
+    {
+        let at = |time: i64| -> Result<Option<i64>, KafkaFailure> {
+            let mut ask = TopicPartitionList::new();
+            ask.add_partition_offset(topic, partition, Offset::Offset(time))
+                .map_err(fail("offsets for times"))?;
+            let found = consumer
+                .offsets_for_times(ask, Duration::from_secs(30))
+                .map_err(fail(format!("offsets for times of {topic}/{partition}")))?;
+            Ok(
+                match found.find_partition(topic, partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => Some(o),
+                    _ => None,
+                },
+            )
+        };
+        match at(since as i64)? {
+            Some(o) => low = low.max(o),
+            // Nothing written since then, unless the broker cannot look
+            // offsets up by time at all (librdkafka's mock cluster): then
+            // it finds no offset for the beginning of time either, and the
+            // partition is read whole.
+            None if at(0)?.is_some() => return Ok(0),
+            None => {}
         }
     }
     if high <= low {
