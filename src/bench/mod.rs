@@ -189,9 +189,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report,
         (true, Some(last)) => {
             // The same changelog, a new group and input: every instance is
             // restored into the shards before the orders start.
-            let mut spec = state_spec;
-            spec.group = format!("{}-loaded", spec.group);
-            spec.input = format!("{}.loaded-orders", spec.prefix);
+            let spec = loaded_spec(state_spec, last.instances, opts.orders);
             let throughput = bench.full_speed(progress, &spec, last.instances)?;
             Some(report::Loaded {
                 instances: last.instances,
@@ -294,6 +292,7 @@ impl<'a> Bench<'a> {
             session_timeout_ms: self.opts.session_timeout.as_millis() as u64,
             options: self.options.clone(),
             instance: "bench".into(),
+            max_instances_per_shard: None,
         }
     }
 
@@ -713,4 +712,62 @@ fn first_moving(samples: &[Sample], from: u64) -> Sample {
         .get(i.saturating_sub(1))
         .cloned()
         .unwrap_or_default()
+}
+
+/// The spec of the full-speed run with `idle` instances restored into the
+/// shards first: the state phase's changelog, a group and input of its own,
+/// and an instance cap with room for the idle instances and every order of
+/// the run on the fullest shard (keys spread unevenly).
+fn loaded_spec(state: WorkerSpec, idle: u64, orders: u64) -> WorkerSpec {
+    let mut spec = state;
+    spec.group = format!("{}-loaded", spec.group);
+    spec.input = format!("{}.loaded-orders", spec.prefix);
+    let per_shard = (idle + orders).div_ceil(spec.partitions.max(1) as u64) as usize;
+    spec.max_instances_per_shard = Some(
+        per_shard
+            .saturating_mul(2)
+            .max(baton::config::Runtime::default().max_instances_per_shard),
+    );
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loaded_run_has_room_for_its_idle_instances_and_orders() {
+        let state = WorkerSpec {
+            mode: Mode::Baton,
+            bootstrap: "localhost:9092".into(),
+            group: "b.state".into(),
+            input: "b.state.orders".into(),
+            output: "b.state.out".into(),
+            prefix: "b.state".into(),
+            partitions: 2,
+            commit_interval_ms: 100,
+            max_batch: 1000,
+            in_place: true,
+            session_timeout_ms: 6000,
+            options: BTreeMap::new(),
+            instance: "bench".into(),
+            max_instances_per_shard: None,
+        };
+        let spec = loaded_spec(state.clone(), 1_000_000, 20_000);
+        let cap = spec.config().runtime.max_instances_per_shard;
+        assert!(
+            cap >= 510_000,
+            "a shard holds about half of 1 020 000: {cap}"
+        );
+        assert_ne!(spec.group, state.group);
+        assert_ne!(spec.input, state.input);
+        assert_eq!(
+            loaded_spec(state, 10, 10)
+                .config()
+                .runtime
+                .max_instances_per_shard,
+            baton::config::Runtime::default().max_instances_per_shard,
+            "small runs keep the default"
+        );
+    }
 }

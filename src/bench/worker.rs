@@ -63,6 +63,10 @@ pub struct WorkerSpec {
     /// `runtime.instance_id`: distinct for processes that share a group.
     #[serde(default = "bench_instance")]
     pub instance: String,
+    /// `runtime.max_instances_per_shard` (default: the production default);
+    /// a phase that holds more instances than that raises it.
+    #[serde(default)]
+    pub max_instances_per_shard: Option<usize>,
 }
 
 fn bench_instance() -> String {
@@ -96,6 +100,9 @@ impl WorkerSpec {
                 max_batch: self.max_batch,
                 session_timeout: Duration::from_millis(self.session_timeout_ms),
                 in_place: self.in_place,
+                max_instances_per_shard: self
+                    .max_instances_per_shard
+                    .unwrap_or(config::Runtime::default().max_instances_per_shard),
                 ..config::Runtime::default()
             },
             events: Default::default(),
