@@ -1,19 +1,8 @@
 //! The `baton` binary: exit codes and what it prints.
 
-use std::process::Command;
+mod support;
 
-fn baton(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the baton binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::baton_cli as baton;
 
 #[test]
 fn validate_accepts_the_examples() {

@@ -37,6 +37,49 @@ enum Cmd {
     },
     /// Print a definition as a Mermaid flowchart.
     Graph { file: PathBuf },
+    /// Translate a BPMN 2.0 model (Camunda Modeler, bpmn.io) into a process
+    /// definition; every element it cannot translate is reported with its
+    /// id, name and line (see the README's "Importing BPMN").
+    Import {
+        /// The BPMN 2.0 XML file.
+        file: PathBuf,
+        /// Where the definition goes (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// A mapping file (TOML): topics of command types, event types of
+        /// messages, commands of elements.
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// The process to translate (its id), when the model holds several.
+        #[arg(long)]
+        process: Option<String>,
+        /// Write the definition even when elements cannot be translated
+        /// (flows into them become incidents) and exit 0 if it validates.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Write the event contract of definitions as AsyncAPI 3.1 JSON: the
+    /// topics baton reads and writes, with every event and command (see the
+    /// README's "Event contracts (AsyncAPI)").
+    Asyncapi {
+        /// Definitions (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the document here (one definition, or --merge).
+        #[arg(short, long, conflicts_with = "out_dir")]
+        output: Option<PathBuf>,
+        /// Write one document per definition into this directory, as
+        /// <process>.asyncapi.json.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// One document for all the definitions.
+        #[arg(long, conflicts_with = "out_dir")]
+        merge: bool,
+        /// The topic domain events arrive on (one of baton's
+        /// kafka.input_topics); without it the channel's address is left open.
+        #[arg(long)]
+        events_topic: Option<String>,
+    },
     /// Run definitions in memory against a scenario (JSON Lines) on a virtual clock.
     Simulate {
         /// Definitions to deploy (the first is the one under test; add called processes).
@@ -56,6 +99,19 @@ enum Cmd {
         /// Log as JSON lines instead of text (same as `log.format = "json"`).
         #[arg(long)]
         json_logs: bool,
+    },
+    /// Run the HTTP connector: call HTTP endpoints for command events and
+    /// publish their outcomes (see the README's "HTTP connector").
+    Connect {
+        #[arg(long, default_value = "connectors.toml")]
+        config: PathBuf,
+        /// Log as JSON lines instead of text (same as `log.format = "json"`).
+        #[arg(long)]
+        json_logs: bool,
+        /// Load and check the configuration (secrets and CA files
+        /// included), print what it amounts to, and connect to nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Run the three examples on an in-process Kafka with simulated services.
     Demo {
@@ -357,6 +413,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Cmd::Import {
+            file,
+            output,
+            mapping,
+            process,
+            keep_going,
+        } => import_bpmn(
+            &file,
+            output.as_deref(),
+            mapping.as_deref(),
+            process,
+            keep_going,
+        ),
+        Cmd::Asyncapi {
+            files,
+            output,
+            out_dir,
+            merge,
+            events_topic,
+        } => asyncapi(
+            &files,
+            output.as_deref(),
+            out_dir.as_deref(),
+            merge,
+            events_topic,
+        ),
         Cmd::Simulate {
             files,
             events,
@@ -511,6 +593,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(t) = traces {
                 t.shutdown();
             }
+            result?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Connect {
+            config,
+            json_logs,
+            check,
+        } => {
+            let text = read(&config)?;
+            let mut setup =
+                baton::connect::load(&config.display().to_string(), &text, std::env::vars())?;
+            if check {
+                let summary = serde_json::json!({
+                    "instance_id": setup.instance_id,
+                    "transactional_id": setup.transactional_id(),
+                    "group_id": setup.client.kafka.group_id,
+                    "bootstrap_servers": setup.client.kafka.bootstrap_servers,
+                    "command_topics": setup.client.kafka.input_topics,
+                    "result_topics": setup.result_topics(),
+                    "endpoints": setup.endpoints.iter().map(|e| serde_json::json!({
+                        "name": e.name,
+                        "url": e.url,
+                        "timeout_ms": e.timeout.as_millis() as u64,
+                        "concurrency": e.concurrency,
+                    })).collect::<Vec<_>>(),
+                    "commands": setup.routes.values().map(|r| serde_json::json!({
+                        "type": r.kind,
+                        "method": r.method.as_str(),
+                        "result_topic": r.result_topic,
+                    })).collect::<Vec<_>>(),
+                    "admin_listen": setup.admin.enabled.then(|| setup.admin.listen.to_string()),
+                });
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if json_logs {
+                setup.log.format = baton::config::LogFormat::Json;
+            }
+            baton::telemetry::init_logs(&setup.log);
+            let stop = Arc::new(AtomicBool::new(false));
+            stop_on_signal(stop.clone())?;
+            let admin = setup.admin.clone();
+            let connector =
+                baton::connect::Connector::new(setup).context("cannot start the connector")?;
+            let port = if admin.enabled {
+                Some(connector.serve(admin.listen, admin.stall_after)?)
+            } else {
+                None
+            };
+            let result = connector.run(stop).context("the connector stopped");
+            drop(port);
             result?;
             Ok(ExitCode::SUCCESS)
         }
@@ -719,6 +852,109 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Admin(cmd) => Ok(admin::run(cmd)),
     }
+}
+
+/// `baton import`: BPMN in, a definition's YAML out, every problem on stderr.
+fn import_bpmn(
+    file: &Path,
+    output: Option<&Path>,
+    mapping: Option<&Path>,
+    process: Option<String>,
+    keep_going: bool,
+) -> Result<ExitCode> {
+    let name = file.display().to_string();
+    let xml = read(file)?;
+    let mapping = match mapping {
+        Some(m) => baton::bpmn::Mapping::from_toml(&m.display().to_string(), &read(m)?)?,
+        None => baton::bpmn::Mapping::default(),
+    };
+    let opts = baton::bpmn::Options {
+        process,
+        mapping,
+        keep_going,
+    };
+    let imported = match baton::bpmn::import(&name, &xml, &opts) {
+        Ok(i) => i,
+        Err(e @ baton::bpmn::ImportError::Untranslatable { .. }) => {
+            eprintln!("{e}");
+            eprintln!(
+                "{name}: not imported (--keep-going writes the definition anyway, with incidents where elements are missing)"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for p in &imported.problems {
+        eprintln!("{}", p.render(&name));
+    }
+    match output {
+        Some(out) => {
+            std::fs::write(out, &imported.yaml)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "{name}: process `{}` written to {}",
+                imported.process,
+                out.display()
+            );
+        }
+        None => print!("{}", imported.yaml),
+    }
+    Ok(if imported.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `baton asyncapi`: the event contracts of definitions.
+fn asyncapi(
+    files: &[PathBuf],
+    output: Option<&Path>,
+    out_dir: Option<&Path>,
+    merge: bool,
+    events_topic: Option<String>,
+) -> Result<ExitCode> {
+    let mut defs = Vec::new();
+    for f in files {
+        let text = read(f)?;
+        match dsl::parse(&f.display().to_string(), &text) {
+            Ok(def) => defs.push(def),
+            Err(diags) => {
+                eprintln!("{diags}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    let opts = baton::asyncapi::Options { events_topic };
+    let write = |path: &Path, doc: &serde_json::Value| -> Result<()> {
+        let text = serde_json::to_string_pretty(doc)? + "\n";
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for def in &defs {
+            let path = dir.join(format!("{}.asyncapi.json", def.process));
+            write(&path, &baton::asyncapi::document(&[def], &opts))?;
+            println!("{}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if defs.len() > 1 && !merge {
+        anyhow::bail!(
+            "{} definitions: give --merge for one document, or --out-dir for one each",
+            defs.len()
+        );
+    }
+    let all: Vec<&baton::engine::Definition> = defs.iter().collect();
+    let doc = baton::asyncapi::document(&all, &opts);
+    match output {
+        Some(path) => write(path, &doc)?,
+        None => println!("{}", serde_json::to_string_pretty(&doc)?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `baton bench` with a progress bar on stderr.

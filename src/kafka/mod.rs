@@ -241,6 +241,10 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// The librdkafka consumer inside [`Consumer`], as a revocation hook and
+/// [`Producer::commit`] see it.
+pub type GroupConsumer = BaseConsumer<GroupContext>;
+
 /// The group consumer (read_committed, incremental rebalancing, no auto commit).
 pub struct Consumer {
     pub inner: BaseConsumer<GroupContext>,
@@ -714,6 +718,23 @@ pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// How many partitions each of `topics` has; those that do not exist are
+/// left out.
+pub fn partition_counts(
+    cfg: &Config,
+    topics: &[String],
+) -> Result<HashMap<String, i32>, KafkaFailure> {
+    let admin: AdminClient<DefaultClientContext> =
+        base(cfg).create().map_err(fail("create admin client"))?;
+    let metadata = cluster_metadata(cfg, &admin)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.iter().any(|n| n == t.name()) && !t.partitions().is_empty())
+        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+        .collect())
 }
 
 /// librdkafka's own `message.max.bytes` default.
