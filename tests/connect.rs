@@ -81,13 +81,23 @@ struct Running {
 
 impl Running {
     fn start(text: &str, env: &[(&str, &str)]) -> Running {
+        Running::start_with(text, env, |c| c)
+    }
+
+    /// [`Running::start`] with the connector changed by `adjust` first
+    /// (test-only faults).
+    fn start_with(
+        text: &str,
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(Connector) -> Connector,
+    ) -> Running {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         let setup = baton::connect::load("connectors.toml", text, env).expect("valid file");
-        let connector = Connector::new(setup).expect("the connector starts");
+        let connector = adjust(Connector::new(setup).expect("the connector starts"));
         let metrics = connector.metrics();
         let port = connector
             .serve(
@@ -291,6 +301,83 @@ body = {{ company = "event.data.company", seats = 5, source = "event.source" }}
             .values()
             .sum();
     assert_eq!(committed, 2);
+}
+
+#[test]
+fn a_call_that_panics_every_time_fails_and_the_next_command_of_its_key_goes_on() {
+    let broker = Broker::start();
+    let t = Topics::create(&broker, 1);
+    let server = Server::start(|_, _| Reply::json(200, json!({"ok": true})));
+    let text = t.file(
+        &broker,
+        &format!(
+            r#"[endpoints.crm]
+url = "{url}"
+[[commands]]
+type = "com.acme.crm.account.create"
+endpoint = "crm"
+"#,
+            url = server.url()
+        ),
+    );
+    let poison = "onboarding/lead-9/crm-account/1";
+    let connector = Running::start_with(&text, &[], |c| c.with_panic_on(poison));
+    let (seen, stop) = collector(&broker.bootstrap, std::slice::from_ref(&t.results));
+    send(
+        &broker,
+        &[
+            command(
+                &t.commands,
+                "lead-9",
+                "crm-account",
+                "com.acme.crm.account.create",
+                json!({}),
+            ),
+            command(
+                &t.commands,
+                "lead-9",
+                "crm-contact",
+                "com.acme.crm.account.create",
+                json!({}),
+            ),
+        ],
+    );
+    // The next command of the same key runs once the poison one is decided.
+    let next = outcome(&seen, "onboarding/lead-9/crm-contact/1");
+    assert_eq!(
+        header(&next, "ce_type").as_deref(),
+        Some("com.acme.crm.account.create.succeeded")
+    );
+    let failed = outcome(&seen, poison);
+    assert_eq!(
+        header(&failed, "ce_type").as_deref(),
+        Some("com.acme.crm.account.create.failed")
+    );
+    let reason = data(&failed)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("panicked"), "{reason}");
+    // One outcome each; the poison command never reached the server.
+    let outcomes = |id: &str| {
+        seen.lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|m| header(m, "ce_correlationid").as_deref() == Some(id))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (
+            outcomes(poison),
+            outcomes("onboarding/lead-9/crm-contact/1")
+        ),
+        (1, 1)
+    );
+    assert_eq!(server.requests().len(), 1);
+    connector.stop();
+    stop.store(true, Ordering::Relaxed);
 }
 
 #[test]

@@ -159,6 +159,11 @@ pub struct Connector {
     record_limit: usize,
     next_epoch: u64,
     stop: Arc<AtomicBool>,
+    /// How often the call of each command panicked (a second time, the
+    /// command fails instead of being taken again).
+    panics: HashMap<(Tp, i64), u32>,
+    /// Test-only: the call of this command id panics.
+    panic_on: Option<Arc<str>>,
 }
 
 /// The group consumer with a revocation hook that commits what is ready
@@ -261,7 +266,16 @@ impl Connector {
             record_limit,
             next_epoch: 0,
             stop: Arc::default(),
+            panics: HashMap::new(),
+            panic_on: None,
         })
+    }
+
+    /// Test-only fault: the call of command `id` panics, every time.
+    #[doc(hidden)]
+    pub fn with_panic_on(mut self, id: &str) -> Connector {
+        self.panic_on = Some(Arc::from(id));
+        self
     }
 
     /// The connector's metrics (what `/metrics` shows).
@@ -486,7 +500,11 @@ impl Connector {
             let (metrics, limit) = (self.metrics.clone(), self.record_limit);
             let chain_key = chain.to_vec();
             let key = (job.tp.clone(), job.offset, job.epoch);
+            let panic_on = self.panic_on.clone();
             let work = tasks.spawn(async move {
+                if panic_on.as_deref() == Some(job.command.event.id.as_str()) {
+                    panic!("injected fault: the call of {} panics", job.command.event.id);
+                }
                 let delivery = endpoint
                     .clone()
                     .deliver(Arc::new(request), job.command.clone())
@@ -555,8 +573,19 @@ impl Connector {
                         // A call of a partition dropped or rewound since.
                         continue;
                     }
-                    warn!(%why, "a call's task panicked; taking every command since the last commit again");
-                    return self.recover();
+                    let times = self.panics.entry((key.0.clone(), key.1)).or_insert(0);
+                    *times += 1;
+                    if *times < 2 {
+                        warn!(%why, "a call's task panicked; taking every command since the last commit again");
+                        return self.recover();
+                    }
+                    // The same command again: it fails, so that it does not
+                    // stop its key and its partition for good.
+                    warn!(%why, "a call's task panicked a second time on the same command; the command fails");
+                    self.running.remove(&key);
+                    self.panics.remove(&(key.0.clone(), key.1));
+                    self.fail_panicked(&key, &why);
+                    continue;
                 }
             };
             self.running
@@ -579,6 +608,46 @@ impl Connector {
             self.start(&done.chain);
         }
         Ok(())
+    }
+
+    /// Decides the command whose call panicked twice as failed, and starts
+    /// the next command of its key.
+    fn fail_panicked(&mut self, key: &(Tp, i64, u64), why: &str) {
+        let chain = self.chains.iter().find_map(|(chain, q)| {
+            q.front()
+                .filter(|j| (&j.tp, j.offset, j.epoch) == (&key.0, key.1, key.2))
+                .map(|j| (chain.clone(), j.clone()))
+        });
+        let Some((chain, job)) = chain else { return };
+        let endpoint = self.endpoints[job.route.endpoint].clone();
+        let delivery = Delivery {
+            outcome: Outcome::Failed {
+                status: None,
+                reason: format!("calling it panicked twice: {why}"),
+                body: serde_json::Value::Null,
+                truncated: false,
+            },
+            attempts: 0,
+        };
+        self.metrics.outcome(&endpoint.name, false);
+        let records = outcome::record(
+            &job.command,
+            &job.route,
+            &endpoint.name,
+            &delivery,
+            now_ms(),
+            self.record_limit,
+        );
+        self.fill(
+            &job.tp,
+            job.epoch,
+            job.offset,
+            records.into_iter().collect(),
+        );
+        if let Some(q) = self.chains.get_mut(&chain) {
+            q.pop_front();
+        }
+        self.start(&chain);
     }
 
     /// Commits the ready outcomes; a failed commit fences the producer and
