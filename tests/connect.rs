@@ -76,7 +76,7 @@ struct Running {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<Result<(), ConnectError>>,
     metrics: Arc<ConnectMetrics>,
-    port: baton::connect::Port,
+    port: baton::admin::Admin,
 }
 
 impl Running {
@@ -816,20 +816,7 @@ endpoint = "system-roots"
 
 /// `baton connect` as its own process.
 fn baton_connect(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
-    std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["connect", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .env("CRM_TOKEN", "crm-secret")
-        .stdout(std::process::Stdio::from(log.try_clone().expect("log")))
-        .stderr(std::process::Stdio::from(log))
-        .spawn()
-        .expect("baton connect starts")
+    support::baton_serving("connect", config, log, &[("CRM_TOKEN", "crm-secret")])
 }
 
 #[test]

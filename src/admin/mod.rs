@@ -38,9 +38,21 @@ pub enum AdminError {
     Start(std::io::Error),
 }
 
+/// What `/metrics` serves: a registry as OpenMetrics text (baton's, or the
+/// HTTP connector's).
+pub trait MetricsText: Send + Sync + 'static {
+    fn encode(&self) -> String;
+}
+
+impl MetricsText for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+}
+
 #[derive(Clone)]
 struct Shared {
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn MetricsText>,
     health: Arc<Health>,
     stall_after: Duration,
 }
@@ -74,7 +86,7 @@ impl Drop for Admin {
 /// in use is reported here.
 pub fn serve(
     listen: SocketAddr,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn MetricsText>,
     health: Arc<Health>,
     stall_after: Duration,
     api: Option<api::Api>,

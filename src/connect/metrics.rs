@@ -3,24 +3,12 @@
 //! labels hold endpoint names (from the configuration), topics, outcomes and
 //! reasons, never command ids or keys.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::telemetry::Health;
-use crate::telemetry::metrics::CONTENT_TYPE;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabel {
@@ -275,146 +263,10 @@ impl ConnectMetrics {
     }
 }
 
-/// The health port could not be opened.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "admin port {addr}: {source} (set admin.listen to a free address, or admin.enabled = false)"
-)]
-pub struct PortError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
-#[derive(Clone)]
-struct Shared {
-    metrics: Arc<ConnectMetrics>,
-    health: Arc<Health>,
-    stall_after: Duration,
-}
-
-/// The running health port; it stops when dropped.
-pub struct Port {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Port {
-    /// The address it listens on (the real port when 0 was asked for).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+impl crate::admin::MetricsText for ConnectMetrics {
+    fn encode(&self) -> String {
+        ConnectMetrics::encode(self)
     }
-}
-
-impl Drop for Port {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Serves `/healthz`, `/readyz` and `/metrics` on `listen`, from a thread of
-/// its own (binding happens before it returns, so a port in use is reported here).
-pub fn serve(
-    listen: SocketAddr,
-    metrics: Arc<ConnectMetrics>,
-    health: Arc<Health>,
-    stall_after: Duration,
-) -> Result<Port, PortError> {
-    let bind = |source| PortError {
-        addr: listen,
-        source,
-    };
-    let listener = std::net::TcpListener::bind(listen).map_err(bind)?;
-    listener.set_nonblocking(true).map_err(bind)?;
-    let addr = listener.local_addr().map_err(bind)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(bind)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(Shared {
-            metrics,
-            health,
-            stall_after,
-        });
-    let thread = std::thread::Builder::new()
-        .name("baton-connect-port".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "health port cannot serve");
-                        return;
-                    }
-                };
-                let shutdown = async {
-                    let _ = stopped.await;
-                };
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "health port stopped");
-                }
-            });
-        })
-        .map_err(bind)?;
-    tracing::info!(%addr, "health port: /healthz /readyz /metrics");
-    Ok(Port {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
-    })
-}
-
-async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
-    let since = s.health.since_beat();
-    if since > s.stall_after {
-        let body = format!(
-            "stalled: the connector's loop has not turned for {}s\n",
-            since.as_secs()
-        );
-        (StatusCode::SERVICE_UNAVAILABLE, body)
-    } else {
-        (StatusCode::OK, "ok\n".to_string())
-    }
-}
-
-async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    let r = s.health.readiness();
-    let ready = r.joined && r.producer && !r.stopping && r.stalled_ms.is_none();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({
-        "ready": ready,
-        "joined": r.joined,
-        "producer": r.producer,
-        "stopping": r.stopping,
-        "stalled_ms": r.stalled_ms,
-    });
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-}
-
-async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode())
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub use config::{
     Connectors, EndpointConfig, EndpointPlan, Publish, RateLimitConfig, RetryConfig, Roots,
     SecretConfig, Settings, TlsConfig, load,
 };
-pub use metrics::{ConnectMetrics, Port, PortError};
+pub use metrics::ConnectMetrics;
 pub use request::{Command, Request, Route};
 pub use worker::Connector;
 

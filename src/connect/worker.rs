@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use super::ConnectError;
 use super::call::{Delivery, Endpoint, Outcome};
 use super::config::{Connectors, Settings};
-use super::metrics::{self, ConnectMetrics};
+use super::metrics::ConnectMetrics;
 use super::outcome;
 use super::request::{Command, Route};
 use crate::config::Config;
@@ -293,8 +293,8 @@ impl Connector {
         &self,
         listen: std::net::SocketAddr,
         stall_after: Duration,
-    ) -> Result<metrics::Port, metrics::PortError> {
-        metrics::serve(listen, self.metrics(), self.health(), stall_after)
+    ) -> Result<crate::admin::Admin, crate::admin::AdminError> {
+        crate::admin::serve(listen, self.metrics(), self.health(), stall_after, None)
     }
 
     /// Runs until `stop` is set; then lets the calls in flight finish (up
@@ -465,34 +465,8 @@ impl Connector {
             let request = match job.route.request(&job.command, now_ms()) {
                 Ok(r) => r,
                 Err(why) => {
-                    let delivery = Delivery {
-                        outcome: Outcome::Failed {
-                            status: None,
-                            reason: format!("the request cannot be built: {why}"),
-                            body: serde_json::Value::Null,
-                            truncated: false,
-                        },
-                        attempts: 0,
-                    };
                     warn!(command = %job.command.event.id, reason = %why, "the request cannot be built; the command fails");
-                    self.metrics.outcome(&endpoint.name, false);
-                    let records = outcome::record(
-                        &job.command,
-                        &job.route,
-                        &endpoint.name,
-                        &delivery,
-                        now_ms(),
-                        self.record_limit,
-                    );
-                    self.fill(
-                        &job.tp,
-                        job.epoch,
-                        job.offset,
-                        records.into_iter().collect(),
-                    );
-                    if let Some(q) = self.chains.get_mut(chain) {
-                        q.pop_front();
-                    }
+                    self.decide_failed(chain, &job, format!("the request cannot be built: {why}"));
                     continue;
                 }
             };
@@ -610,20 +584,14 @@ impl Connector {
         Ok(())
     }
 
-    /// Decides the command whose call panicked twice as failed, and starts
-    /// the next command of its key.
-    fn fail_panicked(&mut self, key: &(Tp, i64, u64), why: &str) {
-        let chain = self.chains.iter().find_map(|(chain, q)| {
-            q.front()
-                .filter(|j| (&j.tp, j.offset, j.epoch) == (&key.0, key.1, key.2))
-                .map(|j| (chain.clone(), j.clone()))
-        });
-        let Some((chain, job)) = chain else { return };
+    /// Decides `job`, the first command of `chain`, as failed without a
+    /// call (its outcome waits for the next commit) and takes it off its chain.
+    fn decide_failed(&mut self, chain: &[u8], job: &Job, reason: String) {
         let endpoint = self.endpoints[job.route.endpoint].clone();
         let delivery = Delivery {
             outcome: Outcome::Failed {
                 status: None,
-                reason: format!("calling it panicked twice: {why}"),
+                reason,
                 body: serde_json::Value::Null,
                 truncated: false,
             },
@@ -644,9 +612,21 @@ impl Connector {
             job.offset,
             records.into_iter().collect(),
         );
-        if let Some(q) = self.chains.get_mut(&chain) {
+        if let Some(q) = self.chains.get_mut(chain) {
             q.pop_front();
         }
+    }
+
+    /// Decides the command whose call panicked twice as failed, and starts
+    /// the next command of its key.
+    fn fail_panicked(&mut self, key: &(Tp, i64, u64), why: &str) {
+        let chain = self.chains.iter().find_map(|(chain, q)| {
+            q.front()
+                .filter(|j| (&j.tp, j.offset, j.epoch) == (&key.0, key.1, key.2))
+                .map(|j| (chain.clone(), j.clone()))
+        });
+        let Some((chain, job)) = chain else { return };
+        self.decide_failed(&chain, &job, format!("calling it panicked twice: {why}"));
         self.start(&chain);
     }
 

@@ -161,19 +161,31 @@ listen = "{admin}"
 
 /// Starts `baton run --config <config>`, its output appended to `log`.
 pub fn baton_run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    baton_serving("run", config, log, &[])
+}
+
+/// Starts `baton <command> --config <config>` (`run`, `connect`) with more
+/// environment `env`, its output appended to `log`.
+pub fn baton_serving(
+    command: &str,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log");
     std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["run", "--config"])
+        .args([command, "--config"])
         .arg(config)
         .env("RUST_LOG", "info,rdkafka=warn")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::from(log.try_clone().expect("log")))
         .stderr(std::process::Stdio::from(log))
         .spawn()
-        .expect("baton starts")
+        .unwrap_or_else(|e| panic!("baton {command} starts: {e}"))
 }
 
 /// Polls `f` until it returns `Some`, or fails after `secs`.
