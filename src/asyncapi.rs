@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr, LiteralValue};
+use cel::common::ast::{Expr as Ast, IdedExpr, LiteralValue};
 use serde_json::{Map, Value as Json, json};
 
 use crate::engine::{CHILD_ENDED_PREFIX, CommandTemplate, DataMap, Definition, Expr, StepKind};
@@ -805,49 +805,7 @@ fn walk(e: &IdedExpr, out: &mut Vec<(Vec<String>, bool)>) {
         }
         return;
     }
-    match &e.expr {
-        Ast::Select(s) => walk(&s.operand, out),
-        Ast::Call(c) => {
-            if let Some(t) = &c.target {
-                walk(t, out);
-            }
-            for a in &c.args {
-                walk(a, out);
-            }
-        }
-        Ast::List(l) => l.elements.iter().for_each(|x| walk(x, out)),
-        Ast::Map(m) => {
-            for entry in &m.entries {
-                if let EntryExpr::MapEntry(me) = &entry.expr {
-                    walk(&me.key, out);
-                    walk(&me.value, out);
-                }
-            }
-        }
-        Ast::Struct(s) => {
-            for entry in &s.entries {
-                match &entry.expr {
-                    EntryExpr::MapEntry(me) => {
-                        walk(&me.key, out);
-                        walk(&me.value, out);
-                    }
-                    EntryExpr::StructField(f) => walk(&f.value, out),
-                }
-            }
-        }
-        Ast::Comprehension(c) => {
-            for part in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
-                walk(part, out);
-            }
-        }
-        Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => {}
-    }
+    crate::engine::for_each_child(e, &mut |c| walk(c, out));
 }
 
 /// `root.f1.f2...`: the root, the fields, and whether the last is a `has()` test.

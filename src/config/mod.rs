@@ -75,6 +75,46 @@ pub struct Kafka {
 }
 
 impl Kafka {
+    /// A problem for every option in the option tables that `who` sets
+    /// itself (the client's identity, group, transactions and isolation).
+    pub fn reserved_options(&self, who: &str, problems: &mut Vec<String>) {
+        for key in [
+            "transactional.id",
+            "group.id",
+            "enable.auto.commit",
+            "isolation.level",
+            "bootstrap.servers",
+        ] {
+            for (table, options) in self.option_tables() {
+                if options.contains_key(key) {
+                    problems.push(format!(
+                        "{table}.\"{key}\": {who} sets this itself; remove it"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads `secret_files` into `options`; a problem for each file that
+    /// cannot be read or is empty.
+    pub fn read_secret_files(&mut self, problems: &mut Vec<String>) {
+        for (option, path) in self.secret_files.clone() {
+            match std::fs::read_to_string(&path) {
+                Ok(v) if v.trim().is_empty() => problems.push(format!(
+                    "kafka.secret_files.\"{option}\": file {} is empty",
+                    path.display()
+                )),
+                Ok(v) => {
+                    self.options.insert(option, v.trim().to_string());
+                }
+                Err(e) => problems.push(format!(
+                    "kafka.secret_files.\"{option}\": file {}: {e}",
+                    path.display()
+                )),
+            }
+        }
+    }
+
     /// The option tables, by their name in the file.
     pub fn option_tables(&self) -> [(&'static str, &BTreeMap<String, String>); 3] {
         [
@@ -479,24 +519,7 @@ impl Config {
         };
         let mut config = config;
         let mut problems = config.problems();
-        for (option, path) in &config.kafka.secret_files {
-            match std::fs::read_to_string(path) {
-                Ok(v) if v.trim().is_empty() => problems.push(format!(
-                    "kafka.secret_files.\"{option}\": file {} is empty",
-                    path.display()
-                )),
-                Ok(v) => {
-                    config
-                        .kafka
-                        .options
-                        .insert(option.clone(), v.trim().to_string());
-                }
-                Err(e) => problems.push(format!(
-                    "kafka.secret_files.\"{option}\": file {}: {e}",
-                    path.display()
-                )),
-            }
-        }
+        config.kafka.read_secret_files(&mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -580,21 +603,7 @@ impl Config {
         if self.runtime.commit_interval.is_zero() {
             p.push("runtime.commit_interval: must be longer than zero".to_string());
         }
-        for key in [
-            "transactional.id",
-            "group.id",
-            "enable.auto.commit",
-            "isolation.level",
-            "bootstrap.servers",
-        ] {
-            for (table, options) in self.kafka.option_tables() {
-                if options.contains_key(key) {
-                    p.push(format!(
-                        "{table}.\"{key}\": baton sets this itself; remove it"
-                    ));
-                }
-            }
-        }
+        self.kafka.reserved_options("baton", &mut p);
         p
     }
 

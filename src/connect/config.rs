@@ -528,36 +528,8 @@ fn check_kafka(kafka: &mut Kafka, problems: &mut Vec<String>) {
             "kafka.group_id: the connector needs a consumer group of its own, not baton's (`baton`); e.g. group_id = \"baton-connect\"".into(),
         );
     }
-    for key in [
-        "transactional.id",
-        "group.id",
-        "enable.auto.commit",
-        "isolation.level",
-        "bootstrap.servers",
-    ] {
-        for (table, options) in kafka.option_tables() {
-            if options.contains_key(key) {
-                problems.push(format!(
-                    "{table}.\"{key}\": the connector sets this itself; remove it"
-                ));
-            }
-        }
-    }
-    for (option, path) in kafka.secret_files.clone() {
-        match std::fs::read_to_string(&path) {
-            Ok(v) if v.trim().is_empty() => problems.push(format!(
-                "kafka.secret_files.\"{option}\": file {} is empty",
-                path.display()
-            )),
-            Ok(v) => {
-                kafka.options.insert(option, v.trim().to_string());
-            }
-            Err(e) => problems.push(format!(
-                "kafka.secret_files.\"{option}\": file {}: {e}",
-                path.display()
-            )),
-        }
-    }
+    kafka.reserved_options("the connector", problems);
+    kafka.read_secret_files(problems);
     // Outcomes keyed by their instance land on the partition Kafka's
     // default partitioner picks, where baton can process them in place.
     if kafka.producer_option("partitioner").is_none() {

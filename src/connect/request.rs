@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use super::config::Publish;
 use crate::engine::{DataMap, Event, Expr, Millis, ROOTS, Scope, Vars};
 use crate::kafka::Incoming;
-use crate::wire::cloudevents::{self, DecodeError, PlainJson, Record};
+use crate::wire::cloudevents::{self, DecodeError, PlainJson};
 
 /// Compiles a CEL expression and checks the names it reads.
 pub fn check_expr(source: &str) -> Result<Expr, String> {
@@ -211,25 +211,6 @@ pub fn datamap(v: &toml::Value, at: &str, problems: &mut Vec<String>) -> Option<
     }
 }
 
-fn build(map: &DataMap, scope: &Scope<'_>) -> Result<Json, String> {
-    Ok(match map {
-        DataMap::Expr(e) => e.eval(scope).map_err(|e| e.to_string())?,
-        DataMap::Object(fields) => {
-            let mut o = serde_json::Map::new();
-            for (k, v) in fields {
-                o.insert(k.clone(), build(v, scope).map_err(|e| format!("{k}: {e}"))?);
-            }
-            Json::Object(o)
-        }
-        DataMap::List(items) => Json::Array(
-            items
-                .iter()
-                .map(|v| build(v, scope))
-                .collect::<Result<_, _>>()?,
-        ),
-    })
-}
-
 /// One command type's call, compiled.
 #[derive(Debug)]
 pub struct Route {
@@ -264,14 +245,7 @@ pub struct Command {
 impl Command {
     /// Reads a command record (a binary or structured CloudEvent).
     pub fn decode(m: &Incoming) -> Result<Command, DecodeError> {
-        let record = Record {
-            topic: &m.topic,
-            partition: m.partition,
-            offset: m.offset,
-            timestamp: m.timestamp,
-            headers: &m.headers,
-            payload: m.payload.as_deref(),
-        };
+        let record = m.event_record();
         // baton's commands are binary CloudEvents; plain JSON with a `type`
         // field is read as `baton run` reads it.
         let plain = PlainJson {
@@ -362,7 +336,7 @@ impl Route {
             Body::None => None,
             Body::Data => Some(serde_json::to_vec(&command.event.data)),
             Body::Map(m) => Some(serde_json::to_vec(
-                &build(m, &scope).map_err(|e| format!("body: {e}"))?,
+                &m.build(&scope).map_err(|e| format!("body: {e}"))?,
             )),
         }
         .transpose()

@@ -222,6 +222,28 @@ pub enum DataMap {
     List(Vec<DataMap>),
 }
 
+impl DataMap {
+    /// The payload for `scope`; an error names the field that failed.
+    pub fn build(&self, scope: &super::Scope<'_>) -> Result<serde_json::Value, String> {
+        Ok(match self {
+            DataMap::Expr(e) => e.eval(scope).map_err(|e| e.to_string())?,
+            DataMap::Object(fields) => {
+                let mut o = serde_json::Map::new();
+                for (k, v) in fields {
+                    o.insert(k.clone(), v.build(scope).map_err(|e| format!("{k}: {e}"))?);
+                }
+                serde_json::Value::Object(o)
+            }
+            DataMap::List(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|v| v.build(scope))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+}
+
 /// One awaited outcome of a task.
 #[derive(Debug)]
 pub struct Outcome {

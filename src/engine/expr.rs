@@ -658,7 +658,7 @@ fn root_needs(e: &Expression, root: &str, need: &mut Need) {
 }
 
 /// Calls `f` on each direct subexpression of `e`, in source order.
-fn for_each_child<'a>(e: &'a Expression, f: &mut impl FnMut(&'a Expression)) {
+pub fn for_each_child<'a>(e: &'a Expression, f: &mut impl FnMut(&'a Expression)) {
     match &e.expr {
         Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => {}
         Ast::Select(s) => f(&s.operand),

@@ -780,7 +780,7 @@ impl<'a> Machine<'a> {
         // instance, which the rest changes. A failed command payload stops
         // there, so the call is not evaluated then.
         let scope = self.scope(None, attempt);
-        let data = task.command.as_ref().map(|tpl| build(&tpl.data, &scope));
+        let data = task.command.as_ref().map(|tpl| tpl.data.build(&scope));
         let called = match (&data, &task.call) {
             (Some(Err(_)), _) | (_, None) => None,
             (_, Some(call)) => Some((
@@ -938,7 +938,7 @@ impl<'a> Machine<'a> {
         let def = self.def;
         let e = &def.expect[i];
         if let Some(tpl) = &e.command {
-            let data = build(&tpl.data, &self.scope(None, 0));
+            let data = tpl.data.build(&self.scope(None, 0));
             match data {
                 Ok(data) => {
                     let c = Command {
@@ -1044,7 +1044,7 @@ impl<'a> Machine<'a> {
             let Some(tpl) = &task.compensate else {
                 continue;
             };
-            let data = build(&tpl.data, &self.scope(None, c.attempt));
+            let data = tpl.data.build(&self.scope(None, c.attempt));
             match data {
                 Ok(data) => {
                     let id = command_id(
@@ -1357,25 +1357,6 @@ fn eval_assigns<'d>(
                 .map_err(|e| format!("{}: {e}", a.name))
         })
         .collect()
-}
-
-fn build(map: &DataMap, scope: &Scope<'_>) -> Result<serde_json::Value, String> {
-    Ok(match map {
-        DataMap::Expr(e) => e.eval(scope).map_err(|e| e.to_string())?,
-        DataMap::Object(fields) => {
-            let mut o = serde_json::Map::new();
-            for (k, v) in fields {
-                o.insert(k.clone(), build(v, scope).map_err(|e| format!("{k}: {e}"))?);
-            }
-            serde_json::Value::Object(o)
-        }
-        DataMap::List(items) => serde_json::Value::Array(
-            items
-                .iter()
-                .map(|v| build(v, scope))
-                .collect::<Result<_, _>>()?,
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub mod migrate;
 use std::collections::BTreeMap;
 
 pub use definition::*;
-pub use expr::{Expr, ExprError, ROOTS, Scope, format_rfc3339, parse_rfc3339};
+pub use expr::{Expr, ExprError, ROOTS, Scope, for_each_child, format_rfc3339, parse_rfc3339};
 pub use instance::*;
 pub use machine::{TRANSITION_BUDGET, apply, step};
 pub use migrate::{Misfit, migrate, timer_changes};

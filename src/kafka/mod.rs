@@ -110,6 +110,18 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// The record as the CloudEvents decoder reads it.
+    pub fn event_record(&self) -> crate::wire::cloudevents::Record<'_> {
+        crate::wire::cloudevents::Record {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            headers: &self.headers,
+            payload: self.payload.as_deref(),
+        }
+    }
+
     fn from<M: Message>(m: &M) -> Incoming {
         let headers = m
             .headers()

@@ -48,14 +48,7 @@ impl Runtime {
             type_field: self.cfg.events.type_field.clone(),
             id_field: self.cfg.events.id_field.clone(),
         };
-        let rec = cloudevents::Record {
-            topic: &m.topic,
-            partition: m.partition,
-            offset: m.offset,
-            timestamp: m.timestamp,
-            headers: &m.headers,
-            payload: m.payload.as_deref(),
-        };
+        let rec = m.event_record();
         let mut out = Vec::new();
         let ctx = self.ctx();
         let size = m.payload.as_ref().map_or(0, Vec::len);
