@@ -47,35 +47,67 @@ struct Baton {
 }
 
 impl Baton {
+    /// Starts the process and waits until its admin port answers. The port
+    /// is picked free before the process binds it, so another socket may
+    /// take it meanwhile: then the process ends saying so, and it is started
+    /// again on another port.
     fn start(dir: &Path, bootstrap: &str, group: &str, name: &str) -> Baton {
-        let admin = free_addr();
-        // A viewer token, for the audit replay.
-        let token = dir.join("viewer.token");
-        std::fs::write(&token, TOKEN).expect("token file");
-        let tokens = format!(
-            "[[admin.tokens]]\nname = \"auditor\"\nrole = \"viewer\"\nfile = \"{}\"\n",
-            token.display()
-        );
-        let config = support::write_config(
-            dir,
-            &support::RunConfig {
-                bootstrap,
-                group,
-                instance: name,
-                partitions: PARTITIONS,
-                in_place: true,
-                admin: admin.to_string(),
-                extra: &tokens,
-            },
-        );
         let log = dir.join(format!("{name}.log"));
-        let child = support::baton_run(&config, &log);
-        Baton {
-            name: name.to_string(),
-            child,
-            admin,
-            log,
+        for _ in 0..5 {
+            let admin = free_addr();
+            // A viewer token, for the audit replay.
+            let token = dir.join("viewer.token");
+            std::fs::write(&token, TOKEN).expect("token file");
+            let tokens = format!(
+                "[[admin.tokens]]\nname = \"auditor\"\nrole = \"viewer\"\nfile = \"{}\"\n",
+                token.display()
+            );
+            let config = support::write_config(
+                dir,
+                &support::RunConfig {
+                    bootstrap,
+                    group,
+                    instance: name,
+                    partitions: PARTITIONS,
+                    in_place: true,
+                    admin: admin.to_string(),
+                    extra: &tokens,
+                },
+            );
+            let logged = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+            let child = support::baton_run(&config, &log);
+            let mut b = Baton {
+                name: name.to_string(),
+                child,
+                admin,
+                log: log.clone(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                if get(admin, "/healthz").is_some() {
+                    return b;
+                }
+                if let Ok(Some(status)) = b.child.try_wait() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let said = text.get(logged..).unwrap_or_default();
+                    if said.contains(&format!("admin port {admin}")) {
+                        eprintln!("{name}: admin port {admin} was taken meanwhile; another one");
+                        break;
+                    }
+                    panic!(
+                        "{name} ended ({status}) at start; its log ends:\n{}",
+                        b.log_tail()
+                    );
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name}'s admin port {admin} did not answer within 90 s; its log ends:\n{}",
+                    b.log_tail()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
+        panic!("{name}: no free admin port in five tries");
     }
 
     /// `/readyz`: `Some(ready, shards)`, `None` when nothing answers.
@@ -138,6 +170,31 @@ fn all_ready(members: &[Baton]) -> bool {
         }
     }
     shards == PARTITIONS as usize
+}
+
+/// Waits until `members` together own every shard, each of them ready; on
+/// a timeout the failure shows what each member reported and its log's end.
+fn settle(members: &mut [Baton], secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !all_ready(members) {
+        for m in members.iter_mut() {
+            m.assert_alive(&format!("while waiting for {what}"));
+        }
+        if Instant::now() >= deadline {
+            let mut report = String::new();
+            for m in members {
+                let answer = get(m.admin, "/readyz")
+                    .map_or("no answer".to_string(), |(s, b)| format!("{s} {b}"));
+                report.push_str(&format!(
+                    "\n--- {} /readyz: {answer}\n{}",
+                    m.name,
+                    m.log_tail()
+                ));
+            }
+            panic!("timed out after {secs} s waiting for {what}:{report}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// What the end check found.
@@ -232,9 +289,11 @@ fn a_broker_outage_costs_time_never_a_command() {
     let cfg = check_config(&broker.bootstrap, &group);
     let t = create_input(&cfg);
     let mut b = Baton::start(&broker.dir, &broker.bootstrap, &group, "outage-1");
-    eventually(90, "baton to own every shard, ready", || {
-        all_ready(std::slice::from_ref(&b)).then_some(())
-    });
+    settle(
+        std::slice::from_mut(&mut b),
+        90,
+        "baton to own every shard, ready",
+    );
     let stop_services = services_with(&broker.bootstrap, &t, Behaviour::default());
     let (stop_load, loader) = load(&broker.bootstrap, &t, rate);
     std::thread::sleep(Duration::from_secs(5));
@@ -299,9 +358,7 @@ fn a_rebalance_loop_of_three_processes_loses_and_duplicates_nothing() {
     let mut members: Vec<Baton> = (0..3)
         .map(|i| Baton::start(&dir, &broker.bootstrap, &group, &format!("reloop-{i}")))
         .collect();
-    eventually(120, "three processes to split the shards", || {
-        all_ready(&members).then_some(())
-    });
+    settle(&mut members, 120, "three processes to split the shards");
     let stop_services = services_with(&broker.bootstrap, &t, Behaviour::default());
     let (stop_load, loader) = load(&broker.bootstrap, &t, rate);
     let mut seed = std::time::SystemTime::now()
@@ -326,9 +383,7 @@ fn a_rebalance_loop_of_three_processes_loses_and_duplicates_nothing() {
         members[victim].kill();
         let at = Instant::now();
         members[victim] = Baton::start(&dir, &broker.bootstrap, &group, &name);
-        eventually(120, "the group to settle again after a kill", || {
-            all_ready(&members).then_some(())
-        });
+        settle(&mut members, 120, "the group to settle again after a kill");
         settled_ms.push(at.elapsed().as_millis() as u64);
         eprintln!(
             "cycle {cycle}: {name} killed and started again; settled in {} ms",
@@ -403,9 +458,11 @@ fn a_stopped_consumer_downstream_changes_nothing_for_baton() {
     let cfg = check_config(&broker.bootstrap, &group);
     let t = create_input(&cfg);
     let mut b = Baton::start(&broker.dir, &broker.bootstrap, &group, "slow-1");
-    eventually(90, "baton to own every shard, ready", || {
-        all_ready(std::slice::from_ref(&b)).then_some(())
-    });
+    settle(
+        std::slice::from_mut(&mut b),
+        90,
+        "baton to own every shard, ready",
+    );
     // The ERP and the payment provider answer at once; the warehouse's
     // consumer stops reading for a while.
     let wms = t

@@ -2,9 +2,11 @@
 //! instances refuses events that would start a new one (they become dead
 //! letters of kind `instance-cap`, see `Shard::with_cap`), while events for
 //! the instances it holds, timers and operator actions go on, so those
-//! instances still end and leave memory. Pausing the shard's input instead
-//! would also hold back the answers its instances wait for. This says when
-//! a shard reaches its cap and when it is below it again.
+//! instances still end and leave memory. Pausing the shard's partition
+//! instead would stall it for good: the answers its instances wait for and
+//! their due timers (timeouts, retention: written to the shard's partition,
+//! they fire when read back) are records of that same partition. This says
+//! when a shard reaches its cap and when it is below it again.
 
 use super::*;
 
