@@ -3,14 +3,19 @@
 //! `instance-cap`, with the reason) while the instances it holds go on to
 //! their end; once they have left memory, new instances start again, and
 //! the refused events replayed from the dead-letter topic start theirs. No
-//! event is lost on the way and the partition never stops.
+//! event is lost on the way and the partition never stops. With
+//! `runtime.at_instance_cap = "pause"` the input stops at the first event
+//! for a new instance instead, and goes on from it once there is room.
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use baton::kafka::{self, PlainProducer};
+use baton::config::AtInstanceCap;
+use baton::engine::Status;
+use baton::kafka::{self, Outgoing, PlainProducer};
+use baton::wire::{self, ActionBody, OperatorRequest};
 use support::admin::{parse_metrics, sum};
 use support::orders::{Behaviour, config, create_input, header, services_with};
 use support::running::{Running, committed, example, orders_with};
@@ -151,6 +156,114 @@ fn a_shard_at_its_instance_cap_refuses_new_instances_and_serves_the_ones_it_hold
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "a command twice after the replays");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    r.stop();
+}
+
+/// The keys of the instances the index holds with `status`, in order.
+fn keys_with(r: &Running, status: Status) -> Vec<u64> {
+    let mut keys = Vec::new();
+    r.index.scan(|id, e| {
+        if e.status == status
+            && let Some(n) = id
+                .strip_prefix("order-to-cash/o-")
+                .and_then(|n| n.parse().ok())
+        {
+            keys.push(n);
+        }
+    });
+    keys.sort_unstable();
+    keys
+}
+
+#[test]
+fn a_shard_at_its_instance_cap_pauses_its_input_and_goes_on_where_it_stopped() {
+    let broker = Broker::start();
+    let group = unique("cap-pause");
+    let mut cfg = config(&broker.bootstrap, &group, "cap-pause-1");
+    cfg.topics.partitions = 1;
+    cfg.runtime.in_place = true;
+    cfg.runtime.max_instances_per_shard = CAP;
+    cfg.runtime.at_instance_cap = AtInstanceCap::Pause;
+    cfg.runtime.retention = Duration::from_secs(2);
+    // Small batches: the cap is met in the middle of the orders sent.
+    cfg.runtime.max_batch = 7;
+    let t = create_input(&cfg);
+    let r = Running::with(cfg.clone(), example(&t));
+    eventually(60, "the shard to be owned", || {
+        (r.shards() == 1).then_some(())
+    });
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    let send = |n: u64| {
+        let mut o = t.placed(n);
+        o.key = format!("o-{n}").into_bytes();
+        producer.send(&o).expect("send");
+    };
+    // Nobody answers: every order that starts waits for its reservation.
+    (0..FIRST).for_each(send);
+    producer.flush().expect("flush");
+    let first: Vec<u64> = (0..CAP as u64).collect();
+    eventually(60, "the first orders up to the cap to start", || {
+        (keys_with(&r, Status::Active) == first).then_some(())
+    });
+    eventually(30, "the input to stop", || {
+        (metric(&r, "baton_inputs_stopped") == 1.0).then_some(())
+    });
+    assert_eq!(metric(&r, "baton_shards_full"), 1.0);
+    // It stays stopped: the shard does not grow, and nothing is refused.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(keys_with(&r, Status::Active), first, "the shard grew");
+    let dead = kafka::read_partition(&cfg, &cfg.topics.dead_letters(), 0).unwrap_or_default();
+    assert!(dead.is_empty(), "dead letters while paused: {}", dead.len());
+    // A process that takes over the partition stops at the same order.
+    r.stop();
+    let r = Running::with(cfg.clone(), example(&t));
+    eventually(60, "the next process to stop at the same order", || {
+        (metric(&r, "baton_inputs_stopped") == 1.0 && keys_with(&r, Status::Active) == first)
+            .then_some(())
+    });
+
+    // An operator cancels the orders held (operator actions go on while the
+    // input is stopped); once they have left memory, the input goes on from
+    // the order it stopped at, and stops again at the cap.
+    let cancel = |n: u64| Outgoing {
+        topic: cfg.topics.operator(),
+        partition: None,
+        key: format!("order-to-cash/o-{n}").into_bytes(),
+        payload: Some(wire::encode_operator(&OperatorRequest {
+            v: wire::OPERATOR_FORMAT,
+            process: "order-to-cash".into(),
+            key: format!("o-{n}"),
+            action: ActionBody::Cancel { compensate: false },
+            by: "test".into(),
+            reason: "make room".into(),
+            request: format!("r-{n}"),
+        })),
+        headers: Vec::new(),
+    };
+    for n in 0..CAP as u64 {
+        producer.send(&cancel(n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    let second: Vec<u64> = (CAP as u64..2 * CAP as u64).collect();
+    eventually(60, "the next orders up to the cap to start", || {
+        (keys_with(&r, Status::Active) == second).then_some(())
+    });
+    eventually(30, "the input to stop again", || {
+        (metric(&r, "baton_inputs_stopped") == 1.0 && metric(&r, "baton_shards_full") == 1.0)
+            .then_some(())
+    });
+
+    // Every order that started asked for its reservation once; the orders
+    // behind the stop have not started, and nothing was refused.
+    let reserved = eventually(60, "the reservations of the orders started", || {
+        let all = committed(&cfg, &t.commands, 1)?;
+        (orders_with(&all, "com.acme.inventory.reserve") == 2 * CAP).then_some(all)
+    });
+    let ids: Vec<String> = reserved.iter().filter_map(|m| header(m, "ce_id")).collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a command twice: {ids:?}");
+    let dead = kafka::read_partition(&cfg, &cfg.topics.dead_letters(), 0).unwrap_or_default();
+    assert!(dead.is_empty(), "dead letters: {}", dead.len());
     r.stop();
 }
 

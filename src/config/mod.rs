@@ -241,10 +241,11 @@ pub struct Runtime {
     /// batches, so a transaction holds at most this plus one batch's records).
     pub max_in_flight_records: usize,
     /// Most instances a shard holds in memory (ended ones count until their
-    /// retention ends). At the cap, an event that would start a new instance
-    /// is a dead letter (kind `instance-cap`); events for the instances held,
-    /// timers and operator actions go on.
+    /// retention ends). What happens at the cap is `at_instance_cap`.
     pub max_instances_per_shard: usize,
+    /// What a shard holding `max_instances_per_shard` instances does with an
+    /// event that would start a new one.
+    pub at_instance_cap: AtInstanceCap,
     /// How long an ended instance is kept before its changelog key is tombstoned.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
@@ -282,6 +283,7 @@ impl Default for Runtime {
             max_batch: 1000,
             max_in_flight_records: 50_000,
             max_instances_per_shard: 100_000,
+            at_instance_cap: AtInstanceCap::Refuse,
             retention: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
             in_place: false,
@@ -289,6 +291,27 @@ impl Default for Runtime {
             await_settled_group: true,
         }
     }
+}
+
+/// What a shard at its instance cap does with an event that would start a
+/// new instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AtInstanceCap {
+    /// The event is a dead letter (kind `instance-cap`, replayable with
+    /// `baton dead-letters --replay`); everything else of the partition goes
+    /// on, so the instances held still get their answers and end.
+    Refuse,
+    /// The input partition stops at that event (backpressure): nothing after
+    /// it is read until instances have left the shard, and reading goes on
+    /// from that event. Timers and operator actions go on, but so is every
+    /// later event of the partition held back, the answers of the instances
+    /// held too, so they end only by their timers (timeouts, retention) or
+    /// an operator. Needs `in_place` (in the repartition mode every input
+    /// reaches the shard through the partition its timers are read from); an
+    /// event that still reaches a full shard through the repartition topic is
+    /// refused.
+    Pause,
 }
 
 /// How events that are not CloudEvents are read.
@@ -556,6 +579,9 @@ impl Config {
         if self.runtime.max_instances_per_shard == 0 {
             p.push("runtime.max_instances_per_shard: must be at least 1".to_string());
         }
+        if self.runtime.at_instance_cap == AtInstanceCap::Pause && !self.runtime.in_place {
+            p.push("runtime.at_instance_cap = \"pause\" needs runtime.in_place = true: without it every event reaches its shard through the repartition topic, whose partition also carries the shard's timers, so a paused shard could never make room".to_string());
+        }
         match self.kafka.group_protocol {
             GroupProtocol::Classic => {
                 if self.runtime.in_place
@@ -740,6 +766,28 @@ paths = ["examples"]
         let env = vec![("BATON_RUNTIME__NO_SUCH".to_string(), "1".to_string())];
         let err = Config::load("baton.toml", MINIMAL, env).expect_err("unknown key");
         assert!(err.to_string().contains("unknown field `no_such`"), "{err}");
+    }
+
+    #[test]
+    fn pausing_at_the_instance_cap_needs_in_place_processing() {
+        let c = Config::load("baton.toml", MINIMAL, []).expect("valid");
+        assert_eq!(c.runtime.at_instance_cap, AtInstanceCap::Refuse);
+        let pause = format!("{MINIMAL}\n[runtime]\nat_instance_cap = \"pause\"\n");
+        let msg = Config::load("baton.toml", &pause, [])
+            .expect_err("pause without in_place")
+            .to_string();
+        assert!(
+            msg.contains("runtime.at_instance_cap = \"pause\" needs runtime.in_place = true"),
+            "{msg}"
+        );
+        let text = format!("{pause}in_place = true\n");
+        let c = Config::load("baton.toml", &text, []).expect("valid");
+        assert_eq!(c.runtime.at_instance_cap, AtInstanceCap::Pause);
+        let bad = format!("{MINIMAL}\n[runtime]\nat_instance_cap = \"wait\"\n");
+        let msg = Config::load("baton.toml", &bad, [])
+            .expect_err("unknown mode")
+            .to_string();
+        assert!(msg.contains("unknown variant `wait`"), "{msg}");
     }
 
     #[test]

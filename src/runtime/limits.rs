@@ -1,28 +1,61 @@
-//! The instance cap: a shard that holds `runtime.max_instances_per_shard`
-//! instances refuses events that would start a new one (they become dead
-//! letters of kind `instance-cap`, see `Shard::with_cap`), while events for
-//! the instances it holds, timers and operator actions go on, so those
-//! instances still end and leave memory. Pausing the shard's partition
-//! instead would stall it for good: the answers its instances wait for and
-//! their due timers (timeouts, retention: written to the shard's partition,
-//! they fire when read back) are records of that same partition. This says
-//! when a shard reaches its cap and when it is below it again.
+//! The instance cap. A shard that holds `runtime.max_instances_per_shard`
+//! instances does not take a new one; `runtime.at_instance_cap` says how:
+//!
+//! - `refuse` (the default): the event becomes a dead letter of kind
+//!   `instance-cap` (see `Shard::with_cap`), while events for the instances
+//!   it holds, timers and operator actions go on, so those instances still
+//!   end and leave memory. Pausing the shard's whole partition instead would
+//!   stall it for good: the answers its instances wait for and their due
+//!   timers (timeouts, retention: written to the shard's repartition
+//!   partition, they fire when read back) are records of that partition.
+//! - `pause` (with `runtime.in_place`): the input partition stops at the
+//!   event. The batch that met it is aborted and processed again up to it
+//!   ([`Stop`]); the partition is paused once a record at or after the event
+//!   is read, and goes on from the event when the shard is below its cap
+//!   again. Timers and operator actions arrive on the repartition topic, so
+//!   they go on and can make room.
+//!
+//! This also says when a shard reaches its cap and when it is below it again.
 
 use super::*;
 
+use crate::config::AtInstanceCap;
+
+/// An input partition stopped at the offset of an event that would start an
+/// instance on a full shard.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stop {
+    /// The event's offset: nothing at or after it is processed.
+    offset: i64,
+    /// A record at or after `offset` was read and held back, so the read
+    /// position is past it: going on needs a seek back to `offset`.
+    passed: bool,
+}
+
 impl Runtime {
     /// Logs shards reaching and leaving their cap; the `shards_full` gauge.
-    pub(super) fn watch_caps(&mut self) {
+    /// Stopped inputs that have reached their stop go on from there when
+    /// their shard has room again or is no longer here.
+    pub(super) fn watch_caps(&mut self) -> Result<(), RuntimeError> {
         let cap = self.cfg.runtime.max_instances_per_shard;
+        let pause = self.cfg.runtime.at_instance_cap == AtInstanceCap::Pause;
         self.full.retain(|p| self.shards.contains_key(p));
         for (&p, s) in &self.shards {
             let full = s.state.full();
             if full && self.full.insert(p) {
-                warn!(
-                    shard = p,
-                    cap,
-                    "the shard holds its cap of instances (runtime.max_instances_per_shard): events for new instances become dead letters (kind instance-cap) until some end"
-                );
+                if pause {
+                    warn!(
+                        shard = p,
+                        cap,
+                        "the shard holds its cap of instances (runtime.max_instances_per_shard): its input stops at the next event for a new instance until some end (runtime.at_instance_cap = pause)"
+                    );
+                } else {
+                    warn!(
+                        shard = p,
+                        cap,
+                        "the shard holds its cap of instances (runtime.max_instances_per_shard): events for new instances become dead letters (kind instance-cap) until some end"
+                    );
+                }
             } else if !full && self.full.remove(&p) {
                 info!(
                     shard = p,
@@ -32,5 +65,111 @@ impl Runtime {
             }
         }
         self.stats.metrics.shards_full.set(self.full.len() as i64);
+        // A stop counts once the input has reached it: until then the
+        // records before it (read again after the abort that set it) are
+        // still to come, and the shard is not yet as full as it will be.
+        let room: Vec<(String, i32)> = self
+            .stops
+            .iter()
+            .filter(|((_, p), stop)| stop.passed && !self.full.contains(p))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in room {
+            if let Some(stop) = self.stops.remove(&key) {
+                self.go_on(&key, stop)?;
+            }
+        }
+        self.stats
+            .metrics
+            .inputs_stopped
+            .set(self.stops.len() as i64);
+        Ok(())
+    }
+
+    /// Stops input partition `at.0`/`at.1` at offset `at.2`: nothing from
+    /// there on is processed until its shard has room.
+    pub(super) fn stop_input(&mut self, at: process::Coords) {
+        let (topic, p, offset) = at;
+        warn!(
+            topic = %topic,
+            partition = p,
+            offset,
+            cap = self.cfg.runtime.max_instances_per_shard,
+            "an event would start an instance on a full shard: its input stops there until instances leave (runtime.at_instance_cap = pause)"
+        );
+        self.stops.insert(
+            (topic, p),
+            Stop {
+                offset,
+                passed: false,
+            },
+        );
+        self.stats
+            .metrics
+            .inputs_stopped
+            .set(self.stops.len() as i64);
+    }
+
+    /// Leaves out the records of stopped inputs at or after their stop, and
+    /// pauses those inputs: they are neither processed nor consumed.
+    pub(super) fn hold_back(&mut self, batch: Vec<Incoming>) -> Vec<Incoming> {
+        if self.stops.is_empty() {
+            return batch;
+        }
+        let mut keep = Vec::with_capacity(batch.len());
+        for m in batch {
+            let Some(stop) = self.stops.get_mut(&(m.topic.clone(), m.partition)) else {
+                keep.push(m);
+                continue;
+            };
+            if m.offset < stop.offset {
+                keep.push(m);
+                continue;
+            }
+            if !stop.passed {
+                stop.passed = true;
+                debug!(topic = %m.topic, partition = m.partition, offset = stop.offset, "input paused at the instance cap");
+            }
+            // Again for a record read after the pause (a restore resumes
+            // the inputs of its shard): pausing a paused partition is cheap.
+            if let Err(e) = self.consumer.pause(&m.topic, m.partition) {
+                debug!(topic = %m.topic, partition = m.partition, error = %e, "input partition not paused");
+            }
+        }
+        keep
+    }
+
+    /// Every stopped input goes on from its committed offset (a failed
+    /// transaction rewinds them; where the cap is met again, they stop again).
+    pub(super) fn lift_stops(&mut self) {
+        for ((topic, p), stop) in std::mem::take(&mut self.stops) {
+            if stop.passed
+                && let Err(e) = self.consumer.resume(&topic, p)
+            {
+                debug!(topic = %topic, partition = p, error = %e, "input partition not resumed");
+            }
+        }
+    }
+
+    /// A stopped input that has reached its stop goes on from there: the
+    /// read position goes back to the event it stopped at. A position
+    /// that cannot be set is not guessed: the consumer is rebuilt and starts
+    /// again from what was committed.
+    fn go_on(&mut self, (topic, p): &(String, i32), stop: Stop) -> Result<(), RuntimeError> {
+        info!(
+            topic = %topic,
+            partition = p,
+            offset = stop.offset,
+            "the shard has room again: its input goes on"
+        );
+        let moved = self
+            .consumer
+            .seek(topic, *p, stop.offset)
+            .and_then(|()| self.consumer.resume(topic, *p));
+        if let Err(e) = moved {
+            warn!(topic = %topic, partition = p, error = %e, "cannot go back to where the input stopped; rebuilding the consumer");
+            return self.rejoin();
+        }
+        Ok(())
     }
 }

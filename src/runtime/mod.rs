@@ -129,6 +129,9 @@ pub struct Runtime {
     stop: Arc<AtomicBool>,
     /// Shards holding their cap of instances.
     full: BTreeSet<i32>,
+    /// Input partitions stopped at an event that would start an instance on
+    /// a full shard (`runtime.at_instance_cap = "pause"`).
+    stops: BTreeMap<(String, i32), limits::Stop>,
 }
 
 /// How often gauges that need a walk over the instances are refreshed.
@@ -153,6 +156,7 @@ fn ctx<'a>(
         log_payloads: cfg.log.payloads,
         max_record: cfg.kafka.max_record_bytes.unwrap_or(usize::MAX),
         faults,
+        pause_at_cap: cfg.runtime.at_instance_cap == crate::config::AtInstanceCap::Pause,
     }
 }
 
@@ -254,6 +258,7 @@ impl Runtime {
             outcomes: Arc::default(),
             stop: Arc::default(),
             full: BTreeSet::new(),
+            stops: BTreeMap::new(),
         })
     }
 
@@ -323,7 +328,7 @@ impl Runtime {
             self.fire_timers()?;
             self.set_in_batch(false);
             self.maybe_commit(false)?;
-            self.watch_caps();
+            self.watch_caps()?;
             self.refresh_gauges(false);
         }
         self.health.update(|r| r.stopping = true);
@@ -339,6 +344,7 @@ impl Runtime {
         self.abort_open();
         self.shards.clear();
         self.restoring.clear();
+        self.stops.clear();
         self.index.apply_clear();
         let fresh = consumer(&self.cfg, &self.txn, &self.producer)?;
         // The old consumer leaves before the new one joins, so a static
@@ -487,6 +493,8 @@ impl Runtime {
             .and_then(|mut t| t.ended_by_hook.take());
         let r = self.consumer.take_rebalances();
         for (topic, p) in &r.revoked {
+            // Its next owner reads on from the committed offset.
+            self.stops.remove(&(topic.clone(), *p));
             if *topic == self.repartition {
                 self.restoring.remove(p);
                 self.shards.remove(p);

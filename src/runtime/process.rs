@@ -21,6 +21,9 @@ pub(super) enum Failed {
     Batched,
     /// A shard's worker thread died.
     Worker(String),
+    /// This input record would start an instance on a full shard, and
+    /// `runtime.at_instance_cap` is `pause`: its partition stops there.
+    AtCap { at: Coords },
 }
 
 /// A record not to process again: it becomes a dead letter of this kind.
@@ -80,6 +83,9 @@ pub(super) fn run_shard(
             let message = panic_message(payload.as_ref());
             return Err(Failed::Panic { at: at(), message });
         }
+        if out.at_cap {
+            return Err(Failed::AtCap { at: at() });
+        }
         if let Some(message) = oversized(&out.records[before..], ctx.max_record) {
             return Err(Failed::Oversized { at: at(), message });
         }
@@ -105,6 +111,7 @@ impl Runtime {
     /// Input records are routed and re-keyed; shard records are stepped, one
     /// thread per shard, and everything they produce joins the transaction.
     pub(super) fn process(&mut self, batch: Vec<Incoming>) -> Result<(), RuntimeError> {
+        let batch = self.hold_back(batch);
         if batch.is_empty() {
             return Ok(());
         }
@@ -238,8 +245,12 @@ impl Runtime {
         if self.panicked.len() >= PANICS_KEPT {
             self.panicked.clear();
         }
+        let mut stops = Vec::new();
+        let mut failed = false;
         for f in failures {
+            failed |= !matches!(f, Failed::AtCap { .. });
             match f {
+                Failed::AtCap { at } => stops.push(at),
                 Failed::Worker(message) => {
                     warn!(%message, "a shard worker panicked; processing the batch again");
                 }
@@ -271,8 +282,20 @@ impl Runtime {
                 }
             }
         }
-        self.abort_open();
-        self.stats.transaction(false);
-        self.recover()
+        if failed {
+            self.abort_open();
+            self.stats.transaction(false);
+            self.recover()?;
+        } else {
+            // Not a failure: the batch is processed again up to the stops.
+            self.abort_because(
+                "an input stops at the instance cap; aborting the open transaction to process it again up to there",
+            );
+            self.roll_back()?;
+        }
+        for at in stops {
+            self.stop_input(at);
+        }
+        Ok(())
     }
 }

@@ -57,6 +57,9 @@ pub(super) struct Output {
     pub index: Vec<index::Update>,
     /// What became of the operator requests among the records.
     pub outcomes: Vec<(String, index::Outcome)>,
+    /// An input record that would start an instance on a full shard, with
+    /// `runtime.at_instance_cap = "pause"`: its partition stops there.
+    pub at_cap: bool,
 }
 
 impl Output {
@@ -189,6 +192,10 @@ pub(super) struct Ctx<'a> {
     pub max_record: usize,
     /// Faults a test injects.
     pub faults: Option<&'a super::Armed>,
+    /// An input record processed in place that would start an instance on a
+    /// full shard stops its partition (`runtime.at_instance_cap = "pause"`)
+    /// instead of becoming a dead letter.
+    pub pause_at_cap: bool,
 }
 
 impl Ctx<'_> {
@@ -360,6 +367,10 @@ pub(super) fn handle(
         Ok(applied) => {
             out.audit_entry(shard.shard, input, now, &applied, ctx);
             carry_out(applied, span, m, ctx, out)
+        }
+        Err(ShardError::AtCapacity { .. }) if ctx.pause_at_cap && m.topic != ctx.repartition => {
+            // The runtime aborts the batch and stops the partition here.
+            out.at_cap = true;
         }
         Err(e) => {
             let kind = match e {
@@ -668,6 +679,7 @@ mod tests {
                 log_payloads: false,
                 max_record,
                 faults: None,
+                pause_at_cap: false,
             }
         }
     }

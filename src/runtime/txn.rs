@@ -83,9 +83,14 @@ impl Runtime {
 
     /// Aborts the transaction in flight (the runtime is failing).
     pub(super) fn abort_open(&mut self) {
+        self.abort_because("the runtime failed; aborting the open transaction");
+    }
+
+    /// Aborts the transaction in flight, saying `why`.
+    pub(super) fn abort_because(&mut self, why: &str) {
         let Ok(mut t) = self.txn.lock() else { return };
         if t.open {
-            warn!("the runtime failed; aborting the open transaction");
+            warn!("{why}");
             if let Err(e) = self.producer.abort() {
                 warn!(error = %e, "abort failed; the broker aborts the transaction after its timeout");
             }
@@ -98,9 +103,17 @@ impl Runtime {
     /// consumer is rebuilt, and its shards start again from what was committed.
     pub(super) fn recover(&mut self) -> Result<(), RuntimeError> {
         warn!("transaction failed; restoring shards and rewinding to committed offsets");
+        self.roll_back()
+    }
+
+    /// State and positions go back to what was committed (see [`Self::recover`]).
+    pub(super) fn roll_back(&mut self) -> Result<(), RuntimeError> {
         if let Ok(mut t) = self.txn.lock() {
             *t = Txn::default();
         }
+        // Inputs stopped at the instance cap are read again from their
+        // committed offsets too; where the cap is met again they stop again.
+        self.lift_stops();
         // Input records held for shards still restoring are read again from
         // the committed offsets the inputs are rewound to below.
         let repartition = self.repartition.clone();

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub shards_restoring: Gauge,
     /// Shards holding their cap of instances.
     pub shards_full: Gauge,
+    /// Input partitions stopped at the instance cap.
+    pub inputs_stopped: Gauge,
     per_process: RwLock<HashMap<String, Arc<ProcessCounters>>>,
 }
 
@@ -158,6 +160,7 @@ impl Metrics {
             shards_owned: Gauge::default(),
             shards_restoring: Gauge::default(),
             shards_full: Gauge::default(),
+            inputs_stopped: Gauge::default(),
             per_process: RwLock::new(HashMap::new()),
         };
         r.register(
@@ -285,8 +288,13 @@ impl Metrics {
         );
         r.register(
             "shards_full",
-            "Shards holding runtime.max_instances_per_shard instances: events for new instances are dead letters (instance-cap)",
+            "Shards holding runtime.max_instances_per_shard instances: events for new instances are dead letters (instance-cap) or stop their input (runtime.at_instance_cap)",
             m.shards_full.clone(),
+        );
+        r.register(
+            "inputs_stopped",
+            "Input partitions stopped at an event that would start an instance on a full shard (runtime.at_instance_cap = pause)",
+            m.inputs_stopped.clone(),
         );
         let path = |p: &str| {
             m.routed
