@@ -12,12 +12,12 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use baton::config::AtInstanceCap;
+use baton::config::{AtInstanceCap, Config};
 use baton::engine::Status;
 use baton::kafka::{self, Outgoing, PlainProducer};
 use baton::wire::{self, ActionBody, OperatorRequest};
 use support::admin::{parse_metrics, sum};
-use support::orders::{Behaviour, config, create_input, header, services_with};
+use support::orders::{Behaviour, Topics, config, create_input, header, services_with};
 use support::running::{Running, committed, example, orders_with};
 use support::{Broker, eventually, unique};
 
@@ -29,31 +29,41 @@ fn metric(r: &Running, name: &str) -> f64 {
     sum(&m, name, &[])
 }
 
-#[test]
-fn a_shard_at_its_instance_cap_refuses_new_instances_and_serves_the_ones_it_holds() {
+/// One shard with a cap of [`CAP`] instances, processing in place, whose
+/// ended instances leave memory soon after they end; `tune` sets the rest.
+fn capped(name: &str, tune: impl FnOnce(&mut Config)) -> (Broker, Config, Topics, Running) {
     let broker = Broker::start();
-    let group = unique("cap");
-    let mut cfg = config(&broker.bootstrap, &group, "cap-1");
+    let group = unique(name);
+    let mut cfg = config(&broker.bootstrap, &group, &format!("{name}-1"));
     cfg.topics.partitions = 1;
     cfg.runtime.in_place = true;
     cfg.runtime.max_instances_per_shard = CAP;
-    // Ended instances leave memory soon after they end.
     cfg.runtime.retention = Duration::from_secs(2);
+    tune(&mut cfg);
     let t = create_input(&cfg);
     let r = Running::with(cfg.clone(), example(&t));
     eventually(60, "the shard to be owned", || {
         (r.shards() == 1).then_some(())
     });
+    (broker, cfg, t, r)
+}
 
-    // Nobody answers yet: every order that starts waits for its reservation.
-    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
-    let send = |n: u64| {
+/// Places orders o-`n` for each `n`, keyed by the order.
+fn place(producer: &PlainProducer, t: &Topics, orders: std::ops::Range<u64>) {
+    for n in orders {
         let mut o = t.placed(n);
         o.key = format!("o-{n}").into_bytes();
         producer.send(&o).expect("send");
-    };
-    (0..FIRST).for_each(send);
+    }
     producer.flush().expect("flush");
+}
+
+#[test]
+fn a_shard_at_its_instance_cap_refuses_new_instances_and_serves_the_ones_it_holds() {
+    let (broker, cfg, t, r) = capped("cap", |_| {});
+    // Nobody answers yet: every order that starts waits for its reservation.
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    place(&producer, &t, 0..FIRST);
     let dead = eventually(60, "the orders beyond the cap as dead letters", || {
         let d = kafka::read_partition(&cfg, &cfg.topics.dead_letters(), 0).ok()?;
         (d.len() as u64 >= FIRST - CAP as u64).then_some(d)
@@ -93,8 +103,7 @@ fn a_shard_at_its_instance_cap_refuses_new_instances_and_serves_the_ones_it_hold
     eventually(60, "the shard to be below its cap again", || {
         (metric(&r, "baton_shards_full") == 0.0).then_some(())
     });
-    (FIRST..FIRST + 5).for_each(send);
-    producer.flush().expect("flush");
+    place(&producer, &t, FIRST..FIRST + 5);
     eventually(120, "the later orders to be invoiced", || {
         (orders_with(&read(), "com.acme.invoice.create") >= CAP + 5).then_some(())
     });
@@ -177,30 +186,14 @@ fn keys_with(r: &Running, status: Status) -> Vec<u64> {
 
 #[test]
 fn a_shard_at_its_instance_cap_pauses_its_input_and_goes_on_where_it_stopped() {
-    let broker = Broker::start();
-    let group = unique("cap-pause");
-    let mut cfg = config(&broker.bootstrap, &group, "cap-pause-1");
-    cfg.topics.partitions = 1;
-    cfg.runtime.in_place = true;
-    cfg.runtime.max_instances_per_shard = CAP;
-    cfg.runtime.at_instance_cap = AtInstanceCap::Pause;
-    cfg.runtime.retention = Duration::from_secs(2);
-    // Small batches: the cap is met in the middle of the orders sent.
-    cfg.runtime.max_batch = 7;
-    let t = create_input(&cfg);
-    let r = Running::with(cfg.clone(), example(&t));
-    eventually(60, "the shard to be owned", || {
-        (r.shards() == 1).then_some(())
+    let (broker, cfg, t, r) = capped("cap-pause", |cfg| {
+        cfg.runtime.at_instance_cap = AtInstanceCap::Pause;
+        // Small batches: the cap is met in the middle of the orders sent.
+        cfg.runtime.max_batch = 7;
     });
-    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
-    let send = |n: u64| {
-        let mut o = t.placed(n);
-        o.key = format!("o-{n}").into_bytes();
-        producer.send(&o).expect("send");
-    };
     // Nobody answers: every order that starts waits for its reservation.
-    (0..FIRST).for_each(send);
-    producer.flush().expect("flush");
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    place(&producer, &t, 0..FIRST);
     let first: Vec<u64> = (0..CAP as u64).collect();
     eventually(60, "the first orders up to the cap to start", || {
         (keys_with(&r, Status::Active) == first).then_some(())
