@@ -18,7 +18,7 @@ use baton::kafka::{self, Outgoing, PlainProducer};
 use baton::wire::{self, ActionBody, OperatorRequest};
 use support::admin::{parse_metrics, sum};
 use support::orders::{Behaviour, Topics, config, create_input, header, services_with};
-use support::running::{Running, committed, example, orders_with};
+use support::running::{Running, committed, example, ids_of, orders_with};
 use support::{Broker, eventually, unique};
 
 const CAP: usize = 10;
@@ -218,23 +218,8 @@ fn a_shard_at_its_instance_cap_pauses_its_input_and_goes_on_where_it_stopped() {
     // An operator cancels the orders held (operator actions go on while the
     // input is stopped); once they have left memory, the input goes on from
     // the order it stopped at, and stops again at the cap.
-    let cancel = |n: u64| Outgoing {
-        topic: cfg.topics.operator(),
-        partition: None,
-        key: format!("order-to-cash/o-{n}").into_bytes(),
-        payload: Some(wire::encode_operator(&OperatorRequest {
-            v: wire::OPERATOR_FORMAT,
-            process: "order-to-cash".into(),
-            key: format!("o-{n}"),
-            action: ActionBody::Cancel { compensate: false },
-            by: "test".into(),
-            reason: "make room".into(),
-            request: format!("r-{n}"),
-        })),
-        headers: Vec::new(),
-    };
     for n in 0..CAP as u64 {
-        producer.send(&cancel(n)).expect("send");
+        producer.send(&cancel(&cfg, n)).expect("send");
     }
     producer.flush().expect("flush");
     let second: Vec<u64> = (CAP as u64..2 * CAP as u64).collect();
@@ -248,13 +233,105 @@ fn a_shard_at_its_instance_cap_pauses_its_input_and_goes_on_where_it_stopped() {
 
     // Every order that started asked for its reservation once; the orders
     // behind the stop have not started, and nothing was refused.
-    let reserved = eventually(60, "the reservations of the orders started", || {
+    let started = eventually(60, "the reservations of the orders started", || {
         let all = committed(&cfg, &t.commands, 1)?;
-        (orders_with(&all, "com.acme.inventory.reserve") == 2 * CAP).then_some(all)
+        let s = reserved(&all);
+        (s.len() == 2 * CAP).then_some(s)
     });
-    let ids: Vec<String> = reserved.iter().filter_map(|m| header(m, "ce_id")).collect();
+    assert_eq!(started, (0..2 * CAP as u64).collect());
+    let dead = kafka::read_partition(&cfg, &cfg.topics.dead_letters(), 0).unwrap_or_default();
+    assert!(dead.is_empty(), "dead letters: {}", dead.len());
+    r.stop();
+}
+
+/// An operator's cancel of order o-`n`.
+fn cancel(cfg: &Config, n: u64) -> Outgoing {
+    Outgoing {
+        topic: cfg.topics.operator(),
+        partition: None,
+        key: format!("order-to-cash/o-{n}").into_bytes(),
+        payload: Some(wire::encode_operator(&OperatorRequest {
+            v: wire::OPERATOR_FORMAT,
+            process: "order-to-cash".into(),
+            key: format!("o-{n}"),
+            action: ActionBody::Cancel { compensate: false },
+            by: "test".into(),
+            reason: "make room".into(),
+            request: format!("r-{n}"),
+        })),
+        headers: Vec::new(),
+    }
+}
+
+/// The orders whose reservation was asked for, each once (it fails on a
+/// command committed twice).
+fn reserved(commands: &[kafka::Incoming]) -> BTreeSet<u64> {
+    let ids: Vec<String> = commands.iter().filter_map(|m| header(m, "ce_id")).collect();
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "a command twice: {ids:?}");
+    ids_of(commands, "com.acme.inventory.reserve")
+        .iter()
+        .filter_map(|id| {
+            id.strip_prefix("order-to-cash/o-")?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn inputs_of_two_topics_each_stop_at_the_cap_and_go_on_in_order() {
+    // The shard's second input topic, with the same partitioning.
+    let mut more = String::new();
+    let (broker, cfg, t, r) = capped("cap-two", |cfg| {
+        cfg.runtime.at_instance_cap = AtInstanceCap::Pause;
+        cfg.runtime.max_batch = 7;
+        more = format!("{}.more", cfg.kafka.input_topics[0]);
+        cfg.kafka.input_topics.push(more.clone());
+        kafka::ensure_topics(cfg, &[(more.clone(), 1, false)]).expect("second input");
+    });
+    let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
+    // Orders o-0… on the first topic, o-100… on the second, interleaved.
+    for n in 0..FIRST {
+        for (topic, order) in [(&t.input, n), (&more, 100 + n)] {
+            let mut o = t.placed(order);
+            o.topic = topic.clone();
+            o.key = format!("o-{order}").into_bytes();
+            producer.send(&o).expect("send");
+        }
+    }
+    producer.flush().expect("flush");
+    // Each input stops at its first order beyond the cap, and the stops
+    // stay: one input's stop does not lift the other's.
+    eventually(60, "both inputs to stop", || {
+        (metric(&r, "baton_inputs_stopped") == 2.0 && keys_with(&r, Status::Active).len() == CAP)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(metric(&r, "baton_inputs_stopped"), 2.0);
+    let held = keys_with(&r, Status::Active);
+    assert_eq!(held.len(), CAP, "the shard grew: {held:?}");
+    for n in &held {
+        producer.send(&cancel(&cfg, *n)).expect("send");
+    }
+    producer.flush().expect("flush");
+    eventually(60, "the next orders up to the cap to start", || {
+        let now = keys_with(&r, Status::Active);
+        (now.len() == CAP && now.iter().all(|n| !held.contains(n))).then_some(())
+    });
+    // Of each topic, the orders that started are the first ones, none
+    // skipped, each asked once.
+    let started = eventually(60, "the reservations of the orders started", || {
+        let all = committed(&cfg, &t.commands, 1)?;
+        let s = reserved(&all);
+        (s.len() == 2 * CAP).then_some(s)
+    });
+    let first: Vec<u64> = started.iter().copied().filter(|n| *n < 100).collect();
+    let second: Vec<u64> = started.iter().copied().filter(|n| *n >= 100).collect();
+    assert_eq!(first, (0..first.len() as u64).collect::<Vec<_>>());
+    assert_eq!(second, (100..100 + second.len() as u64).collect::<Vec<_>>());
     let dead = kafka::read_partition(&cfg, &cfg.topics.dead_letters(), 0).unwrap_or_default();
     assert!(dead.is_empty(), "dead letters: {}", dead.len());
     r.stop();

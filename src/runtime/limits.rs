@@ -139,14 +139,18 @@ impl Runtime {
         keep
     }
 
-    /// Every stopped input goes on from its committed offset (a failed
-    /// transaction rewinds them; where the cap is met again, they stop again).
-    pub(super) fn lift_stops(&mut self) {
-        for ((topic, p), stop) in std::mem::take(&mut self.stops) {
-            if stop.passed
-                && let Err(e) = self.consumer.resume(&topic, p)
-            {
-                debug!(topic = %topic, partition = p, error = %e, "input partition not resumed");
+    /// The transaction was rolled back and every input goes back to its
+    /// committed offset: stopped inputs are read again from there up to
+    /// their stop, which stays (nothing at or after it was processed since
+    /// it was set). Lifting the stops instead would let inputs of one shard
+    /// from several topics lift each other's stop, round after round.
+    pub(super) fn rewind_stops(&mut self) {
+        for ((topic, p), stop) in self.stops.iter_mut() {
+            if stop.passed {
+                stop.passed = false;
+                if let Err(e) = self.consumer.resume(topic, *p) {
+                    debug!(topic = %topic, partition = p, error = %e, "input partition not resumed");
+                }
             }
         }
     }

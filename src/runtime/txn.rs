@@ -112,8 +112,8 @@ impl Runtime {
             *t = Txn::default();
         }
         // Inputs stopped at the instance cap are read again from their
-        // committed offsets too; where the cap is met again they stop again.
-        self.lift_stops();
+        // committed offsets too, up to their stops.
+        self.rewind_stops();
         // Input records held for shards still restoring are read again from
         // the committed offsets the inputs are rewound to below.
         let repartition = self.repartition.clone();
