@@ -413,6 +413,11 @@ impl Shard {
         self.instances.len()
     }
 
+    /// Whether the shard holds instance `id` (`<process>/<key>`).
+    pub fn holds(&self, id: &str) -> bool {
+        self.instances.contains_key(id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.instances.is_empty()
     }

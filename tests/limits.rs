@@ -15,6 +15,7 @@ use std::time::Duration;
 use baton::config::{AtInstanceCap, Config};
 use baton::engine::Status;
 use baton::kafka::{self, Outgoing, PlainProducer};
+use baton::runtime::Faults;
 use baton::wire::{self, ActionBody, OperatorRequest};
 use support::admin::{parse_metrics, sum};
 use support::orders::{Behaviour, Topics, config, create_input, header, services_with};
@@ -31,7 +32,11 @@ fn metric(r: &Running, name: &str) -> f64 {
 
 /// One shard with a cap of [`CAP`] instances, processing in place, whose
 /// ended instances leave memory soon after they end; `tune` sets the rest.
-fn capped(name: &str, tune: impl FnOnce(&mut Config)) -> (Broker, Config, Topics, Running) {
+fn capped(
+    name: &str,
+    faults: Faults,
+    tune: impl FnOnce(&mut Config),
+) -> (Broker, Config, Topics, Running) {
     let broker = Broker::start();
     let group = unique(name);
     let mut cfg = config(&broker.bootstrap, &group, &format!("{name}-1"));
@@ -41,7 +46,7 @@ fn capped(name: &str, tune: impl FnOnce(&mut Config)) -> (Broker, Config, Topics
     cfg.runtime.retention = Duration::from_secs(2);
     tune(&mut cfg);
     let t = create_input(&cfg);
-    let r = Running::with(cfg.clone(), example(&t));
+    let r = Running::faulty(cfg.clone(), example(&t), faults);
     eventually(60, "the shard to be owned", || {
         (r.shards() == 1).then_some(())
     });
@@ -60,7 +65,7 @@ fn place(producer: &PlainProducer, t: &Topics, orders: std::ops::Range<u64>) {
 
 #[test]
 fn a_shard_at_its_instance_cap_refuses_new_instances_and_serves_the_ones_it_holds() {
-    let (broker, cfg, t, r) = capped("cap", |_| {});
+    let (broker, cfg, t, r) = capped("cap", Faults::default(), |_| {});
     // Nobody answers yet: every order that starts waits for its reservation.
     let producer = PlainProducer::new(&broker.bootstrap).expect("producer");
     place(&producer, &t, 0..FIRST);
@@ -186,7 +191,21 @@ fn keys_with(r: &Running, status: Status) -> Vec<u64> {
 
 #[test]
 fn a_shard_at_its_instance_cap_pauses_its_input_and_goes_on_where_it_stopped() {
-    let (broker, cfg, t, r) = capped("cap-pause", |cfg| {
+    pauses_at_the_cap(Faults::default());
+}
+
+/// The same when routing does not see the cap coming: the shard meets it in
+/// the middle of a batch, which is aborted and processed again up to there.
+#[test]
+fn a_shard_meeting_its_cap_mid_batch_pauses_its_input_just_the_same() {
+    pauses_at_the_cap(Faults {
+        blind_admission: true,
+        ..Faults::default()
+    });
+}
+
+fn pauses_at_the_cap(faults: Faults) {
+    let (broker, cfg, t, r) = capped("cap-pause", faults, |cfg| {
         cfg.runtime.at_instance_cap = AtInstanceCap::Pause;
         // Small batches: the cap is met in the middle of the orders sent.
         cfg.runtime.max_batch = 7;
@@ -285,7 +304,13 @@ fn reserved(commands: &[kafka::Incoming]) -> BTreeSet<u64> {
 fn inputs_of_two_topics_each_stop_at_the_cap_and_go_on_in_order() {
     // The shard's second input topic, with the same partitioning.
     let mut more = String::new();
-    let (broker, cfg, t, r) = capped("cap-two", |cfg| {
+    // Routing that does not see the cap coming: every stop goes through
+    // an aborted batch, whose rollback must keep the other input's stop.
+    let blind = Faults {
+        blind_admission: true,
+        ..Faults::default()
+    };
+    let (broker, cfg, t, r) = capped("cap-two", blind, |cfg| {
         cfg.runtime.at_instance_cap = AtInstanceCap::Pause;
         cfg.runtime.max_batch = 7;
         more = format!("{}.more", cfg.kafka.input_topics[0]);

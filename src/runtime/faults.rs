@@ -16,6 +16,10 @@ pub struct Faults {
     pub failed_commits: u32,
     /// After this many records were sent, sending the next one fails (once).
     pub send_fails_after: Option<u32>,
+    /// Routing does not foresee the instance cap
+    /// (`runtime.at_instance_cap = "pause"`): a shard meets it in the middle
+    /// of a batch, which is aborted and processed again up to there.
+    pub blind_admission: bool,
 }
 
 /// The faults still to inject, shared by the shard workers.
@@ -75,6 +79,11 @@ impl Armed {
                 }
                 None => false,
             })
+    }
+
+    /// Whether routing is not to foresee the instance cap.
+    pub fn blind_admission(&self) -> bool {
+        self.0.lock().ok().is_some_and(|f| f.blind_admission)
     }
 
     /// Whether this commit is to fail.

@@ -9,17 +9,39 @@
 //!   timers (timeouts, retention: written to the shard's repartition
 //!   partition, they fire when read back) are records of that partition.
 //! - `pause` (with `runtime.in_place`): the input partition stops at the
-//!   event. The batch that met it is aborted and processed again up to it
-//!   ([`Stop`]); the partition is paused once a record at or after the event
-//!   is read, and goes on from the event when the shard is below its cap
-//!   again. Timers and operator actions arrive on the repartition topic, so
-//!   they go on and can make room.
+//!   event ([`Stop`]): it is neither consumed nor processed, nor is anything
+//!   after it, the partition is paused, and it goes on from the event when
+//!   the shard is below its cap again. Routing sees it coming: it counts the
+//!   instances the batch starts in place on shards near their cap
+//!   ([`Admitting`]). Should a shard still meet its cap in the middle of a
+//!   batch, the batch is aborted and processed again up to that event.
+//!   Timers and operator actions arrive on the repartition topic, so they go
+//!   on and can make room.
 //!
 //! This also says when a shard reaches its cap and when it is below it again.
 
 use super::*;
 
+use std::collections::HashSet;
+
 use crate::config::AtInstanceCap;
+
+/// The instances the batch being routed starts in place, per shard, counted
+/// only where the batch could take the shard past its cap.
+#[derive(Debug, Default)]
+pub(super) struct Admitting {
+    /// Records in the batch.
+    batch: usize,
+    fresh: HashMap<i32, HashSet<String>>,
+}
+
+impl Admitting {
+    /// A new batch of `records` records is routed.
+    pub(super) fn begin(&mut self, records: usize) {
+        self.batch = records;
+        self.fresh.clear();
+    }
+}
 
 /// An input partition stopped at the offset of an event that would start an
 /// instance on a full shard.
@@ -110,33 +132,82 @@ impl Runtime {
             .set(self.stops.len() as i64);
     }
 
-    /// Leaves out the records of stopped inputs at or after their stop, and
-    /// pauses those inputs: they are neither processed nor consumed.
-    pub(super) fn hold_back(&mut self, batch: Vec<Incoming>) -> Vec<Incoming> {
+    /// Whether `m` is of a stopped input, at or after its stop: it is
+    /// neither processed nor consumed, and the input is paused.
+    pub(super) fn held_back(&mut self, m: &Incoming) -> bool {
         if self.stops.is_empty() {
-            return batch;
+            return false;
         }
-        let mut keep = Vec::with_capacity(batch.len());
-        for m in batch {
-            let Some(stop) = self.stops.get_mut(&(m.topic.clone(), m.partition)) else {
-                keep.push(m);
-                continue;
-            };
-            if m.offset < stop.offset {
-                keep.push(m);
-                continue;
-            }
-            if !stop.passed {
-                stop.passed = true;
-                debug!(topic = %m.topic, partition = m.partition, offset = stop.offset, "input paused at the instance cap");
-            }
-            // Again for a record read after the pause (a restore resumes
-            // the inputs of its shard): pausing a paused partition is cheap.
-            if let Err(e) = self.consumer.pause(&m.topic, m.partition) {
-                debug!(topic = %m.topic, partition = m.partition, error = %e, "input partition not paused");
-            }
+        let Some(stop) = self.stops.get_mut(&(m.topic.clone(), m.partition)) else {
+            return false;
+        };
+        if m.offset < stop.offset {
+            return false;
         }
-        keep
+        stop.passed = true;
+        // Again for a record read after the pause (a restore resumes the
+        // inputs of its shard): pausing a paused partition is cheap.
+        if let Err(e) = self.consumer.pause(&m.topic, m.partition) {
+            debug!(topic = %m.topic, partition = m.partition, error = %e, "input partition not paused");
+        }
+        true
+    }
+
+    /// Whether input record `m` would start instances on its own shard (in
+    /// place) beyond the cap, counting those the batch starts before it:
+    /// then its input stops at it, and it is left as it is.
+    pub(super) fn stops_at_cap(&mut self, m: &Incoming) -> bool {
+        if self.cfg.runtime.at_instance_cap != AtInstanceCap::Pause
+            || !self.in_place
+            || self.faults.as_ref().is_some_and(Armed::blind_admission)
+        {
+            return false;
+        }
+        let p = m.partition;
+        let Some(shard) = self.shards.get(&p) else {
+            return false;
+        };
+        let cap = self.cfg.runtime.max_instances_per_shard;
+        let held = shard.state.len();
+        let fresh = self.admitting.fresh.get(&p).map_or(0, HashSet::len);
+        if held + fresh + self.admitting.batch < cap {
+            // The whole batch fits.
+            return false;
+        }
+        // Routing decides what goes wrong with the record (its size, its
+        // format, its correlation); here only where it goes counts.
+        if m.payload.as_ref().map_or(0, Vec::len) > self.cfg.events.max_payload_bytes {
+            return false;
+        }
+        let plain = cloudevents::PlainJson {
+            type_field: self.cfg.events.type_field.clone(),
+            id_field: self.cfg.events.id_field.clone(),
+        };
+        let Ok(event) = cloudevents::decode(&m.event_record(), &plain) else {
+            return false;
+        };
+        let routes = crate::shard::route(&self.registry, &event);
+        let fresh_ids = self.admitting.fresh.entry(p).or_default();
+        let new: Vec<String> = routes
+            .to
+            .iter()
+            .map(|(process, key)| format!("{process}/{key}"))
+            .filter(|id| {
+                shard_of(id, self.partitions) == p
+                    && !shard.state.holds(id)
+                    && !fresh_ids.contains(id)
+            })
+            .collect();
+        if new.is_empty() {
+            return false;
+        }
+        if held + fresh_ids.len() + new.len() <= cap {
+            fresh_ids.extend(new);
+            return false;
+        }
+        self.stop_input((m.topic.clone(), p, m.offset));
+        // Nothing at or after it is read any more.
+        self.held_back(m)
     }
 
     /// The transaction was rolled back and every input goes back to its

@@ -132,6 +132,8 @@ pub struct Runtime {
     /// Input partitions stopped at an event that would start an instance on
     /// a full shard (`runtime.at_instance_cap = "pause"`).
     stops: BTreeMap<(String, i32), limits::Stop>,
+    /// The instances the batch being routed starts on full-enough shards.
+    admitting: limits::Admitting,
 }
 
 /// How often gauges that need a walk over the instances are refreshed.
@@ -259,6 +261,7 @@ impl Runtime {
             stop: Arc::default(),
             full: BTreeSet::new(),
             stops: BTreeMap::new(),
+            admitting: limits::Admitting::default(),
         })
     }
 

@@ -111,15 +111,19 @@ impl Runtime {
     /// Input records are routed and re-keyed; shard records are stepped, one
     /// thread per shard, and everything they produce joins the transaction.
     pub(super) fn process(&mut self, batch: Vec<Incoming>) -> Result<(), RuntimeError> {
-        let batch = self.hold_back(batch);
         if batch.is_empty() {
             return Ok(());
         }
         if let Ok(mut t) = self.txn.lock() {
             t.events += batch.len();
         }
+        self.admitting.begin(batch.len());
         let mut by_shard: BTreeMap<i32, Vec<Local>> = BTreeMap::new();
         for m in batch {
+            if self.held_back(&m) {
+                // Its input stopped at an earlier record of this batch.
+                continue;
+            }
             if m.topic == self.repartition {
                 if !self.shards.contains_key(&m.partition) {
                     // Not ready yet: held (not consumed) until its restore ends.

@@ -40,6 +40,10 @@ impl Runtime {
             r.held.push(m);
             return Ok(Vec::new());
         }
+        if self.stops_at_cap(&m) {
+            // Neither consumed nor processed: its input stopped here.
+            return Ok(Vec::new());
+        }
         self.stats.event_consumed(&m.topic);
         self.consumed(&m)?;
         let mut local = Vec::new();
