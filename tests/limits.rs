@@ -393,6 +393,11 @@ fn a_transaction_commits_when_it_holds_its_cap_of_records() {
     let ids: Vec<String> = all.iter().filter_map(|m| header(m, "ce_id")).collect();
     let unique: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "a command twice: {ids:?}");
+    // Each of those commits is counted as one at the cap.
+    assert!(
+        metric(&r, "baton_transactions_at_record_cap_total") >= 3.0,
+        "commits at the record cap not counted"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     r.stop();
 }

@@ -134,6 +134,8 @@ pub struct Runtime {
     stops: BTreeMap<(String, i32), limits::Stop>,
     /// The instances the batch being routed starts on full-enough shards.
     admitting: limits::Admitting,
+    /// When a transaction at its record cap was last logged.
+    record_cap_said: Option<Instant>,
 }
 
 /// How often gauges that need a walk over the instances are refreshed.
@@ -262,6 +264,7 @@ impl Runtime {
             full: BTreeSet::new(),
             stops: BTreeMap::new(),
             admitting: limits::Admitting::default(),
+            record_cap_said: None,
         })
     }
 

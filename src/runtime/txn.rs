@@ -245,12 +245,26 @@ impl Runtime {
             let old = t
                 .started
                 .is_some_and(|s| s.elapsed() >= self.cfg.runtime.commit_interval);
-            let full = t.events >= self.cfg.runtime.max_batch
-                || t.records >= self.cfg.runtime.max_in_flight_records;
+            let capped = t.records >= self.cfg.runtime.max_in_flight_records;
+            let full = t.events >= self.cfg.runtime.max_batch || capped;
             if !(force || old || full) {
                 return Ok(());
             }
             self.stats.metrics.batch_events.observe(t.events as f64);
+            if capped && !(force || old) {
+                self.stats.metrics.record_cap_commits.inc();
+                if self
+                    .record_cap_said
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    self.record_cap_said = Some(Instant::now());
+                    info!(
+                        records = t.records,
+                        cap = self.cfg.runtime.max_in_flight_records,
+                        "a transaction holds its cap of records (runtime.max_in_flight_records): it commits before its commit interval (said at most once a minute; baton_transactions_at_record_cap_total counts them)"
+                    );
+                }
+            }
             t.offsets.clone()
         };
         let started = Instant::now();

@@ -104,6 +104,8 @@ pub struct Metrics {
     dead_letters: Family<KindLabel, Counter>,
     pub duplicates: Counter,
     pub rejoins: Counter,
+    /// Transactions committed because they held `max_in_flight_records`.
+    pub record_cap_commits: Counter,
     transactions: Family<OutcomeLabel, Counter>,
     pub commit_seconds: Histogram,
     pub batch_events: Histogram,
@@ -149,6 +151,7 @@ impl Metrics {
             dead_letters: Family::default(),
             duplicates: Counter::default(),
             rejoins: Counter::default(),
+            record_cap_commits: Counter::default(),
             transactions: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -228,6 +231,11 @@ impl Metrics {
             "events_duplicate",
             "Events an instance had already seen (same event id), ignored",
             m.duplicates.clone(),
+        );
+        r.register(
+            "transactions_at_record_cap",
+            "Transactions committed before their commit interval because they held runtime.max_in_flight_records records",
+            m.record_cap_commits.clone(),
         );
         r.register(
             "consumer_rejoins",
