@@ -60,10 +60,14 @@ impl Runtime {
     /// their shard has room again or is no longer here.
     pub(super) fn watch_caps(&mut self) -> Result<(), RuntimeError> {
         let cap = self.cfg.runtime.max_instances_per_shard;
+        // A shard counts as full from its cap until it holds 90 % of it or
+        // less, so one that stays near its cap neither logs nor stops and
+        // goes on at every instance that leaves.
+        let room_again = cap - (cap / 10).max(1);
         let pause = self.cfg.runtime.at_instance_cap == AtInstanceCap::Pause;
         self.full.retain(|p| self.shards.contains_key(p));
         for (&p, s) in &self.shards {
-            let full = s.state.full();
+            let full = s.state.full() || (self.full.contains(&p) && s.state.len() > room_again);
             if full && self.full.insert(p) {
                 if pause {
                     warn!(
@@ -82,7 +86,7 @@ impl Runtime {
                 info!(
                     shard = p,
                     instances = s.state.len(),
-                    "the shard is below its instance cap again: new instances start"
+                    "the shard holds 90 % of its instance cap or less again"
                 );
             }
         }
@@ -112,7 +116,7 @@ impl Runtime {
     /// there on is processed until its shard has room.
     pub(super) fn stop_input(&mut self, at: process::Coords) {
         let (topic, p, offset) = at;
-        warn!(
+        debug!(
             topic = %topic,
             partition = p,
             offset,
@@ -231,7 +235,7 @@ impl Runtime {
     /// that cannot be set is not guessed: the consumer is rebuilt and starts
     /// again from what was committed.
     fn go_on(&mut self, (topic, p): &(String, i32), stop: Stop) -> Result<(), RuntimeError> {
-        info!(
+        debug!(
             topic = %topic,
             partition = p,
             offset = stop.offset,

@@ -296,7 +296,7 @@ impl Metrics {
         );
         r.register(
             "shards_full",
-            "Shards holding runtime.max_instances_per_shard instances: events for new instances are dead letters (instance-cap) or stop their input (runtime.at_instance_cap)",
+            "Shards that reached runtime.max_instances_per_shard instances and hold more than 90 % of it still: events for new instances are dead letters (instance-cap) or stop their input (runtime.at_instance_cap)",
             m.shards_full.clone(),
         );
         r.register(
