@@ -106,3 +106,49 @@ fn graph_prints_mermaid() {
         "{out}"
     );
 }
+
+/// `baton run` takes its admin port before it joins the cluster: a port in
+/// use is said at once, with the address, even with no broker to reach.
+#[test]
+fn run_says_at_once_that_its_admin_port_is_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("its address");
+    let dir = std::env::temp_dir().join(support::unique("baton-cli-port"));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let config = dir.join("baton.toml");
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/order-to-cash.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\ninput_topics = [\"orders\"]\n[definitions]\npaths = [\"{}\"]\n[admin]\nlisten = \"{addr}\"\n",
+            examples.display()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("baton run kept going with its admin port in use");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr reads");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("admin port {addr}")), "{stderr}");
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}

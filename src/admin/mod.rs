@@ -91,10 +91,26 @@ pub fn serve(
     stall_after: Duration,
     api: Option<api::Api>,
 ) -> Result<Admin, AdminError> {
-    let listener = std::net::TcpListener::bind(listen).map_err(|source| AdminError::Bind {
+    serve_on(bind(listen)?, metrics, health, stall_after, api)
+}
+
+/// Binds the admin port, so that a process can hold it (and report it in
+/// use) before it does the slower work of starting up.
+pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener, AdminError> {
+    std::net::TcpListener::bind(listen).map_err(|source| AdminError::Bind {
         addr: listen,
         source,
-    })?;
+    })
+}
+
+/// Starts serving on a port [`bind`] bound.
+pub fn serve_on(
+    listener: std::net::TcpListener,
+    metrics: Arc<dyn MetricsText>,
+    health: Arc<Health>,
+    stall_after: Duration,
+    api: Option<api::Api>,
+) -> Result<Admin, AdminError> {
     listener.set_nonblocking(true).map_err(AdminError::Start)?;
     let addr = listener.local_addr().map_err(AdminError::Start)?;
     let rt = tokio::runtime::Builder::new_current_thread()

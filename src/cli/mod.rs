@@ -558,13 +558,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .context("cannot set up trace export")?;
             let stats = Arc::new(baton::runtime::Stats::default());
             let admin_cfg = cfg.admin.clone();
+            // The admin port is taken first: one in use is said at once,
+            // not after the runtime has joined the cluster.
+            let listener = admin_cfg
+                .enabled
+                .then(|| baton::admin::bind(admin_cfg.listen))
+                .transpose()?;
             let group = cfg.kafka.group_id.clone();
             let mut runtime = baton::runtime::Runtime::new(cfg, registry, stats.clone())
                 .context("cannot start the runtime")?;
             if let Some(t) = &traces {
                 runtime = runtime.with_tracer(t.tracer(&group));
             }
-            let admin = if admin_cfg.enabled {
+            let admin = if let Some(listener) = listener {
                 let mut tokens = Vec::new();
                 for t in &admin_cfg.tokens {
                     let secret = t
@@ -578,8 +584,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     admin_cfg.advertised(),
                 )
                 .context("cannot start the admin API")?;
-                Some(baton::admin::serve(
-                    admin_cfg.listen,
+                Some(baton::admin::serve_on(
+                    listener,
                     stats.metrics.clone(),
                     runtime.health(),
                     admin_cfg.stall_after,
