@@ -157,10 +157,11 @@ impl Runtime {
         true
     }
 
-    /// Whether input record `m` would start instances on its own shard (in
-    /// place) beyond the cap, counting those the batch starts before it:
-    /// then its input stops at it, and it is left as it is.
-    pub(super) fn stops_at_cap(&mut self, m: &Incoming) -> bool {
+    /// Whether input record `m`, going where `routes` say, would start
+    /// instances on its own shard (in place) beyond the cap, counting those
+    /// the batch starts before it: then its input stops at it, and it is left
+    /// as it is.
+    pub(super) fn stops_at_cap(&mut self, m: &Incoming, routes: &crate::shard::Routes) -> bool {
         if self.cfg.runtime.at_instance_cap != AtInstanceCap::Pause
             || !self.in_place
             || self.faults.as_ref().is_some_and(Armed::blind_admission)
@@ -178,19 +179,6 @@ impl Runtime {
             // The whole batch fits.
             return false;
         }
-        // Routing decides what goes wrong with the record (its size, its
-        // format, its correlation); here only where it goes counts.
-        if m.payload.as_ref().map_or(0, Vec::len) > self.cfg.events.max_payload_bytes {
-            return false;
-        }
-        let plain = cloudevents::PlainJson {
-            type_field: self.cfg.events.type_field.clone(),
-            id_field: self.cfg.events.id_field.clone(),
-        };
-        let Ok(event) = cloudevents::decode(&m.event_record(), &plain) else {
-            return false;
-        };
-        let routes = crate::shard::route(&self.registry, &event);
         let fresh_ids = self.admitting.fresh.entry(p).or_default();
         let new: Vec<String> = routes
             .to

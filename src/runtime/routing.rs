@@ -40,21 +40,11 @@ impl Runtime {
             r.held.push(m);
             return Ok(Vec::new());
         }
-        if self.stops_at_cap(&m) {
-            // Neither consumed nor processed: its input stopped here.
-            return Ok(Vec::new());
-        }
-        self.stats.event_consumed(&m.topic);
-        self.consumed(&m)?;
-        let mut local = Vec::new();
-        let mut span = self.tracer.input(&m);
         let plain = cloudevents::PlainJson {
             type_field: self.cfg.events.type_field.clone(),
             id_field: self.cfg.events.id_field.clone(),
         };
         let rec = m.event_record();
-        let mut out = Vec::new();
-        let ctx = self.ctx();
         let size = m.payload.as_ref().map_or(0, Vec::len);
         let limit = self.cfg.events.max_payload_bytes;
         let decoded = if size > limit {
@@ -67,12 +57,25 @@ impl Runtime {
         } else {
             cloudevents::decode(&rec, &plain).map_err(|e| ("undecodable", e.to_string()))
         };
+        let decoded = decoded.map(|event| (crate::shard::route(&self.registry, &event), event));
+        if let Ok((routes, _)) = &decoded
+            && self.stops_at_cap(&m, routes)
+        {
+            // Neither consumed nor processed: its input stopped here.
+            return Ok(Vec::new());
+        }
+        self.stats.event_consumed(&m.topic);
+        self.consumed(&m)?;
+        let mut local = Vec::new();
+        let mut span = self.tracer.input(&m);
+        let mut out = Vec::new();
+        let ctx = self.ctx();
         match decoded {
             Err((kind, e)) => {
                 span.error(&e);
                 out.push(ctx.dead_letter(&m, kind, &e))
             }
-            Ok(event) => {
+            Ok((routes, event)) => {
                 if let Some(f) = &self.faults {
                     f.on_routing(&event.id);
                 }
@@ -83,7 +86,6 @@ impl Runtime {
                 if self.cfg.log.payloads {
                     debug!(topic = %m.topic, partition = m.partition, offset = m.offset, event_id = %event.id, kind = %event.kind, data = %event.data, "event consumed");
                 }
-                let routes = crate::shard::route(&self.registry, &event);
                 for (process, key) in &routes.to {
                     span.event(
                         "routed",
